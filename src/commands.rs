@@ -1,0 +1,244 @@
+//! What each command-line command does, and the exit codes: 0 success,
+//! 1 failure (including "not implemented yet"), 2 usage error.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use crate::cli::{self, Command, Invocation};
+use crate::config::Config;
+use crate::log::{self as agentlog, LogOptions};
+use crate::os::{self, Env};
+use crate::pidfile::PidFile;
+use crate::{AGENT_NAME, VERSION};
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILURE: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+
+/// Runs the agent with `args` (including the program name); returns the exit code.
+pub fn main(args: &[String]) -> i32 {
+    let argv0 = args
+        .first()
+        .map(|a| {
+            Path::new(a)
+                .file_name()
+                .map_or(a.clone(), |n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "waagent".to_string());
+    let inv = match cli::parse(args.get(1..).unwrap_or_default()) {
+        Ok(inv) => inv,
+        Err(e) => {
+            eprintln!("{argv0}: {e}\n{}", cli::usage_line(&argv0));
+            return EXIT_USAGE;
+        }
+    };
+    match inv.command {
+        Command::Help => {
+            print!("{}", cli::help(&argv0));
+            return EXIT_OK;
+        }
+        Command::Version => {
+            print!("{}", version_text(&os::detect_running(Path::new("/"))));
+            return EXIT_OK;
+        }
+        _ => {}
+    }
+
+    let root = Path::new("/");
+    let config_path = config_path(&inv, root);
+    let (config, warnings) = match Config::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{argv0}: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    for w in &warnings {
+        eprintln!("{argv0}: warning: {w}");
+    }
+    if inv.command == Command::ShowConfiguration {
+        print!("{}", show_configuration(&config));
+        return EXIT_OK;
+    }
+
+    let console = (inv.command == Command::Daemon && config.logs_console)
+        .then(|| PathBuf::from("/dev/console"));
+    let log_opts = LogOptions {
+        file: config.log_file.clone(),
+        verbose: config.logs_verbose || inv.verbose,
+        stdout: inv.verbose,
+        console,
+    };
+    for problem in agentlog::init(&log_opts) {
+        eprintln!("{argv0}: warning: {problem}");
+    }
+    for w in &warnings {
+        log::warn!("{w}");
+    }
+
+    match inv.command {
+        Command::Start => start(&inv, &config_path),
+        Command::Daemon => daemon(config),
+        Command::RegisterService => register_service(Env::system(config)),
+        other => not_implemented(other),
+    }
+}
+
+/// The configuration file: `-configuration-path`, else the flavour's default.
+pub fn config_path(inv: &Invocation, root: &Path) -> PathBuf {
+    inv.configuration_path.clone().unwrap_or_else(|| {
+        let flavour = os::detect_running(root).flavour;
+        PathBuf::from(flavour.default_config_path())
+    })
+}
+
+/// `-version`: the agent, the OS, and the goal-state agent — which for this
+/// single-process agent is the daemon itself, so the same version.
+pub fn version_text(distro: &os::Distro) -> String {
+    let os_version = if distro.version.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", distro.version)
+    };
+    format!(
+        "{AGENT_NAME}-{VERSION} running on {}{os_version}\nGoal state agent: {VERSION}\n",
+        distro.id
+    )
+}
+
+/// `-show-configuration`: `Key = value`, sorted.
+pub fn show_configuration(config: &Config) -> String {
+    config
+        .entries()
+        .into_iter()
+        .map(|(k, v)| format!("{k} = {v}\n"))
+        .collect()
+}
+
+/// `-start`: run `waagent -daemon` in a new session, detached from the
+/// terminal, and return. The daemon claims `Pid.File` itself.
+fn start(inv: &Invocation, config_path: &Path) -> i32 {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("waagent: cannot find the agent's own executable: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.arg("-daemon")
+        .arg(format!("-configuration-path:{}", config_path.display()));
+    if inv.verbose {
+        cmd.arg("-verbose");
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe; it detaches the daemon from our
+    // session so closing the terminal does not stop it.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+    }
+    match cmd.spawn() {
+        Ok(child) => {
+            log::info!("started the daemon, pid {}", child.id());
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("waagent: cannot start {} -daemon: {e}", exe.display());
+            log::error!("cannot start {} -daemon: {e}", exe.display());
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// `-daemon`. Claims the pid file; the state machine (provisioning, reporting,
+/// steady state) is not built yet, and the daemon says so rather than
+/// pretending to run.
+fn daemon(config: Config) -> i32 {
+    let env = Env::system(config);
+    let _pid = match PidFile::acquire(&env.config.pid_file, &env.path("/proc")) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("waagent: {e}");
+            log::error!("{e}");
+            return EXIT_FAILURE;
+        }
+    };
+    log::info!(
+        "{AGENT_NAME} {VERSION} daemon starting, pid {}, on {} {} ({} flavour)",
+        std::process::id(),
+        env.distro.id,
+        env.distro.version,
+        env.distro.flavour
+    );
+    let msg = format!(
+        "the daemon's provisioning and steady state are not implemented in {AGENT_NAME} {VERSION} yet; exiting"
+    );
+    log::error!("{msg}");
+    eprintln!("waagent: {msg}");
+    EXIT_FAILURE
+}
+
+/// `-register-service`: enable the agent's service for the running init system.
+fn register_service(env: Env) -> i32 {
+    let os = os::for_env(env);
+    match os.register_service() {
+        Ok(()) => {
+            let init = os.init_system();
+            log::info!("enabled the {} service ({init:?})", os::SERVICE_NAME);
+            println!(
+                "waagent: enabled the {} service ({init:?})",
+                os::SERVICE_NAME
+            );
+            EXIT_OK
+        }
+        Err(e) => {
+            log::error!("cannot register the service: {e}");
+            eprintln!("waagent: cannot register the service: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+fn not_implemented(command: Command) -> i32 {
+    let msg = format!(
+        "{} is not implemented in {AGENT_NAME} {VERSION} yet; nothing was changed",
+        command.flag()
+    );
+    log::error!("{msg}");
+    eprintln!("waagent: {msg}");
+    EXIT_FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_names_agent_os_and_goal_state_agent() {
+        let d = os::from_os_release("ID=debian\nVERSION_ID=\"12\"\n");
+        assert_eq!(
+            version_text(&d),
+            format!("waagent-rs-{VERSION} running on debian 12\nGoal state agent: {VERSION}\n")
+        );
+        let d = os::from_os_release("");
+        assert!(version_text(&d).starts_with(&format!("waagent-rs-{VERSION} running on unknown\n")));
+    }
+
+    #[test]
+    fn show_configuration_is_sorted_key_equals_value() {
+        let (c, _) = Config::parse("Logs.Verbose=y\n", Path::new("x"));
+        let text = show_configuration(&c);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), Config::KEYS.len());
+        let mut sorted = lines.clone();
+        sorted.sort();
+        assert_eq!(lines, sorted);
+        assert!(lines.contains(&"Logs.Verbose = True"));
+    }
+}

@@ -1,0 +1,20 @@
+//! waagent-rs: a guest agent for Linux and FreeBSD virtual machines on Azure,
+//! compatible with the Microsoft Azure Linux Agent (`waagent`).
+//!
+//! The binary (`src/main.rs`) is a thin shell over this library, so the
+//! integration tests in `tests/` drive the same code.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod fsutil;
+pub mod log;
+pub mod os;
+pub mod pidfile;
+pub mod redact;
+
+/// This agent's version, as `-version` prints it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The name this agent reports (to the fabric and in `-version`).
+pub const AGENT_NAME: &str = "waagent-rs";

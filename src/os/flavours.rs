@@ -1,0 +1,360 @@
+//! The per-distro flavours: each overrides only what differs from the
+//! generic Linux defaults of [`OsUtil`] (§18.2 of the protocol notes).
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use super::{linux, positional, Cmd, Env, Flavour, InitSystem, OsError, OsUtil, SERVICE_NAME};
+
+/// Declares a flavour struct holding its [`Env`], with the given overrides.
+macro_rules! flavour {
+    ($(#[$doc:meta])* $name:ident, $flavour:expr, { $($body:tt)* }) => {
+        $(#[$doc])*
+        pub struct $name {
+            env: Env,
+        }
+
+        impl OsUtil for $name {
+            fn env(&self) -> &Env {
+                &self.env
+            }
+
+            fn flavour(&self) -> Flavour {
+                $flavour
+            }
+
+            $($body)*
+        }
+    };
+}
+
+/// The flavour for `env.distro`.
+pub fn for_env(env: Env) -> Box<dyn OsUtil> {
+    match env.distro.flavour {
+        Flavour::Default => Box::new(DefaultLinux { env }),
+        Flavour::Debian => Box::new(Debian { env }),
+        Flavour::Ubuntu => Box::new(Ubuntu { env }),
+        Flavour::RedHat => Box::new(RedHat { env }),
+        Flavour::Suse => Box::new(Suse { env }),
+        Flavour::CoreOs => Box::new(CoreOs { env }),
+        Flavour::FreeBsd => Box::new(FreeBsd { env }),
+    }
+}
+
+flavour!(
+    /// Any Linux we do not know better: the trait's defaults.
+    DefaultLinux, Flavour::Default, {}
+);
+
+flavour!(
+    /// Debian: sshd's unit is `ssh`, and it must not drag its dependencies
+    /// along when restarted during boot.
+    Debian, Flavour::Debian, {
+        fn restart_sshd(&self) -> Result<(), OsError> {
+            let cmd = match self.init_system() {
+                InitSystem::Systemd => Cmd::new("systemctl")
+                    .args(["--job-mode=ignore-dependencies", "try-reload-or-restart", "ssh"]),
+                _ => Cmd::new("service").args(["ssh", "restart"]),
+            };
+            self.env.run_ok(cmd).map(drop)
+        }
+    }
+);
+
+flavour!(
+    /// Ubuntu: like Debian (`ssh` unit); 18.04+ leases come from systemd-networkd.
+    Ubuntu, Flavour::Ubuntu, {
+        fn restart_sshd(&self) -> Result<(), OsError> {
+            let cmd = match self.init_system() {
+                InitSystem::Systemd => Cmd::new("systemctl").args(["try-reload-or-restart", "ssh"]),
+                _ => Cmd::new("service").args(["ssh", "restart"]),
+            };
+            self.env.run_ok(cmd).map(drop)
+        }
+
+        fn dhcp_client_pid_cmd(&self) -> Cmd {
+            if self.env.path("/run/systemd/netif").is_dir() {
+                networkd_pid_cmd()
+            } else {
+                Cmd::new("pidof").arg("dhclient")
+            }
+        }
+    }
+);
+
+flavour!(
+    /// RHEL, CentOS, Oracle Linux and relatives: 6.x keeps the host name in
+    /// /etc/sysconfig/network, 7+ use hostnamectl; DHCP_HOSTNAME lives in the
+    /// interface's ifcfg file; SysV services are added with chkconfig.
+    RedHat, Flavour::RedHat, {
+        fn sysv_enable(&self) -> Cmd {
+            Cmd::new("chkconfig").args(["--add", SERVICE_NAME])
+        }
+
+        fn restart_sshd(&self) -> Result<(), OsError> {
+            let cmd = if self.env.distro.major() >= 7 {
+                Cmd::new("systemctl").args(["condrestart", "sshd"])
+            } else {
+                Cmd::new("service").args(["sshd", "condrestart"])
+            };
+            self.env.run_ok(cmd).map(drop)
+        }
+
+        fn set_hostname(&self, name: &str) -> Result<(), OsError> {
+            let name = positional("host name", name)?;
+            if self.env.distro.major() >= 7 {
+                return hostnamectl(&self.env, name);
+            }
+            linux::set_line(
+                &self.env.path("/etc/sysconfig/network"),
+                "HOSTNAME=",
+                &format!("HOSTNAME={name}"),
+            )?;
+            self.env.run_ok(Cmd::new("hostname").arg(name)).map(drop)
+        }
+
+        fn set_dhcp_hostname(&self, name: &str, iface: &str) -> Result<(), OsError> {
+            let iface = positional("interface", iface)?;
+            if iface.contains('/') {
+                return Err(OsError::Invalid(format!("refusing interface {iface:?}")));
+            }
+            let file = self
+                .env
+                .path(&format!("/etc/sysconfig/network-scripts/ifcfg-{iface}"));
+            linux::set_line(&file, "DHCP_HOSTNAME=", &format!("DHCP_HOSTNAME={}", positional("host name", name)?))
+        }
+
+        fn dhcp_lease_files(&self) -> Vec<PathBuf> {
+            let mut v = linux::files_with_prefix(&self.env.path("/var/lib/dhclient"), "dhclient");
+            v.extend(linux::files_with_prefix(&self.env.path("/var/lib/NetworkManager"), "dhclient-"));
+            v.extend(linux::files_with_prefix(&self.env.path("/var/lib/NetworkManager"), "internal-"));
+            v
+        }
+    }
+);
+
+flavour!(
+    /// SLES and openSUSE: wicked or dhcpcd as DHCP client, the host name
+    /// option in /etc/sysconfig/network/dhcp, insserv for SysV services.
+    Suse, Flavour::Suse, {
+        fn sysv_enable(&self) -> Cmd {
+            Cmd::new("insserv").arg(SERVICE_NAME)
+        }
+
+        fn restart_sshd(&self) -> Result<(), OsError> {
+            let cmd = match self.init_system() {
+                InitSystem::Systemd => Cmd::new("systemctl").args(["restart", "sshd"]),
+                _ => Cmd::new("/sbin/service").args(["sshd", "restart"]),
+            };
+            self.env.run_ok(cmd).map(drop)
+        }
+
+        fn set_hostname(&self, name: &str) -> Result<(), OsError> {
+            let name = positional("host name", name)?;
+            if self.env.distro.major() >= 12 {
+                return hostnamectl(&self.env, name);
+            }
+            linux::write_file(&self.env.path("/etc/HOSTNAME"), &format!("{name}\n"), 0o644)?;
+            self.env.run_ok(Cmd::new("hostname").arg(name)).map(drop)
+        }
+
+        fn set_dhcp_hostname(&self, name: &str, _iface: &str) -> Result<(), OsError> {
+            let name = positional("host name", name)?;
+            let file = self.env.path("/etc/sysconfig/network/dhcp");
+            let current = std::fs::read_to_string(&file).unwrap_or_default();
+            // "AUTO" already sends the live host name.
+            if current.lines().any(|l| l.trim() == "DHCLIENT_HOSTNAME_OPTION=\"AUTO\"") {
+                return Ok(());
+            }
+            linux::set_line(&file, "DHCLIENT_HOSTNAME_OPTION=", &format!("DHCLIENT_HOSTNAME_OPTION=\"{name}\""))
+        }
+
+        fn dhcp_client_pid_cmd(&self) -> Cmd {
+            Cmd::new("pidof").args(["wickedd-dhcp4", "dhcpcd"])
+        }
+    }
+);
+
+flavour!(
+    /// CoreOS and Flatcar: systemd-networkd does DHCP and sshd is
+    /// socket-activated, so a config change needs no restart; the user
+    /// `core` is a normal user here.
+    CoreOs, Flavour::CoreOs, {
+        fn is_system_user(&self, name: &str) -> Result<bool, OsError> {
+            if name == "core" {
+                return Ok(false);
+            }
+            Ok(self.user(name)?.is_some_and(|u| u.uid < self.uid_min()))
+        }
+
+        fn restart_sshd(&self) -> Result<(), OsError> {
+            Ok(())
+        }
+
+        fn set_dhcp_hostname(&self, _name: &str, _iface: &str) -> Result<(), OsError> {
+            // networkd sends the transient host name by itself.
+            Ok(())
+        }
+
+        fn dhcp_client_pid_cmd(&self) -> Cmd {
+            networkd_pid_cmd()
+        }
+    }
+);
+
+flavour!(
+    /// FreeBSD 10+: `pw` for accounts, rc.conf for the host name, rc.d for
+    /// services, `mount_udf`/`mount_cd9660`, `newfs`, md(4)-backed swap.
+    FreeBsd, Flavour::FreeBsd, {
+        fn init_system(&self) -> InitSystem {
+            InitSystem::RcD
+        }
+
+        fn uid_min(&self) -> u32 {
+            // pw.conf's minuid default.
+            1000
+        }
+
+        fn create_user(&self, name: &str, expiration: Option<&str>) -> Result<(), OsError> {
+            let mut cmd = Cmd::new("pw").args(["useradd", positional("user name", name)?, "-m"]);
+            if let Some(e) = expiration {
+                cmd = cmd.args(["-e", positional("expiration date", e)?]);
+            }
+            self.env.run_ok(cmd).map(drop)
+        }
+
+        fn set_password_hash(&self, name: &str, hash: &str) -> Result<(), OsError> {
+            // -H 0: the hash arrives, already encrypted, on descriptor 0.
+            let cmd = Cmd::new("pw")
+                .args(["usermod", positional("user name", name)?, "-H", "0"])
+                .stdin(format!("{hash}\n"));
+            self.env.run_ok(cmd).map(drop)
+        }
+
+        fn delete_user(&self, name: &str) -> Result<(), OsError> {
+            let name = positional("user name", name)?;
+            linux::truncate_if_exists(&self.env.path("/var/run/utx.active"))?;
+            self.env.run_ok(Cmd::new("rmuser").args(["-y", name])).map(drop)
+        }
+
+        fn lock_root_password(&self) -> Result<(), OsError> {
+            self.env
+                .run_ok(Cmd::new("pw").args(["usermod", "root", "-h", "-"]))
+                .map(drop)
+        }
+
+        fn restart_sshd(&self) -> Result<(), OsError> {
+            self.env.run_ok(Cmd::new("service").args(["sshd", "restart"])).map(drop)
+        }
+
+        fn set_hostname(&self, name: &str) -> Result<(), OsError> {
+            let name = positional("host name", name)?;
+            linux::set_line(&self.env.path("/etc/rc.conf"), "hostname=", &format!("hostname=\"{name}\""))?;
+            self.env.run_ok(Cmd::new("hostname").arg(name)).map(drop)
+        }
+
+        fn set_dhcp_hostname(&self, name: &str, _iface: &str) -> Result<(), OsError> {
+            linux::dhclient_send_host_name(&self.env.path("/etc/dhclient.conf"), name)
+        }
+
+        fn publish_hostname(&self, iface: &str) -> Result<(), OsError> {
+            let iface = positional("interface", iface)?;
+            self.env
+                .run_ok(Cmd::new("service").args(["dhclient", "restart", iface]))
+                .map(drop)
+        }
+
+        fn dhcp_lease_files(&self) -> Vec<PathBuf> {
+            linux::files_with_prefix(&self.env.path("/var/db"), "dhclient.leases.")
+        }
+
+        fn dhcp_client_pid_cmd(&self) -> Cmd {
+            Cmd::new("pgrep").args(["-n", "dhclient"])
+        }
+
+        fn has_route_to(&self, dest: Ipv4Addr) -> Result<bool, OsError> {
+            let out = self.env.run_ok(Cmd::new("netstat").args(["-rn", "-f", "inet"]))?;
+            let d = dest.to_string();
+            Ok(out.stdout.lines().any(|l| l.split_whitespace().next() == Some(d.as_str())))
+        }
+
+        fn add_route(&self, dest: Ipv4Addr, gateway: Ipv4Addr) -> Result<(), OsError> {
+            let cmd = Cmd::new("route").args(["add", "-host", &dest.to_string(), &gateway.to_string()]);
+            self.env.run_ok(cmd).map(drop)
+        }
+
+        fn dvd_devices(&self) -> Vec<PathBuf> {
+            let mut v: Vec<PathBuf> = linux::files_or_devices(&self.env.path("/dev"), "cd")
+                .into_iter()
+                .filter(|n| n[2..].chars().all(|c| c.is_ascii_digit()) && n.len() > 2)
+                .map(|n| Path::new("/dev").join(n))
+                .collect();
+            v.sort();
+            v
+        }
+
+        fn mount_dvd(&self, device: &Path, mount_point: &Path) -> Result<(), OsError> {
+            let dev = device.to_string_lossy();
+            let mp = mount_point.to_string_lossy();
+            let udf = self.env.run_ok(Cmd::new("mount_udf").args(["-o", "ro"]).arg(dev.clone()).arg(mp.clone()));
+            match udf {
+                Ok(_) => Ok(()),
+                Err(_) => self
+                    .env
+                    .run_ok(Cmd::new("mount_cd9660").args(["-o", "ro"]).arg(dev).arg(mp))
+                    .map(drop),
+            }
+        }
+
+        fn eject(&self, device: &Path) -> Result<(), OsError> {
+            self.env
+                .run_ok(Cmd::new("cdcontrol").args(["-f"]).arg(device.to_string_lossy()).arg("eject"))
+                .map(drop)
+        }
+
+        fn mkfs(&self, device: &Path, fstype: &str) -> Result<(), OsError> {
+            if fstype != "ufs" {
+                return Err(OsError::Invalid(format!(
+                    "ResourceDisk.Filesystem={fstype} is not supported on FreeBSD (use ufs)"
+                )));
+            }
+            let cmd = Cmd::new("newfs")
+                .arg("-U")
+                .arg(device.to_string_lossy())
+                .timeout(std::time::Duration::from_secs(600));
+            self.env.run_ok(cmd).map(drop)
+        }
+
+        fn swap_on(&self, file: &Path) -> Result<(), OsError> {
+            // FreeBSD swaps to devices: back the file with a vnode md(4).
+            let out = self.env.run_ok(
+                Cmd::new("mdconfig").args(["-a", "-t", "vnode", "-f"]).arg(file.to_string_lossy()),
+            )?;
+            let md = out.stdout.trim();
+            if !md.starts_with("md") {
+                return Err(OsError::Invalid(format!("mdconfig printed {md:?}, expected an md device")));
+            }
+            self.env.run_ok(Cmd::new("swapon").arg(format!("/dev/{md}"))).map(drop)
+        }
+    }
+);
+
+fn networkd_pid_cmd() -> Cmd {
+    Cmd::new("systemctl").args(["show", "-p", "MainPID", "--value", "systemd-networkd"])
+}
+
+/// `hostnamectl set-hostname`, falling back to the generic way when
+/// hostnamed is not running (early boot, containers).
+fn hostnamectl(env: &Env, name: &str) -> Result<(), OsError> {
+    if env
+        .run_ok(Cmd::new("hostnamectl").args(["set-hostname", name]))
+        .is_ok()
+    {
+        return Ok(());
+    }
+    linux::write_file(&env.path("/etc/hostname"), &format!("{name}\n"), 0o644)?;
+    env.run_ok(Cmd::new("hostname").arg(name)).map(drop)
+}
+
+#[cfg(test)]
+mod tests;

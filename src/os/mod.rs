@@ -1,0 +1,416 @@
+//! The OS layer: every change the agent makes to the system goes through the
+//! [`OsUtil`] trait.
+//!
+//! The trait's default methods are the generic Linux behaviour; each
+//! [`Flavour`] is a thin struct overriding only what its distro does
+//! differently (§18.2 of the protocol notes). The flavour is picked at run
+//! time from the detected [`Distro`], so every flavour — FreeBSD included —
+//! compiles, and is tested, on Linux.
+//!
+//! Commands go through the [`CommandRunner`] in [`Env`], never through a
+//! shell; fixed system paths (`/etc/passwd`, `/proc/net/route`, `/sys/block`)
+//! are read under [`Env::root`], and paths that waagent makes configurable
+//! (sudoers, sshd, password file) come from the [`Config`]. Tests point both
+//! at a temporary directory and a [`RecordingRunner`].
+
+mod distro;
+mod flavours;
+mod linux;
+pub mod runner;
+
+use std::fmt;
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+pub use distro::{detect, from_os_release, Distro, Flavour};
+pub use flavours::for_env;
+pub use linux::PasswdEntry;
+pub use runner::{Cmd, CommandRunner, Output, RecordingRunner, RunError, SystemRunner};
+
+use crate::config::{Config, SshHostKeyType};
+
+/// The service our packages install, on every distro (`waagent.service`,
+/// rc.d `waagent`, `/etc/init.d/waagent`).
+pub const SERVICE_NAME: &str = "waagent";
+
+/// What every OS action needs: where the system is, how to run commands,
+/// the configuration and the detected distro.
+pub struct Env {
+    /// Prefix for fixed system paths; `/` in production.
+    pub root: PathBuf,
+    pub runner: Rc<dyn CommandRunner>,
+    pub config: Config,
+    pub distro: Distro,
+}
+
+impl Env {
+    /// The real system: root `/`, real commands, distro from `uname` and
+    /// `/etc/os-release`.
+    pub fn system(config: Config) -> Env {
+        let root = PathBuf::from("/");
+        let distro = detect_running(&root);
+        Env {
+            root,
+            runner: Rc::new(SystemRunner),
+            config,
+            distro,
+        }
+    }
+
+    /// `abs` (an absolute system path such as `/etc/passwd`) under the root.
+    pub fn path(&self, abs: &str) -> PathBuf {
+        self.root.join(abs.trim_start_matches('/'))
+    }
+
+    pub fn run_ok(&self, cmd: Cmd) -> Result<Output, OsError> {
+        self.runner.run_ok(&cmd).map_err(OsError::Run)
+    }
+}
+
+/// Detects the distro of the running system under `root`.
+pub fn detect_running(root: &Path) -> Distro {
+    let uts = nix::sys::utsname::uname().ok();
+    let sysname = uts
+        .as_ref()
+        .map(|u| u.sysname().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let release = uts
+        .as_ref()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    detect(root, &sysname, &release)
+}
+
+/// The init system that manages the agent's service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitSystem {
+    Systemd,
+    SysV,
+    /// FreeBSD rc.d.
+    RcD,
+}
+
+/// Why a system action failed.
+#[derive(Debug)]
+pub enum OsError {
+    Run(RunError),
+    Io {
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// A value the action refuses (a user name that looks like an option, …).
+    Invalid(String),
+}
+
+impl OsError {
+    pub(crate) fn io(path: &Path) -> impl FnOnce(io::Error) -> OsError + '_ {
+        move |source| OsError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+impl fmt::Display for OsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OsError::Run(e) => e.fmt(f),
+            OsError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            OsError::Invalid(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for OsError {}
+
+/// A value that goes to a command as a positional argument: never empty and
+/// never mistakable for an option.
+pub(crate) fn positional<'a>(what: &str, v: &'a str) -> Result<&'a str, OsError> {
+    if v.is_empty() || v.starts_with('-') || v.contains('\0') || v.contains('\n') {
+        return Err(OsError::Invalid(format!("refusing {what} {v:?}")));
+    }
+    Ok(v)
+}
+
+/// Every system action the agent performs. Default methods are generic Linux.
+pub trait OsUtil {
+    fn env(&self) -> &Env;
+    fn flavour(&self) -> Flavour;
+
+    // ----- the agent's own service -----
+
+    fn init_system(&self) -> InitSystem {
+        if self.env().path("/run/systemd/system").is_dir() {
+            InitSystem::Systemd
+        } else {
+            InitSystem::SysV
+        }
+    }
+
+    /// The command that enables a SysV init script at boot.
+    fn sysv_enable(&self) -> Cmd {
+        Cmd::new("update-rc.d").args([SERVICE_NAME, "defaults"])
+    }
+
+    /// `-register-service`: enable the agent's service at boot.
+    fn register_service(&self) -> Result<(), OsError> {
+        let cmd = match self.init_system() {
+            InitSystem::Systemd => Cmd::new("systemctl").args(["enable", "waagent.service"]),
+            InitSystem::SysV => self.sysv_enable(),
+            InitSystem::RcD => Cmd::new("sysrc").arg("waagent_enable=YES"),
+        };
+        self.env().run_ok(cmd).map(drop)
+    }
+
+    /// Stops the agent's service (deprovisioning).
+    fn stop_service(&self) -> Result<(), OsError> {
+        let cmd = match self.init_system() {
+            InitSystem::Systemd => Cmd::new("systemctl").args(["stop", "waagent.service"]),
+            InitSystem::SysV => Cmd::new("service").args([SERVICE_NAME, "stop"]),
+            InitSystem::RcD => Cmd::new("service").args([SERVICE_NAME, "onestop"]),
+        };
+        self.env().run_ok(cmd).map(drop)
+    }
+
+    // ----- users and passwords -----
+
+    /// The `/etc/passwd` entry of `name`, if there is one.
+    fn user(&self, name: &str) -> Result<Option<PasswdEntry>, OsError> {
+        linux::find_user(&self.env().path("/etc/passwd"), name)
+    }
+
+    /// The lowest UID of a normal user (`UID_MIN` in `/etc/login.defs`).
+    fn uid_min(&self) -> u32 {
+        linux::login_defs_uid_min(&self.env().path("/etc/login.defs")).unwrap_or(1000)
+    }
+
+    /// True for an existing account below `uid_min` (root, daemons): such an
+    /// account is never provisioned unless `Provisioning.AllowResetSysUser`.
+    fn is_system_user(&self, name: &str) -> Result<bool, OsError> {
+        Ok(self.user(name)?.is_some_and(|u| u.uid < self.uid_min()))
+    }
+
+    fn create_user(&self, name: &str, expiration: Option<&str>) -> Result<(), OsError> {
+        let mut cmd = Cmd::new("useradd").arg("-m");
+        if let Some(e) = expiration {
+            cmd = cmd.args(["-e", positional("expiration date", e)?]);
+        }
+        self.env()
+            .run_ok(cmd.arg(positional("user name", name)?))
+            .map(drop)
+    }
+
+    /// Sets a crypt(3) hash as the password. The hash goes through standard
+    /// input, never the command line (which other users can read in /proc).
+    fn set_password_hash(&self, name: &str, hash: &str) -> Result<(), OsError> {
+        let line = format!("{}:{hash}\n", positional("user name", name)?);
+        self.env()
+            .run_ok(Cmd::new("chpasswd").arg("-e").stdin(line))
+            .map(drop)
+    }
+
+    fn delete_user(&self, name: &str) -> Result<(), OsError> {
+        let name = positional("user name", name)?;
+        // userdel refuses a user that utmp says is logged in.
+        linux::truncate_if_exists(&self.env().path("/var/run/utmp"))?;
+        self.env()
+            .run_ok(Cmd::new("userdel").args(["-f", "-r", name]))
+            .map(drop)
+    }
+
+    /// Locks root's password in `OS.PasswordPath` (`Provisioning.DeleteRootPassword`).
+    fn lock_root_password(&self) -> Result<(), OsError> {
+        linux::lock_root_in_shadow(&self.env().config.password_path)
+    }
+
+    /// Gives `name` sudo rights in `{OS.SudoersDir}/waagent` (0440), once.
+    fn add_sudoer(&self, name: &str, nopasswd: bool) -> Result<(), OsError> {
+        linux::add_sudoer(&self.env().config.sudoers_dir, name, nopasswd)
+    }
+
+    fn remove_sudoer(&self, name: &str) -> Result<(), OsError> {
+        linux::remove_sudoer(&self.env().config.sudoers_dir, name)
+    }
+
+    // ----- SSH -----
+
+    /// Makes sshd pick up a changed configuration or new host keys.
+    fn restart_sshd(&self) -> Result<(), OsError> {
+        let cmd = match self.init_system() {
+            InitSystem::Systemd => Cmd::new("systemctl").args(["try-reload-or-restart", "sshd"]),
+            _ => Cmd::new("service").args(["sshd", "restart"]),
+        };
+        self.env().run_ok(cmd).map(drop)
+    }
+
+    /// Deletes the SSH host keys in `OS.SshDir` and makes a new one of `kind`.
+    fn regenerate_ssh_host_key(&self, kind: SshHostKeyType) -> Result<(), OsError> {
+        let dir = &self.env().config.ssh_dir;
+        linux::remove_host_keys(dir)?;
+        let cmd = match kind {
+            SshHostKeyType::Auto => Cmd::new("ssh-keygen").arg("-A"),
+            k => {
+                let t = crate::config::OptionValue::show(&k);
+                let file = dir.join(format!("ssh_host_{t}_key"));
+                Cmd::new("ssh-keygen")
+                    .args(["-N", "", "-q", "-t", &t, "-f"])
+                    .arg(file.to_string_lossy())
+            }
+        };
+        self.env().run_ok(cmd).map(drop)
+    }
+
+    // ----- host name -----
+
+    /// Sets the host name now and for the next boot.
+    fn set_hostname(&self, name: &str) -> Result<(), OsError> {
+        let name = positional("host name", name)?;
+        linux::write_file(
+            &self.env().path("/etc/hostname"),
+            &format!("{name}\n"),
+            0o644,
+        )?;
+        self.env().run_ok(Cmd::new("hostname").arg(name)).map(drop)
+    }
+
+    /// Makes the DHCP client send `name`, so Azure DNS learns it.
+    fn set_dhcp_hostname(&self, name: &str, _iface: &str) -> Result<(), OsError> {
+        linux::dhclient_send_host_name(&self.env().path("/etc/dhcp/dhclient.conf"), name)
+    }
+
+    /// Re-runs DHCP on `iface` so the new name reaches Azure DNS, through the
+    /// network manager in charge rather than an ifdown/ifup bounce.
+    fn publish_hostname(&self, iface: &str) -> Result<(), OsError> {
+        let iface = positional("interface", iface)?;
+        let env = self.env();
+        let cmd = if env.path("/run/systemd/netif").is_dir() {
+            Cmd::new("networkctl").args(["reconfigure", iface])
+        } else if env.path("/run/NetworkManager").is_dir() {
+            Cmd::new("nmcli").args(["device", "reapply", iface])
+        } else {
+            Cmd::new("dhclient").args(["-1", "-nw", iface])
+        };
+        env.run_ok(cmd).map(drop)
+    }
+
+    // ----- DHCP and routes -----
+
+    /// Lease files that may carry option 245 (the WireServer address).
+    fn dhcp_lease_files(&self) -> Vec<PathBuf> {
+        let env = self.env();
+        let mut v = Vec::new();
+        for (dir, prefix) in [
+            ("/var/lib/dhcp", "dhclient"),
+            ("/var/lib/dhclient", "dhclient"),
+            ("/var/lib/NetworkManager", "dhclient-"),
+            ("/run/systemd/netif/leases", ""),
+        ] {
+            v.extend(linux::files_with_prefix(&env.path(dir), prefix));
+        }
+        v
+    }
+
+    /// The command whose output is the DHCP client's PID (§15's monitor).
+    fn dhcp_client_pid_cmd(&self) -> Cmd {
+        Cmd::new("pidof").arg("dhclient")
+    }
+
+    /// The DHCP client's PID; a change means it restarted and may have
+    /// dropped the WireServer route.
+    fn dhcp_client_pid(&self) -> Result<Option<u32>, OsError> {
+        let out = self
+            .env()
+            .runner
+            .run(&self.dhcp_client_pid_cmd())
+            .map_err(OsError::Run)?;
+        Ok(out
+            .stdout
+            .split_whitespace()
+            .find_map(|w| w.parse().ok().filter(|p| *p != 0)))
+    }
+
+    /// True when the main routing table has a route to exactly `dest`.
+    fn has_route_to(&self, dest: Ipv4Addr) -> Result<bool, OsError> {
+        linux::proc_route_has(&self.env().path("/proc/net/route"), dest)
+    }
+
+    /// Adds a host route to `dest` through `gateway`.
+    fn add_route(&self, dest: Ipv4Addr, gateway: Ipv4Addr) -> Result<(), OsError> {
+        let cmd = Cmd::new("ip").args([
+            "route",
+            "add",
+            &format!("{dest}/32"),
+            "via",
+            &gateway.to_string(),
+        ]);
+        self.env().run_ok(cmd).map(drop)
+    }
+
+    // ----- disks and mounts -----
+
+    /// CD/DVD drives (the provisioning media), found by their SCSI device
+    /// type (5, CD-ROM) in sysfs rather than by name.
+    fn dvd_devices(&self) -> Vec<PathBuf> {
+        linux::sysfs_cdroms(&self.env().path("/sys/block"))
+    }
+
+    fn mount_dvd(&self, device: &Path, mount_point: &Path) -> Result<(), OsError> {
+        self.mount(device, mount_point, Some("udf,iso9660"), Some("ro"))
+    }
+
+    fn mount(
+        &self,
+        device: &Path,
+        mount_point: &Path,
+        fstype: Option<&str>,
+        options: Option<&str>,
+    ) -> Result<(), OsError> {
+        let mut cmd = Cmd::new("mount");
+        if let Some(t) = fstype {
+            cmd = cmd.args(["-t", t]);
+        }
+        if let Some(o) = options {
+            cmd = cmd.args(["-o", o]);
+        }
+        cmd = cmd
+            .arg(device.to_string_lossy())
+            .arg(mount_point.to_string_lossy());
+        self.env().run_ok(cmd).map(drop)
+    }
+
+    fn umount(&self, mount_point: &Path) -> Result<(), OsError> {
+        self.env()
+            .run_ok(Cmd::new("umount").arg(mount_point.to_string_lossy()))
+            .map(drop)
+    }
+
+    fn eject(&self, device: &Path) -> Result<(), OsError> {
+        self.env()
+            .run_ok(Cmd::new("eject").arg(device.to_string_lossy()))
+            .map(drop)
+    }
+
+    /// Makes a file system of `fstype` (`ResourceDisk.Filesystem`) on `device`.
+    fn mkfs(&self, device: &Path, fstype: &str) -> Result<(), OsError> {
+        let fstype = positional("file system", fstype)?;
+        let force = if fstype.starts_with("ext") {
+            "-F"
+        } else {
+            "-f"
+        };
+        let cmd = Cmd::new(format!("mkfs.{fstype}"))
+            .arg(force)
+            .arg(device.to_string_lossy())
+            .timeout(std::time::Duration::from_secs(600));
+        self.env().run_ok(cmd).map(drop)
+    }
+
+    /// Turns a prepared file (0600, full size) into active swap.
+    fn swap_on(&self, file: &Path) -> Result<(), OsError> {
+        let f = file.to_string_lossy();
+        self.env().run_ok(Cmd::new("mkswap").arg(f.clone()))?;
+        self.env().run_ok(Cmd::new("swapon").arg(f)).map(drop)
+    }
+}
