@@ -8,6 +8,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod fsutil;
+pub mod http;
 pub mod log;
 pub mod os;
 pub mod pidfile;

@@ -1,0 +1,179 @@
+//! The one HTTP(S) call the agent makes, over minreq (rustls + ring for
+//! HTTPS). Timeouts and a response-size bound on every request; no decisions
+//! here — the WireServer client above it owns retries and status handling.
+
+use std::fmt;
+
+/// Largest response body accepted; the fabric's documents are kilobytes and
+/// extension packages go to disk through a separate path.
+pub const MAX_RESPONSE_BYTES: usize = 16 << 20;
+
+/// An HTTP response: status, headers (lower-case names), body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub struct HttpError {
+    pub url: String,
+    pub message: String,
+}
+
+impl fmt::Display for HttpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.url, self.message)
+    }
+}
+
+impl std::error::Error for HttpError {}
+
+/// A request to send: method, URL, headers, body, timeout in seconds.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub url: &'a str,
+    pub headers: &'a [(&'a str, &'a str)],
+    pub body: Option<&'a [u8]>,
+    pub timeout_secs: u64,
+}
+
+/// Sends `req` and reads the whole response (bounded by
+/// [`MAX_RESPONSE_BYTES`]). Any status is a response; only transport
+/// failures are errors.
+pub fn send(req: &Request<'_>) -> Result<Response, HttpError> {
+    let err = |message: String| HttpError {
+        url: req.url.to_string(),
+        message,
+    };
+    let method = match req.method {
+        "GET" => minreq::Method::Get,
+        "PUT" => minreq::Method::Put,
+        "POST" => minreq::Method::Post,
+        "HEAD" => minreq::Method::Head,
+        "DELETE" => minreq::Method::Delete,
+        other => return Err(err(format!("unsupported method {other}"))),
+    };
+    let mut r = minreq::Request::new(method, req.url)
+        .with_timeout(req.timeout_secs)
+        .with_max_headers_size(64 * 1024)
+        .with_max_status_line_length(8 * 1024);
+    for (k, v) in req.headers {
+        r = r.with_header(*k, *v);
+    }
+    if let Some(b) = req.body {
+        r = r.with_body(b.to_vec());
+    }
+    let lazy = r.send_lazy().map_err(|e| err(e.to_string()))?;
+    let status = u16::try_from(lazy.status_code).map_err(|_| err("bad status code".into()))?;
+    let headers = lazy
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect();
+    let mut body = Vec::new();
+    for byte in lazy {
+        let (b, _) = byte.map_err(|e| err(e.to_string()))?;
+        if body.len() == MAX_RESPONSE_BYTES {
+            return Err(err(format!(
+                "response larger than {MAX_RESPONSE_BYTES} bytes refused"
+            )));
+        }
+        body.push(b);
+    }
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    /// Serves one canned response on loopback and returns the request it got.
+    fn serve_once(response: Vec<u8>) -> (String, std::thread::JoinHandle<Vec<u8>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let h = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).unwrap();
+            buf.truncate(n);
+            let _ = s.write_all(&response);
+            buf
+        });
+        (url, h)
+    }
+
+    #[test]
+    fn get_with_headers() {
+        let (url, h) = serve_once(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Ms-Thing: a\r\n\r\nhello".to_vec(),
+        );
+        let r = send(&Request {
+            method: "GET",
+            url: &format!("{url}/?comp=versions"),
+            headers: &[("x-ms-version", "2012-11-30")],
+            body: None,
+            timeout_secs: 5,
+        })
+        .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, b"hello");
+        assert!(r.headers.contains(&("x-ms-thing".into(), "a".into())));
+        let req = String::from_utf8(h.join().unwrap()).unwrap();
+        assert!(req.starts_with("GET /?comp=versions HTTP/1.1\r\n"), "{req}");
+        assert!(
+            req.to_ascii_lowercase()
+                .contains("x-ms-version: 2012-11-30\r\n"),
+            "{req}"
+        );
+    }
+
+    #[test]
+    fn oversized_body_is_refused() {
+        let mut resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+            MAX_RESPONSE_BYTES + 1
+        )
+        .into_bytes();
+        resp.extend(std::iter::repeat_n(b'x', MAX_RESPONSE_BYTES + 1));
+        let (url, h) = serve_once(resp);
+        let e = send(&Request {
+            method: "GET",
+            url: &url,
+            headers: &[],
+            body: None,
+            timeout_secs: 10,
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("response larger than 16777216 bytes refused"),
+            "{e}"
+        );
+        let _ = h.join();
+    }
+
+    #[test]
+    fn connection_refused_is_an_error_naming_the_url() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/machine", l.local_addr().unwrap());
+        drop(l);
+        let e = send(&Request {
+            method: "GET",
+            url: &url,
+            headers: &[],
+            body: None,
+            timeout_secs: 2,
+        })
+        .unwrap_err();
+        assert!(e.to_string().starts_with(&url), "{e}");
+    }
+}
