@@ -136,10 +136,13 @@ fn verbose_logs_to_stdout_too() {
 #[test]
 fn daemon_claims_the_pid_file_and_refuses_a_second_daemon() {
     let s = Sandbox::new("");
-    // A live waagent (this test's own process is not one; use a child whose
-    // cmdline names waagent) holding the pid file keeps the daemon out.
-    let mut holder = std::process::Command::new("sh")
-        .args(["-c", "exec -a waagent-holder sleep 30"])
+    // A live waagent holding the pid file keeps the daemon out. The holder is
+    // sleep(1) run through a symlink, so its argv[0] names waagent; spawn()
+    // returns after exec, so its cmdline is already in place.
+    let holder_path = s.path("waagent-holder");
+    std::os::unix::fs::symlink("/bin/sleep", &holder_path).unwrap();
+    let mut holder = std::process::Command::new(&holder_path)
+        .arg("30")
         .spawn()
         .expect("spawn holder");
     std::fs::write(s.pid_path(), format!("{}\n", holder.id())).unwrap();
