@@ -7,6 +7,7 @@
 #   make uninstall              remove what install put there
 #   make test                   fmt check, clippy, cargo test
 #   make size                   release binary size and start-up time
+#   make demo                   build, install into a throwaway root and run the agent there
 #
 # Every variable below can be overridden on the command line, e.g.
 #   make install DESTDIR=/tmp/root PREFIX=/usr INIT=systemd DISTRO=debian
@@ -121,7 +122,7 @@ $(error DISTRO='$(DISTRO)' is not valid; use one of: $(VALID_DISTROS))
 endif
 endif
 
-.PHONY: all build install uninstall test size bench clean
+.PHONY: all build install uninstall test size bench clean demo
 
 all: build
 
@@ -197,6 +198,10 @@ size: build
 # Benchmarks arrive with the fabric simulator; until then, report the size.
 bench:
 	$(MAKE) size
+
+# The README's first command: the agent's main job, in a throwaway root.
+demo:
+	./scripts/demo
 
 clean:
 	$(CARGO) clean
