@@ -13,6 +13,10 @@ pub mod log;
 pub mod os;
 pub mod pidfile;
 pub mod redact;
+#[cfg(feature = "simulator")]
+pub mod sim;
+pub mod wire;
+pub mod xml;
 
 /// This agent's version, as `-version` prints it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,1 @@
+//! Simulator side of the Certificates document (being written).

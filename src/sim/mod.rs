@@ -1,0 +1,3 @@
+//! The Azure fabric simulator (test support; feature `simulator`).
+
+pub mod certs;

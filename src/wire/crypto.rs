@@ -1,0 +1,1 @@
+//! Transport certificate and Certificates decryption (being written).

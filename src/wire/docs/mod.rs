@@ -1,0 +1,1 @@
+//! Typed models of the fabric's documents (being written).

@@ -1,0 +1,4 @@
+//! The WireServer protocol: documents in, requests out.
+
+pub mod crypto;
+pub mod docs;
