@@ -43,6 +43,8 @@ pub struct Cmd {
     pub args: Vec<Arg>,
     /// Bytes written to standard input (treated as secret when displayed).
     pub stdin: Option<Vec<u8>>,
+    /// Extra environment variables (e.g. `OPENSSL_FIPS=1`).
+    pub env: Vec<(String, String)>,
     pub timeout: Duration,
 }
 
@@ -52,6 +54,7 @@ impl Cmd {
             program: program.into(),
             args: Vec::new(),
             stdin: None,
+            env: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
         }
     }
@@ -79,6 +82,11 @@ impl Cmd {
 
     pub fn stdin(mut self, data: impl Into<Vec<u8>>) -> Self {
         self.stdin = Some(data.into());
+        self
+    }
+
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
         self
     }
 
@@ -250,6 +258,7 @@ impl CommandRunner for SystemRunner {
         let mut command = Command::new(&cmd.program);
         command
             .args(cmd.args.iter().map(Arg::as_str))
+            .envs(cmd.env.iter().map(|(k, v)| (k, v)))
             .stdin(if cmd.stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -452,6 +461,14 @@ mod tests {
                 stderr: "err\n".into()
             }
         );
+    }
+
+    #[test]
+    fn passes_extra_environment() {
+        let out = SystemRunner
+            .run(&Cmd::new("sh").args(["-c", "echo $OPENSSL_FIPS"]).env("OPENSSL_FIPS", "1"))
+            .unwrap();
+        assert_eq!(out.stdout, "1\n");
     }
 
     #[test]
