@@ -38,10 +38,12 @@ pub struct Request<'a> {
     pub headers: &'a [(&'a str, &'a str)],
     pub body: Option<&'a [u8]>,
     pub timeout_secs: u64,
+    /// Largest body accepted, at most [`MAX_RESPONSE_BYTES`].
+    pub max_body: usize,
 }
 
-/// Sends `req` and reads the whole response (bounded by
-/// [`MAX_RESPONSE_BYTES`]). Any status is a response; only transport
+/// Sends `req` and reads the whole response (bounded by `req.max_body`
+/// and [`MAX_RESPONSE_BYTES`]). Any status is a response; only transport
 /// failures are errors.
 pub fn send(req: &Request<'_>) -> Result<Response, HttpError> {
     let err = |message: String| HttpError {
@@ -73,13 +75,12 @@ pub fn send(req: &Request<'_>) -> Result<Response, HttpError> {
         .iter()
         .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
         .collect();
+    let limit = req.max_body.min(MAX_RESPONSE_BYTES);
     let mut body = Vec::new();
     for byte in lazy {
         let (b, _) = byte.map_err(|e| err(e.to_string()))?;
-        if body.len() == MAX_RESPONSE_BYTES {
-            return Err(err(format!(
-                "response larger than {MAX_RESPONSE_BYTES} bytes refused"
-            )));
+        if body.len() == limit {
+            return Err(err(format!("response larger than {limit} bytes refused")));
         }
         body.push(b);
     }
@@ -122,6 +123,7 @@ mod tests {
             headers: &[("x-ms-version", "2012-11-30")],
             body: None,
             timeout_secs: 5,
+            max_body: 1024,
         })
         .unwrap();
         assert_eq!(r.status, 200);
@@ -138,12 +140,8 @@ mod tests {
 
     #[test]
     fn oversized_body_is_refused() {
-        let mut resp = format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
-            MAX_RESPONSE_BYTES + 1
-        )
-        .into_bytes();
-        resp.extend(std::iter::repeat_n(b'x', MAX_RESPONSE_BYTES + 1));
+        let mut resp = b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n".to_vec();
+        resp.extend(std::iter::repeat_n(b'x', 5000));
         let (url, h) = serve_once(resp);
         let e = send(&Request {
             method: "GET",
@@ -151,11 +149,12 @@ mod tests {
             headers: &[],
             body: None,
             timeout_secs: 10,
+            max_body: 4096,
         })
         .unwrap_err();
         assert!(
             e.to_string()
-                .ends_with("response larger than 16777216 bytes refused"),
+                .ends_with("response larger than 4096 bytes refused"),
             "{e}"
         );
         let _ = h.join();
@@ -172,6 +171,7 @@ mod tests {
             headers: &[],
             body: None,
             timeout_secs: 2,
+            max_body: 1024,
         })
         .unwrap_err();
         assert!(e.to_string().starts_with(&url), "{e}");

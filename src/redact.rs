@@ -27,13 +27,35 @@ pub fn redact(text: &str) -> Cow<'_, str> {
     for key in SECRET_JSON_KEYS {
         s = redact_json_string(&s, key);
     }
-    Cow::Owned(redact_crypt_hashes(&s))
+    Cow::Owned(redact_url(&redact_crypt_hashes(&s)))
+}
+
+/// Blanks the signature of SAS URLs (`sig=…`), which grants access to a
+/// storage blob: the rest of the URL stays readable for diagnosis.
+pub fn redact_url(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("sig=") {
+        let boundary = i == 0 || matches!(rest.as_bytes()[i - 1], b'?' | b'&' | b';');
+        out.push_str(&rest[..i + 4]);
+        rest = &rest[i + 4..];
+        if boundary {
+            let end = rest
+                .find(|c: char| c == '&' || c == '"' || c == '\'' || c == '<' || c.is_whitespace())
+                .unwrap_or(rest.len());
+            out.push_str(MASK);
+            rest = &rest[end..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Cheap pre-check so ordinary log lines are not copied.
 fn might_hold_secret(text: &str) -> bool {
     text.contains("PRIVATE KEY")
         || text.contains('$')
+        || text.contains("sig=")
         || SECRET_ELEMENTS.iter().any(|e| text.contains(e))
         || SECRET_JSON_KEYS.iter().any(|k| text.contains(k))
 }
@@ -279,6 +301,18 @@ mod tests {
         );
         let r = redact(r#"{"protectedSettings": {"password": "hunter2", "k": [1, "}"]}, "n": 1}"#);
         assert_eq!(r, r#"{"protectedSettings": "[REDACTED]", "n": 1}"#);
+    }
+
+    #[test]
+    fn sas_signatures() {
+        let u =
+            "https://a.blob.core.windows.net/vhds/x.status?sr=b&sp=rw&sig=hfRh7gzU%2BE7s&sv=2014";
+        assert_eq!(
+            redact(u),
+            "https://a.blob.core.windows.net/vhds/x.status?sr=b&sp=rw&sig=[REDACTED]&sv=2014"
+        );
+        assert_eq!(redact_url("x?sig=abc"), "x?sig=[REDACTED]");
+        assert_eq!(redact_url("design=1"), "design=1");
     }
 
     #[test]

@@ -466,7 +466,11 @@ mod tests {
     #[test]
     fn passes_extra_environment() {
         let out = SystemRunner
-            .run(&Cmd::new("sh").args(["-c", "echo $OPENSSL_FIPS"]).env("OPENSSL_FIPS", "1"))
+            .run(
+                &Cmd::new("sh")
+                    .args(["-c", "echo $OPENSSL_FIPS"])
+                    .env("OPENSSL_FIPS", "1"),
+            )
             .unwrap();
         assert_eq!(out.stdout, "1\n");
     }
