@@ -11,7 +11,9 @@ pub mod fsutil;
 pub mod http;
 pub mod log;
 pub mod os;
+pub mod ovf;
 pub mod pidfile;
+pub mod provision;
 pub mod redact;
 #[cfg(feature = "simulator")]
 pub mod sim;

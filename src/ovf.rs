@@ -1,0 +1,1 @@
+//! ovf-env.xml (being written).
