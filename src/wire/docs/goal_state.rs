@@ -1,0 +1,254 @@
+//! `GoalState`: the answer to `GET http://<ep>/machine/?comp=goalstate`
+//! (§5.2, §6.2). It names the incarnation, the container and the URLs of the
+//! other documents of this incarnation.
+
+use super::{parse_root, DocError};
+use crate::xml::Node;
+
+const DOCUMENT: &str = "GoalState";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoalState {
+    /// `Incarnation`: compared as text, never as a number.
+    pub incarnation: String,
+    /// `Machine/ExpectedState` (`Started`).
+    pub expected_state: Option<String>,
+    /// `Container/ContainerId`: sent in health reports, role properties,
+    /// telemetry and the HostGAPlugin headers. It can change without a new
+    /// incarnation (live migration, hibernation), so read it every time.
+    pub container_id: String,
+    /// The first `Container/RoleInstanceList/RoleInstance`. `None` early in a
+    /// VM's life (`goal_state_noop.xml`): the agent asks again later.
+    pub role_instance: Option<RoleInstance>,
+    /// `Container/RemoteAccessInfo`: where the JIT remote-access users are.
+    pub remote_access_info_url: Option<String>,
+}
+
+/// One `RoleInstance`: this VM's id and the URLs of its configuration
+/// documents (`Configuration/*`). The URLs are absolute and used verbatim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleInstance {
+    /// `InstanceId`: sent in health reports and role properties.
+    pub instance_id: String,
+    /// `State` (`Started`).
+    pub state: Option<String>,
+    pub hosting_environment_config_url: Option<String>,
+    pub shared_config_url: Option<String>,
+    /// Absent when the VM has no extensions configured.
+    pub extensions_config_url: Option<String>,
+    /// Present, but never fetched by any waagent.
+    pub full_config_url: Option<String>,
+    /// Absent when the VM has no certificates.
+    pub certificates_url: Option<String>,
+    /// `ConfigName`: the HostGAPlugin's `x-ms-host-config-name`.
+    pub config_name: Option<String>,
+}
+
+impl GoalState {
+    /// `Incarnation` and `Container/ContainerId` are required; everything
+    /// else is optional.
+    pub fn parse(xml: &str) -> Result<Self, DocError> {
+        let root = parse_root(DOCUMENT, xml, "GoalState")?;
+        let gs = root.node(DOCUMENT);
+        Ok(GoalState {
+            incarnation: gs.req_text("Incarnation")?,
+            expected_state: gs.opt_text("Machine/ExpectedState"),
+            container_id: gs.req_text("Container/ContainerId")?,
+            role_instance: gs
+                .get("Container/RoleInstanceList/RoleInstance")
+                .map(|ri| RoleInstance::read(&ri))
+                .transpose()?,
+            remote_access_info_url: gs.opt_text("Container/RemoteAccessInfo"),
+        })
+    }
+}
+
+impl RoleInstance {
+    fn read(ri: &Node<'_>) -> Result<Self, DocError> {
+        let config = |name: &str| ri.opt_text(&format!("Configuration/{name}"));
+        Ok(RoleInstance {
+            instance_id: ri.req_text("InstanceId")?,
+            state: ri.opt_text("State"),
+            hosting_environment_config_url: config("HostingEnvironmentConfig"),
+            shared_config_url: config("SharedConfig"),
+            extensions_config_url: config("ExtensionsConfig"),
+            full_config_url: config("FullConfig"),
+            certificates_url: config("Certificates"),
+            config_name: config("ConfigName"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{fixture, sample};
+    use super::*;
+
+    #[test]
+    fn fixture_goal_state() {
+        let gs = GoalState::parse(&fixture("goal_state.xml")).unwrap();
+        assert_eq!(gs.incarnation, "7");
+        assert_eq!(gs.expected_state.as_deref(), Some("Started"));
+        assert_eq!(gs.container_id, "5f0c8a1e-3b7d-4c2a-9e61-0d4b2f8a7c13");
+        assert_eq!(gs.remote_access_info_url, None);
+        let ri = gs.role_instance.unwrap();
+        assert_eq!(
+            ri.instance_id,
+            "2d9e4c70-8a15-4f3b-b6d2-91c7e0a4f5b8._rs-test-vm"
+        );
+        assert_eq!(ri.state.as_deref(), Some("Started"));
+        assert_eq!(
+            ri.hosting_environment_config_url.as_deref(),
+            Some("http://168.63.129.16:80/machine/5f0c8a1e-3b7d-4c2a-9e61-0d4b2f8a7c13/2d9e4c70%2D8a15%2D4f3b%2Db6d2%2D91c7e0a4f5b8.%5Frs%2Dtest%2Dvm?comp=config&type=hostingEnvironmentConfig&incarnation=7")
+        );
+        assert_eq!(
+            ri.certificates_url.as_deref(),
+            Some("http://168.63.129.16:80/machine/5f0c8a1e-3b7d-4c2a-9e61-0d4b2f8a7c13/2d9e4c70%2D8a15%2D4f3b%2Db6d2%2D91c7e0a4f5b8.%5Frs%2Dtest%2Dvm?comp=certificates&incarnation=7")
+        );
+        assert!(ri
+            .shared_config_url
+            .unwrap()
+            .ends_with("type=sharedConfig&incarnation=7"));
+        assert!(ri
+            .extensions_config_url
+            .unwrap()
+            .ends_with("type=extensionsConfig&incarnation=7"));
+        assert!(ri
+            .full_config_url
+            .unwrap()
+            .ends_with("type=fullConfig&incarnation=7"));
+        assert_eq!(
+            ri.config_name.as_deref(),
+            Some("2d9e4c70-8a15-4f3b-b6d2-91c7e0a4f5b8.0.2d9e4c70-8a15-4f3b-b6d2-91c7e0a4f5b8.0._rs-test-vm.7.xml")
+        );
+    }
+
+    #[test]
+    fn fixture_noop_goal_state_has_no_role_instance() {
+        let gs = GoalState::parse(&fixture("goal_state_noop.xml")).unwrap();
+        assert_eq!(gs.incarnation, "1");
+        assert_eq!(gs.container_id, "5f0c8a1e-3b7d-4c2a-9e61-0d4b2f8a7c13");
+        assert_eq!(gs.role_instance, None);
+    }
+
+    #[test]
+    fn missing_required_values_name_their_path() {
+        let e = GoalState::parse("<GoalState><Incarnation>1</Incarnation></GoalState>");
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "GoalState: /GoalState/Container/ContainerId: missing"
+        );
+        let e = GoalState::parse(
+            "<GoalState><Incarnation> </Incarnation><Container><ContainerId>c</ContainerId></Container></GoalState>",
+        );
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "GoalState: /GoalState/Incarnation: empty"
+        );
+        let e = GoalState::parse(
+            "<GoalState><Incarnation>1</Incarnation><Container><ContainerId>c</ContainerId>\
+             <RoleInstanceList><RoleInstance><State>Started</State></RoleInstance></RoleInstanceList>\
+             </Container></GoalState>",
+        );
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "GoalState: /GoalState/Container/RoleInstanceList/RoleInstance/InstanceId: missing"
+        );
+    }
+
+    #[test]
+    fn sample_goal_state_urls_are_decoded_once() {
+        let Some(text) = sample("wire/goal_state.xml") else {
+            return;
+        };
+        let gs = GoalState::parse(&text).unwrap();
+        assert_eq!(gs.incarnation, "1");
+        assert_eq!(gs.container_id, "c6d5526c-5ac2-4200-b6e2-56f2b70c5ab2");
+        let ri = gs.role_instance.unwrap();
+        assert_eq!(
+            ri.instance_id,
+            "b61f93d0-e1ed-40b2-b067-22c243233448.MachineRole_IN_0"
+        );
+        assert_eq!(
+            ri.extensions_config_url.as_deref(),
+            Some("http://168.63.129.16:80/machine/865a6683-91d8-450f-99ae/bc8b9d47%2Db5ed%2D4704%2D85d9%2Dfd74cc967ec2.%5Fcanary?comp=config&type=extensionsConfig&incarnation=1")
+        );
+        assert_eq!(
+            ri.config_name.as_deref(),
+            Some("bc8b9d47-b5ed-4704-85d9-fd74cc967ec2.5.bc8b9d47-b5ed-4704-85d9-fd74cc967ec2.5._canary.1.xml")
+        );
+    }
+
+    #[test]
+    fn sample_goal_state_variants() {
+        let Some(noop) = sample("wire/goal_state_noop.xml") else {
+            return;
+        };
+        assert_eq!(GoalState::parse(&noop).unwrap().role_instance, None);
+
+        let no_certs = sample("wire/goal_state_no_certs.xml").unwrap();
+        let ri = GoalState::parse(&no_certs).unwrap().role_instance.unwrap();
+        assert!(ri.certificates_url.is_none() && ri.extensions_config_url.is_some());
+
+        let no_ext = sample("wire/goal_state_no_ext.xml").unwrap();
+        let ri = GoalState::parse(&no_ext).unwrap().role_instance.unwrap();
+        assert!(ri.extensions_config_url.is_none() && ri.certificates_url.is_some());
+
+        // The URL is followed by a newline and spaces in the sample.
+        let remote = sample("wire/goal_state_remote_access.xml").unwrap();
+        let gs = GoalState::parse(&remote).unwrap();
+        assert_eq!(
+            gs.remote_access_info_url.as_deref(),
+            Some("http://168.63.129.16:80/remoteaccessinfouri/")
+        );
+        // Two ConfigName elements: the first one counts.
+        assert_eq!(
+            gs.role_instance.unwrap().config_name.as_deref(),
+            Some("b61f93d0-e1ed-40b2-b067-22c243233448.1.b61f93d0-e1ed-40b2-b067-22c243233448.2.MachineRole_IN_0.xml")
+        );
+    }
+
+    #[test]
+    fn sample_goal_state_2017_and_hibernate() {
+        let Some(old) = sample("v2.2.5/wire/goal_state.xml") else {
+            return;
+        };
+        let ri = GoalState::parse(&old).unwrap().role_instance.unwrap();
+        assert_eq!(ri.instance_id, "MachineRole_IN_0");
+        assert_eq!(
+            ri.hosting_environment_config_url.as_deref(),
+            Some("http://hostingenvuri/")
+        );
+        assert_eq!(ri.config_name.as_deref(), Some("DummyRoleConfigName.xml"));
+
+        let hib = sample("hibernate/goal_state_1/GoalState.xml").unwrap();
+        let gs = GoalState::parse(&hib).unwrap();
+        assert_eq!(gs.container_id, "06185f00-1f00-4545-abaa-4b7baa121869");
+        assert_eq!(
+            gs.role_instance.unwrap().instance_id,
+            "8cd0ae53-1baa-4f00-9356-a4e1a34f004c._test-vm"
+        );
+    }
+
+    #[test]
+    fn sample_tenant_rotation_incarnations() {
+        let Some(three) = sample("tenant_certificate_rotation/GoalState-incarnation-3.xml") else {
+            return;
+        };
+        let four = sample("tenant_certificate_rotation/GoalState-incarnation-4.xml").unwrap();
+        let (three, four) = (
+            GoalState::parse(&three).unwrap(),
+            GoalState::parse(&four).unwrap(),
+        );
+        assert_eq!(
+            (three.incarnation.as_str(), four.incarnation.as_str()),
+            ("3", "4")
+        );
+        assert!(four
+            .role_instance
+            .unwrap()
+            .certificates_url
+            .unwrap()
+            .ends_with("incarnation=4"));
+    }
+}
