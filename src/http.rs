@@ -70,7 +70,7 @@ pub fn send(req: &Request<'_>) -> Result<Response, HttpError> {
     }
     let lazy = r.send_lazy().map_err(|e| err(e.to_string()))?;
     let status = u16::try_from(lazy.status_code).map_err(|_| err("bad status code".into()))?;
-    let headers = lazy
+    let headers: Vec<(String, String)> = lazy
         .headers
         .iter()
         .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
@@ -83,6 +83,20 @@ pub fn send(req: &Request<'_>) -> Result<Response, HttpError> {
             return Err(err(format!("response larger than {limit} bytes refused")));
         }
         body.push(b);
+    }
+    // minreq ends the body quietly at EOF; a body shorter than announced
+    // is a broken connection, not a document.
+    let announced = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok());
+    if let Some(n) = announced {
+        if body.len() != n {
+            return Err(err(format!(
+                "connection closed after {} of {n} bytes",
+                body.len()
+            )));
+        }
     }
     Ok(Response {
         status,
@@ -155,6 +169,26 @@ mod tests {
         assert!(
             e.to_string()
                 .ends_with("response larger than 4096 bytes refused"),
+            "{e}"
+        );
+        let _ = h.join();
+    }
+
+    #[test]
+    fn a_body_shorter_than_announced_is_an_error() {
+        let (url, h) = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello".to_vec());
+        let e = send(&Request {
+            method: "GET",
+            url: &url,
+            headers: &[],
+            body: None,
+            timeout_secs: 5,
+            max_body: 1024,
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("connection closed after 5 of 10 bytes"),
             "{e}"
         );
         let _ = h.join();

@@ -1,3 +1,671 @@
-//! The Azure fabric simulator (test support; feature `simulator`).
+//! The Azure fabric simulator: WireServer, HostGAPlugin and a blob store on
+//! loopback (or on 168.63.129.16 inside a sandbox's network namespace).
+//!
+//! It is test support (feature `simulator`), also run by the demo and the
+//! benchmarks through the `fabric-sim` binary. It serves one consistent goal
+//! state from templates, encrypts the Certificates document at request time
+//! to the transport certificate the agent sent, records every request,
+//! parses the health reports and status uploads it receives, can move to a
+//! new incarnation, and misbehaves on request (see [`Fault`]).
 
 pub mod certs;
+pub mod server;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use base64::Engine;
+
+use crate::wire::endpoint::Endpoint;
+use certs::TenantCert;
+use server::{Handler, HttpRequest, Reply, Server};
+
+/// Which of the simulator's servers a request reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// WireServer and blob store (port 80 in a VM).
+    Wire,
+    /// HostGAPlugin (port 32526).
+    HostPlugin,
+    /// Instance Metadata Service (169.254.169.254:80).
+    Imds,
+}
+
+/// A request the simulator received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub service: Service,
+    pub request: HttpRequest,
+    /// The status it was answered with (0: connection reset).
+    pub status: u16,
+    /// The injected fault it got, if any.
+    pub fault: Option<Fault>,
+}
+
+/// A health report as the fabric understood it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthReport {
+    pub incarnation: String,
+    pub container_id: String,
+    pub instance_id: String,
+    /// `Ready` or `NotReady`.
+    pub state: String,
+    pub sub_status: Option<String>,
+    pub description: Option<String>,
+}
+
+/// A status blob upload, directly or through the HostGAPlugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusUpload {
+    pub via: Service,
+    pub blob_url: String,
+    pub content: Vec<u8>,
+}
+
+/// Misbehaviour for the next request(s) whose path and query contain a
+/// pattern; queued faults are used up one request each, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this status and no body.
+    Status(u16),
+    /// Wait this long, then answer normally.
+    Delay(Duration),
+    /// Reset the connection without answering.
+    Reset,
+    /// Answer normally but send only half of the body.
+    Truncate,
+    /// Answer 200 with the document cut in half (well-formed HTTP, broken XML).
+    Malformed,
+    /// Answer 200 with a body of this many bytes.
+    Oversized(usize),
+}
+
+/// The goal state the simulator serves.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub incarnation: u64,
+    pub container_id: String,
+    pub instance_id: String,
+    pub role_config_name: String,
+    pub vm_name: String,
+    pub deployment_name: String,
+    pub role_name: String,
+    /// Certificates in the Certificates document (none: no Certificates URL).
+    pub tenant_certs: Vec<TenantCert>,
+    /// Serve an ExtensionsConfig (with no handlers and a status blob).
+    pub extensions_config: bool,
+    /// Refuse `x-ms-cipher-name: AES128_CBC` with 400, as an older fabric might.
+    pub refuse_aes128: bool,
+    /// `compute.publicKeys` served by IMDS: `(keyData, path)`.
+    pub imds_public_keys: Vec<(String, String)>,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            incarnation: 1,
+            container_id: "c6d5526c-5ac2-4200-b6e2-56f2b70c5ab2".into(),
+            instance_id: "b61f93d0-e1ed-40b2-b067-22c243233448.MachineRole_IN_0".into(),
+            role_config_name: "b61f93d0.0.b61f93d0._canary.1.xml".into(),
+            vm_name: "simvm".into(),
+            deployment_name: "db00a7755a5e4e8a8fe4b19bc3b330c3".into(),
+            role_name: "MachineRole".into(),
+            tenant_certs: Vec::new(),
+            extensions_config: true,
+            refuse_aes128: false,
+            imds_public_keys: Vec::new(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    config: Option<SimConfig>,
+    wire_base: String,
+    requests: Vec<Recorded>,
+    faults: Vec<(String, std::collections::VecDeque<Fault>)>,
+    health: Vec<HealthReport>,
+    role_properties: Vec<(String, String)>,
+    status: Vec<StatusUpload>,
+    blobs: HashMap<String, Vec<u8>>,
+    overrides: HashMap<&'static str, String>,
+}
+
+/// A running simulator; stops when dropped.
+pub struct FabricSim {
+    state: Arc<Mutex<State>>,
+    wire: Server,
+    plugin: Server,
+    imds: Server,
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A panicking handler thread must not take the whole test down with it.
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl FabricSim {
+    /// Starts on loopback, ephemeral ports.
+    pub fn start(config: SimConfig) -> std::io::Result<FabricSim> {
+        let lo = || SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::start_on(config, lo(), lo(), lo())
+    }
+
+    /// Starts on the given addresses (`168.63.129.16:80`, `168.63.129.16:32526`
+    /// and `169.254.169.254:80` in a sandbox).
+    pub fn start_on(
+        config: SimConfig,
+        wire: SocketAddr,
+        plugin: SocketAddr,
+        imds: SocketAddr,
+    ) -> std::io::Result<FabricSim> {
+        let state = Arc::new(Mutex::new(State {
+            config: Some(config),
+            ..State::default()
+        }));
+        let s = state.clone();
+        let wire_handler: Handler = Arc::new(move |r: &HttpRequest| handle(&s, Service::Wire, r));
+        let s = state.clone();
+        let plugin_handler: Handler =
+            Arc::new(move |r: &HttpRequest| handle(&s, Service::HostPlugin, r));
+        let s = state.clone();
+        let imds_handler: Handler = Arc::new(move |r: &HttpRequest| handle(&s, Service::Imds, r));
+        let wire = Server::start(wire, wire_handler)?;
+        let plugin = Server::start(plugin, plugin_handler)?;
+        let imds = Server::start(imds, imds_handler)?;
+        lock(&state).wire_base = format!("http://{}", wire.addr());
+        Ok(FabricSim {
+            state,
+            wire,
+            plugin,
+            imds,
+        })
+    }
+
+    /// `http://addr:port` of the simulated IMDS.
+    pub fn imds_base(&self) -> String {
+        format!("http://{}", self.imds.addr())
+    }
+
+    /// Where the agent should look for this fabric.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            host: self.wire.addr().ip().to_string(),
+            wire_port: self.wire.addr().port(),
+            hostplugin_port: self.plugin.addr().port(),
+        }
+    }
+
+    /// Every request so far, in arrival order.
+    pub fn requests(&self) -> Vec<Recorded> {
+        lock(&self.state).requests.clone()
+    }
+
+    /// Requests whose path and query contain `pattern`.
+    pub fn requests_to(&self, pattern: &str) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.request.target.contains(pattern))
+            .collect()
+    }
+
+    pub fn health_reports(&self) -> Vec<HealthReport> {
+        lock(&self.state).health.clone()
+    }
+
+    /// `(instance id, CertificateThumbprint)` of each role-properties report.
+    pub fn role_properties(&self) -> Vec<(String, String)> {
+        lock(&self.state).role_properties.clone()
+    }
+
+    pub fn status_uploads(&self) -> Vec<StatusUpload> {
+        lock(&self.state).status.clone()
+    }
+
+    pub fn config(&self) -> SimConfig {
+        lock(&self.state).config.clone().unwrap_or_default()
+    }
+
+    /// Moves to the next incarnation; returns it.
+    pub fn bump_incarnation(&self) -> u64 {
+        let mut s = lock(&self.state);
+        let c = s.config.get_or_insert_with(SimConfig::default);
+        c.incarnation += 1;
+        c.incarnation
+    }
+
+    pub fn set_tenant_certs(&self, certs: Vec<TenantCert>) {
+        if let Some(c) = lock(&self.state).config.as_mut() {
+            c.tenant_certs = certs;
+        }
+    }
+
+    /// Queues faults for requests whose path and query contain `pattern`.
+    pub fn inject(&self, pattern: &str, faults: impl IntoIterator<Item = Fault>) {
+        lock(&self.state)
+            .faults
+            .push((pattern.to_string(), faults.into_iter().collect()));
+    }
+
+    /// Serves `text` instead of the template for a document: `versions`,
+    /// `goalstate`, `hostingEnvironmentConfig`, `sharedConfig`, `extensionsConfig`.
+    pub fn override_document(&self, kind: &'static str, text: &str) {
+        lock(&self.state).overrides.insert(kind, text.to_string());
+    }
+
+    /// A blob the agent can download (directly, or through the HostGAPlugin).
+    /// Returns its URL.
+    pub fn put_blob(&self, name: &str, data: Vec<u8>) -> String {
+        let mut s = lock(&self.state);
+        let url = format!("{}/blob/{name}", s.wire_base);
+        s.blobs.insert(format!("/blob/{name}"), data);
+        url
+    }
+
+    /// The status blob's SAS URL in the ExtensionsConfig.
+    pub fn status_blob_url(&self) -> String {
+        status_blob_url(&lock(&self.state).wire_base)
+    }
+}
+
+fn status_blob_url(base: &str) -> String {
+    format!("{base}/blob/vmstatus.status?sr=b&sp=rw&se=9999-01-01&sv=2014-02-14&sig=c2ltdWxhdG9y")
+}
+
+fn handle(state: &Mutex<State>, service: Service, req: &HttpRequest) -> Reply {
+    let fault = {
+        let mut s = lock(state);
+        s.faults
+            .iter_mut()
+            .find(|(p, q)| req.target.contains(p.as_str()) && !q.is_empty())
+            .and_then(|(_, q)| q.pop_front())
+    };
+    let reply = match fault.clone() {
+        Some(Fault::Status(code)) => Reply::status(code),
+        Some(Fault::Reset) => Reply::Reset,
+        Some(Fault::Oversized(n)) => Reply::body(200, "text/xml", vec![b' '; n]),
+        Some(Fault::Delay(d)) => Reply::Delayed(d, Box::new(route(state, service, req))),
+        Some(Fault::Truncate) => match route(state, service, req) {
+            Reply::Full { status, body, .. } => Reply::Truncated { status, body },
+            other => other,
+        },
+        Some(Fault::Malformed) => match route(state, service, req) {
+            Reply::Full {
+                status,
+                headers,
+                body,
+            } => Reply::Full {
+                status,
+                headers,
+                body: body[..body.len() / 2].to_vec(),
+            },
+            other => other,
+        },
+        None => route(state, service, req),
+    };
+    let status = match &reply {
+        Reply::Full { status, .. } | Reply::Truncated { status, .. } => *status,
+        Reply::Delayed(_, inner) => match &**inner {
+            Reply::Full { status, .. } => *status,
+            _ => 0,
+        },
+        Reply::Reset => 0,
+    };
+    lock(state).requests.push(Recorded {
+        service,
+        request: req.clone(),
+        status,
+        fault,
+    });
+    reply
+}
+
+fn xml(body: String) -> Reply {
+    Reply::body(200, "text/xml; charset=utf-8", body)
+}
+
+fn route(state: &Mutex<State>, service: Service, req: &HttpRequest) -> Reply {
+    match service {
+        Service::Wire => route_wire(state, req),
+        Service::HostPlugin => route_plugin(state, req),
+        Service::Imds => route_imds(state, req),
+    }
+}
+
+fn route_wire(state: &Mutex<State>, req: &HttpRequest) -> Reply {
+    let (config, base, overrides) = {
+        let s = lock(state);
+        (
+            s.config.clone().unwrap_or_default(),
+            s.wire_base.clone(),
+            s.overrides.clone(),
+        )
+    };
+    let inc = config.incarnation.to_string();
+    let doc = |kind: &'static str, make: &dyn Fn() -> String| {
+        xml(overrides.get(kind).cloned().unwrap_or_else(make))
+    };
+    let path = req.path();
+    match (req.method.as_str(), path, req.query("comp")) {
+        ("GET", "/", Some("versions")) => doc("versions", &templates::versions),
+        ("GET", "/machine/", Some("goalstate")) => {
+            doc("goalstate", &|| templates::goal_state(&config, &base))
+        }
+        ("GET", p, Some(comp)) if p.starts_with("/machine/") => {
+            // A sub-document of an older incarnation is gone (§4.3).
+            if req.query("incarnation").is_some_and(|i| i != inc) {
+                return Reply::status(410);
+            }
+            match (comp, req.query("type")) {
+                ("config", Some("hostingEnvironmentConfig")) => {
+                    doc("hostingEnvironmentConfig", &|| {
+                        templates::hosting_env(&config)
+                    })
+                }
+                ("config", Some("sharedConfig")) => {
+                    doc("sharedConfig", &|| templates::shared_config(&config))
+                }
+                ("config", Some("extensionsConfig")) => doc("extensionsConfig", &|| {
+                    templates::extensions_config(&config, &status_blob_url(&base))
+                }),
+                ("certificates", _) => certificates(&config, req),
+                _ => Reply::status(404),
+            }
+        }
+        ("POST", "/machine", Some("health")) => match parse_health(&req.body) {
+            Some(h) => {
+                lock(state).health.push(h);
+                Reply::status(200)
+            }
+            None => Reply::body(400, "text/plain", "malformed health report"),
+        },
+        ("POST", "/machine", Some("roleProperties")) => match parse_role_properties(&req.body) {
+            Some(p) => {
+                lock(state).role_properties.push(p);
+                Reply::status(202)
+            }
+            None => Reply::body(400, "text/plain", "malformed role properties"),
+        },
+        ("PUT", p, _) if p.starts_with("/blob/") => {
+            let url = format!("{base}{}", req.target);
+            lock(state).status.push(StatusUpload {
+                via: Service::Wire,
+                blob_url: url,
+                content: req.body.clone(),
+            });
+            Reply::status(201)
+        }
+        ("GET", p, _) if p.starts_with("/blob/") => match lock(state).blobs.get(p) {
+            Some(b) => Reply::body(200, "application/octet-stream", b.clone()),
+            None => Reply::status(404),
+        },
+        _ => Reply::status(404),
+    }
+}
+
+fn certificates(config: &SimConfig, req: &HttpRequest) -> Reply {
+    let Some(header) = req.header("x-ms-guest-agent-public-x509-cert") else {
+        return Reply::body(400, "text/plain", "no transport certificate");
+    };
+    let cipher = req.header("x-ms-cipher-name").unwrap_or("DES_EDE3_CBC");
+    if cipher == "AES128_CBC" && config.refuse_aes128 {
+        return Reply::body(400, "text/plain", "unsupported cipher");
+    }
+    let cipher = match cipher {
+        "AES128_CBC" => certs::CmsCipher::Aes128Cbc,
+        "DES_EDE3_CBC" => certs::CmsCipher::DesEde3Cbc,
+        _ => return Reply::body(400, "text/plain", "unknown cipher"),
+    };
+    match certs::certificates_xml_with(
+        header,
+        &config.tenant_certs,
+        &config.incarnation.to_string(),
+        cipher,
+    ) {
+        Ok(x) => xml(x),
+        Err(e) => Reply::body(500, "text/plain", e),
+    }
+}
+
+fn route_plugin(state: &Mutex<State>, req: &HttpRequest) -> Reply {
+    let config = lock(state).config.clone().unwrap_or_default();
+    // Stale container ids are refused like the real plugin does.
+    let stale = req
+        .header("x-ms-containerid")
+        .is_some_and(|c| c != config.container_id);
+    match (req.method.as_str(), req.path()) {
+        ("GET", "/health") => Reply::status(200),
+        ("GET", "/versions") => Reply::body(200, "application/json", "[\"2015-09-01\"]"),
+        ("GET", "/vmSettings") => Reply::status(404),
+        (_, _) if stale => Reply::status(410),
+        ("GET", "/extensionArtifact") => {
+            let Some(loc) = req.header("x-ms-artifact-location") else {
+                return Reply::status(400);
+            };
+            let path = loc.find("/blob/").map(|i| &loc[i..]).unwrap_or("");
+            let path = path.split('?').next().unwrap_or("");
+            match lock(state).blobs.get(path) {
+                Some(b) => Reply::body(200, "application/octet-stream", b.clone()),
+                None => Reply::status(404),
+            }
+        }
+        ("PUT", "/status") => match parse_envelope(&req.body) {
+            Some((url, content)) => {
+                lock(state).status.push(StatusUpload {
+                    via: Service::HostPlugin,
+                    blob_url: url,
+                    content,
+                });
+                Reply::status(200)
+            }
+            None => Reply::body(400, "text/plain", "malformed status envelope"),
+        },
+        _ => Reply::status(404),
+    }
+}
+
+fn route_imds(state: &Mutex<State>, req: &HttpRequest) -> Reply {
+    // IMDS refuses requests without the header (it guards against SSRF).
+    if !req
+        .header("metadata")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    {
+        return Reply::body(
+            400,
+            "application/json",
+            r#"{"error":"Bad request. Required metadata header not specified"}"#,
+        );
+    }
+    if req.method != "GET" || req.path() != "/metadata/instance" {
+        return Reply::status(404);
+    }
+    let config = lock(state).config.clone().unwrap_or_default();
+    let keys: Vec<serde_json::Value> = config
+        .imds_public_keys
+        .iter()
+        .map(|(k, p)| serde_json::json!({"keyData": k, "path": p}))
+        .collect();
+    let doc = serde_json::json!({
+        "compute": {
+            "name": config.vm_name,
+            "osType": "Linux",
+            "vmId": "e7fdbfc4-2deb-4a4e-8615-ea6aaf50162e",
+            "publicKeys": keys,
+        },
+        "network": {"interface": [{"macAddress": "000D3A3382E8",
+            "ipv4": {"ipAddress": [{"privateIpAddress": "10.0.0.4", "publicIpAddress": ""}]}}]}
+    });
+    Reply::body(200, "application/json", doc.to_string())
+}
+
+fn parse_health(body: &[u8]) -> Option<HealthReport> {
+    let root = crate::xml::parse("Health", &String::from_utf8_lossy(body)).ok()?;
+    let text = |e: &crate::xml::Element, path: &[&str]| -> Option<String> {
+        let mut cur = e;
+        for p in path {
+            cur = cur.child(p)?;
+        }
+        Some(cur.text.trim().to_string())
+    };
+    let role = root
+        .child("Container")?
+        .child("RoleInstanceList")?
+        .child("Role")?;
+    let health = role.child("Health")?;
+    Some(HealthReport {
+        incarnation: text(&root, &["GoalStateIncarnation"])?,
+        container_id: text(&root, &["Container", "ContainerId"])?,
+        instance_id: text(role, &["InstanceId"])?,
+        state: text(health, &["State"])?,
+        sub_status: text(health, &["Details", "SubStatus"]),
+        description: text(health, &["Details", "Description"]),
+    })
+}
+
+fn parse_role_properties(body: &[u8]) -> Option<(String, String)> {
+    let root = crate::xml::parse("RoleProperties", &String::from_utf8_lossy(body)).ok()?;
+    let ri = root
+        .child("Container")?
+        .child("RoleInstances")?
+        .child("RoleInstance")?;
+    let id = ri.child("Id")?.text.trim().to_string();
+    let value = ri
+        .child("Properties")?
+        .children_named("Property")
+        .find(|p| p.attr("name") == Some("CertificateThumbprint"))?
+        .attr("value")?
+        .to_string();
+    Some((id, value))
+}
+
+fn parse_envelope(body: &[u8]) -> Option<(String, Vec<u8>)> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let url = v.get("requestUri")?.as_str()?.to_string();
+    let content = match v.get("content").and_then(|c| c.as_str()) {
+        Some(c) => base64::engine::general_purpose::STANDARD.decode(c).ok()?,
+        None => Vec::new(),
+    };
+    Some((url, content))
+}
+
+/// The documents, written for the simulator (same shapes as Azure's).
+mod templates {
+    use super::SimConfig;
+    use crate::xml::escape;
+
+    pub fn versions() -> String {
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<Versions>\n  <Preferred>\n    <Version>2015-04-05</Version>\n  </Preferred>\n  <Supported>\n    <Version>2015-04-05</Version>\n    <Version>2012-11-30</Version>\n    <Version>2012-09-15</Version>\n    <Version>2010-12-15</Version>\n  </Supported>\n</Versions>\n".to_string()
+    }
+
+    pub fn goal_state(c: &SimConfig, base: &str) -> String {
+        let inc = c.incarnation;
+        let m = format!("{base}/machine/{}", escape(&c.container_id));
+        let certs = if c.tenant_certs.is_empty() {
+            String::new()
+        } else {
+            format!("\n          <Certificates>{m}?comp=certificates&amp;incarnation={inc}</Certificates>")
+        };
+        let ext = if c.extensions_config {
+            format!("\n          <ExtensionsConfig>{m}?comp=config&amp;type=extensionsConfig&amp;incarnation={inc}</ExtensionsConfig>")
+        } else {
+            String::new()
+        };
+        format!(
+            r#"<?xml version="1.0" encoding="utf-8"?>
+<GoalState xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:noNamespaceSchemaLocation="goalstate10.xsd">
+  <Version>2012-11-30</Version>
+  <Incarnation>{inc}</Incarnation>
+  <Machine>
+    <ExpectedState>Started</ExpectedState>
+    <StopRolesDeadlineHint>300000</StopRolesDeadlineHint>
+  </Machine>
+  <Container>
+    <ContainerId>{cid}</ContainerId>
+    <RoleInstanceList>
+      <RoleInstance>
+        <InstanceId>{iid}</InstanceId>
+        <State>Started</State>
+        <Configuration>
+          <HostingEnvironmentConfig>{m}?comp=config&amp;type=hostingEnvironmentConfig&amp;incarnation={inc}</HostingEnvironmentConfig>
+          <SharedConfig>{m}?comp=config&amp;type=sharedConfig&amp;incarnation={inc}</SharedConfig>{ext}
+          <FullConfig>{m}?comp=config&amp;type=fullConfig&amp;incarnation={inc}</FullConfig>{certs}
+          <ConfigName>{cfg}</ConfigName>
+        </Configuration>
+      </RoleInstance>
+    </RoleInstanceList>
+  </Container>
+</GoalState>
+"#,
+            cid = escape(&c.container_id),
+            iid = escape(&c.instance_id),
+            cfg = escape(&c.role_config_name),
+        )
+    }
+
+    pub fn hosting_env(c: &SimConfig) -> String {
+        format!(
+            r#"<?xml version="1.0" encoding="utf-8"?>
+<HostingEnvironmentConfig version="1.0.0.0" goalStateIncarnation="{inc}">
+  <StoredCertificates />
+  <Deployment name="{dep}" guid="{{ce5a036f-5c93-40e7-8adf-2613631008ab}}" incarnation="0">
+    <Service name="{vm}Service" guid="{{00000000-0000-0000-0000-000000000000}}" />
+    <ServiceInstance name="{dep}.0" guid="{{d113f4d7-9ead-4e73-b715-b724b5b7842c}}" />
+  </Deployment>
+  <Incarnation number="{inc}" instance="{vm}" guid="{{a0faca35-52e5-4ec7-8fd1-63d2bc107d9b}}" />
+  <Role guid="{{73d95f1c-6472-e58e-7a1a-523554e11d46}}" name="{role}" hostingEnvironmentVersion="1" software="" softwareType="ApplicationPackage" entryPoint="" parameters="" settleTimeSeconds="10" />
+</HostingEnvironmentConfig>
+"#,
+            inc = c.incarnation,
+            dep = escape(&c.deployment_name),
+            vm = escape(&c.vm_name),
+            role = escape(&c.role_name),
+        )
+    }
+
+    pub fn shared_config(c: &SimConfig) -> String {
+        format!(
+            r#"<?xml version="1.0" encoding="utf-8"?>
+<SharedConfig version="1.0.0.0" goalStateIncarnation="{inc}">
+  <Deployment name="{dep}" guid="{{ce5a036f-5c93-40e7-8adf-2613631008ab}}" incarnation="0" isNonCancellableTopologyChangeEnabled="false">
+    <Service name="{vm}Service" guid="{{00000000-0000-0000-0000-000000000000}}" />
+    <ServiceInstance name="{dep}.0" guid="{{d113f4d7-9ead-4e73-b715-b724b5b7842c}}" />
+  </Deployment>
+  <Incarnation number="{inc}" instance="{vm}" guid="{{a0faca35-52e5-4ec7-8fd1-63d2bc107d9b}}" />
+  <Role guid="{{73d95f1c-6472-e58e-7a1a-523554e11d46}}" name="{role}" settleTimeSeconds="10" />
+  <Instances>
+    <Instance id="{vm}" address="10.0.0.4">
+      <FaultDomains randomId="0" updateId="0" updateCount="0" />
+      <InputEndpoints />
+    </Instance>
+  </Instances>
+</SharedConfig>
+"#,
+            inc = c.incarnation,
+            dep = escape(&c.deployment_name),
+            vm = escape(&c.vm_name),
+            role = escape(&c.role_name),
+        )
+    }
+
+    pub fn extensions_config(c: &SimConfig, status_url: &str) -> String {
+        format!(
+            r#"<?xml version="1.0" encoding="utf-8"?>
+<Extensions version="1.0.0.0" goalStateIncarnation="{inc}"><GuestAgentExtension xmlns:i="http://www.w3.org/2001/XMLSchema-instance">
+  <GAFamilies>
+    <GAFamily>
+      <Name>Prod</Name>
+      <Uris />
+    </GAFamily>
+  </GAFamilies>
+</GuestAgentExtension>
+<StatusUploadBlob statusBlobType="BlockBlob">{url}</StatusUploadBlob>
+<InVMGoalStateMetaData inSvdSeqNo="{inc}" createdOnTicks="638000000000000000" activityId="a33f6f53-43d6-4625-b322-1a39651a00c9" correlationId="9a47a2a2-e740-4bfc-b11b-4f2f7cfe7d2e" />
+</Extensions>
+"#,
+            inc = c.incarnation,
+            url = escape(status_url),
+        )
+    }
+}

@@ -1,0 +1,523 @@
+//! The WireServer client against the fabric simulator: the whole exchange of
+//! a first boot, then each fault the simulator can inject.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+use waagent::os::SystemRunner;
+use waagent::sim::certs::generate_tenant_cert;
+use waagent::sim::{FabricSim, Fault, Service, SimConfig};
+use waagent::wire::client::{ClientOptions, RetryPolicy, WireClient, WireError};
+use waagent::wire::crypto::Openssl;
+use waagent::wire::reports::{self, Health, SubStatus};
+
+fn fast_policy() -> RetryPolicy {
+    RetryPolicy {
+        attempts: 3,
+        delay: Duration::from_millis(5),
+        throttled_attempts: 6,
+        throttled_delay: Duration::from_millis(5),
+        deadline: Duration::from_secs(20),
+        no_role_instance_delay: Duration::from_millis(5),
+    }
+}
+
+fn client(sim: &FabricSim, lib: &Path) -> WireClient {
+    let openssl = Openssl::new(PathBuf::from("openssl"), Rc::new(SystemRunner));
+    WireClient::new(
+        sim.endpoint(),
+        lib,
+        openssl,
+        ClientOptions {
+            timeout_secs: 1,
+            retry: fast_policy(),
+            health_retry: fast_policy(),
+        },
+    )
+}
+
+/// Every file under `dir` with its bytes, to prove a failure changed nothing.
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+fn targets(sim: &FabricSim) -> Vec<String> {
+    sim.requests()
+        .iter()
+        .map(|r| format!("{} {}", r.request.method, r.request.target))
+        .collect()
+}
+
+#[test]
+fn first_boot_exchange_versions_goal_state_certificates_not_ready_ready() {
+    let tenant = generate_tenant_cert("simulated-tenant").expect("tenant certificate");
+    let thumbprint = tenant.thumbprint();
+    let sim = FabricSim::start(SimConfig {
+        tenant_certs: vec![tenant],
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    let mut c = client(&sim, lib.path());
+
+    c.versions().expect("versions");
+    let full = c
+        .update_goal_state(false)
+        .expect("goal state")
+        .expect("a new incarnation");
+    assert_eq!(full.goal_state.incarnation, "1");
+    assert_eq!(full.hosting_env.vm_name, "simvm");
+    assert_eq!(full.certificates.len(), 1);
+    assert_eq!(full.certificates[0].thumbprint, thumbprint);
+    assert!(full.certificates[0].has_private_key);
+    let status_blob = full
+        .extensions_config
+        .as_ref()
+        .and_then(|e| e.status_upload_blob.as_ref())
+        .expect("status blob");
+    assert_eq!(status_blob.url, sim.status_blob_url());
+
+    let target = full.report_target().unwrap();
+    let not_ready = Health::NotReady {
+        sub_status: SubStatus::Provisioning,
+        description: "Starting".into(),
+    };
+    c.report_health(&target, &not_ready).unwrap();
+    c.report_health(&target, &Health::Ready).unwrap();
+
+    let m = format!("/machine/{}", sim.config().container_id);
+    assert_eq!(
+        targets(&sim),
+        vec![
+            "GET /?comp=versions".to_string(),
+            "GET /machine/?comp=goalstate".into(),
+            format!("GET {m}?comp=config&type=hostingEnvironmentConfig&incarnation=1"),
+            format!("GET {m}?comp=config&type=sharedConfig&incarnation=1"),
+            format!("GET {m}?comp=certificates&incarnation=1"),
+            format!("GET {m}?comp=config&type=extensionsConfig&incarnation=1"),
+            "POST /machine?comp=health".into(),
+            "POST /machine?comp=health".into(),
+        ]
+    );
+    let reqs = sim.requests();
+    for r in &reqs[1..] {
+        assert_eq!(
+            r.request.header("x-ms-version"),
+            Some("2012-11-30"),
+            "{}",
+            r.request.target
+        );
+        assert_eq!(r.request.header("x-ms-agent-name"), Some("WALinuxAgent"));
+    }
+    // The Certificates request carries the transport certificate on one line.
+    let cert_req = &reqs[4].request;
+    assert_eq!(cert_req.header("x-ms-cipher-name"), Some("AES128_CBC"));
+    let header = cert_req
+        .header("x-ms-guest-agent-public-x509-cert")
+        .unwrap();
+    let pem = std::fs::read_to_string(lib.path().join("TransportCert.pem")).unwrap();
+    let pem_body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert_eq!(header, pem_body);
+    // Health bodies exactly as built, and as the fabric understood them.
+    assert_eq!(
+        reqs[6].request.body,
+        reports::health_xml(&target, &not_ready).into_bytes()
+    );
+    assert_eq!(
+        reqs[7].request.body,
+        reports::health_xml(&target, &Health::Ready).into_bytes()
+    );
+    assert_eq!(
+        reqs[6].request.header("content-type"),
+        Some("text/xml;charset=utf-8")
+    );
+    let seen = sim.health_reports();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(
+        (
+            seen[0].state.as_str(),
+            seen[0].sub_status.as_deref(),
+            seen[0].description.as_deref()
+        ),
+        ("NotReady", Some("Provisioning"), Some("Starting"))
+    );
+    assert_eq!(
+        (seen[1].state.as_str(), seen[1].sub_status.as_deref()),
+        ("Ready", None)
+    );
+    for h in &seen {
+        assert_eq!(h.incarnation, "1");
+        assert_eq!(h.container_id, sim.config().container_id);
+        assert_eq!(h.instance_id, sim.config().instance_id);
+    }
+
+    // Lib.Dir holds waagent's files with private modes.
+    let files = snapshot(lib.path());
+    for name in [
+        "GoalState.1.xml",
+        "HostingEnvironmentConfig.xml",
+        "SharedConfig.xml",
+        "Certificates.xml",
+        "ExtensionsConfig.1.xml",
+        "Incarnation",
+        "TransportCert.pem",
+        "TransportPrivate.pem",
+    ] {
+        assert!(
+            files.contains_key(name),
+            "{name} missing: {:?}",
+            files.keys()
+        );
+    }
+    assert_eq!(files["Incarnation"], b"1");
+    assert_eq!(mode(&lib.path().join("TransportPrivate.pem")), 0o600);
+    assert_eq!(mode(&lib.path().join(format!("{thumbprint}.prv"))), 0o600);
+    assert!(lib.path().join(format!("{thumbprint}.crt")).exists());
+    assert_eq!(mode(&lib.path().join("ExtensionsConfig.1.xml")), 0o600);
+}
+
+#[test]
+fn same_incarnation_fetches_nothing_new_and_a_bump_fetches_everything() {
+    let sim = FabricSim::start(SimConfig::default()).unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    let mut c = client(&sim, lib.path());
+    assert!(c.update_goal_state(false).unwrap().is_some());
+    let n = sim.requests().len();
+    assert!(c.update_goal_state(false).unwrap().is_none());
+    assert_eq!(
+        targets(&sim)[n..],
+        ["GET /machine/?comp=goalstate".to_string()]
+    );
+
+    assert_eq!(sim.bump_incarnation(), 2);
+    let full = c.update_goal_state(false).unwrap().expect("incarnation 2");
+    assert_eq!(full.goal_state.incarnation, "2");
+    assert_eq!(
+        std::fs::read_to_string(lib.path().join("Incarnation")).unwrap(),
+        "2"
+    );
+    assert!(lib.path().join("GoalState.2.xml").exists());
+    assert!(lib.path().join("ExtensionsConfig.2.xml").exists());
+    // No certificates in this goal state: no transport key was needed.
+    assert!(!lib.path().join("TransportPrivate.pem").exists());
+}
+
+#[test]
+fn server_errors_are_retried_then_succeed() {
+    let sim = FabricSim::start(SimConfig::default()).unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    let c = client(&sim, lib.path());
+    sim.inject("comp=versions", [Fault::Status(503), Fault::Status(500)]);
+    c.versions().unwrap();
+    let statuses: Vec<u16> = sim.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![503, 500, 200]);
+}
+
+#[test]
+fn throttling_raises_the_attempt_budget() {
+    let sim = FabricSim::start(SimConfig::default()).unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    let c = client(&sim, lib.path());
+    // Five 429s exceed the normal budget of 3 but not the throttled one of 6.
+    sim.inject("comp=versions", vec![Fault::Status(429); 5]);
+    c.versions().unwrap();
+    assert_eq!(sim.requests().len(), 6);
+}
+
+#[test]
+fn persistent_failure_gives_up_with_a_clear_error() {
+    let sim = FabricSim::start(SimConfig::default()).unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    let mut c = client(&sim, lib.path());
+    sim.inject("comp=goalstate", vec![Fault::Status(500); 10]);
+    let err = c.update_goal_state(false).unwrap_err();
+    let base = sim.endpoint().wire_base();
+    assert_eq!(
+        err.to_string(),
+        format!("{base}/machine/?comp=goalstate: HTTP 500 (gave up after 3 attempts)")
+    );
+    assert_eq!(sim.requests().len(), 3);
+    assert!(snapshot(lib.path()).is_empty());
+
+    // Not retryable: one request, the status in the error.
+    sim.inject("comp=versions", [Fault::Status(404)]);
+    let err = c.versions().unwrap_err();
+    assert_eq!(err.to_string(), format!("{base}/?comp=versions: HTTP 404"));
+    assert_eq!(sim.requests_to("comp=versions").len(), 1);
+}
+
+#[test]
+fn gone_sub_document_refetches_the_goal_state() {
+    let sim = FabricSim::start(SimConfig::default()).unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    let mut c = client(&sim, lib.path());
+    sim.inject("type=sharedConfig", [Fault::Status(410)]);
+    let full = c.update_goal_state(false).unwrap().unwrap();
+    assert_eq!(full.goal_state.incarnation, "1");
+    assert_eq!(sim.requests_to("comp=goalstate").len(), 2);
+    assert_eq!(sim.requests_to("type=sharedConfig").len(), 2);
+
+    // A sub-document of an older incarnation really is gone at the simulator.
+    let stale = sim.requests_to("type=hostingEnvironmentConfig")[0]
+        .request
+        .target
+        .clone();
+    sim.bump_incarnation();
+    let url = format!("{}{stale}", sim.endpoint().wire_base());
+    let r = waagent::http::send(&waagent::http::Request {
+        method: "GET",
+        url: &url,
+        headers: &[],
+        body: None,
+        timeout_secs: 2,
+        max_body: 1024,
+    })
+    .unwrap();
+    assert_eq!(r.status, 410);
+}
+
+#[test]
+fn gone_every_round_fails_and_writes_nothing() {
+    let sim = FabricSim::start(SimConfig::default()).unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    let mut c = client(&sim, lib.path());
+    sim.inject("type=hostingEnvironmentConfig", vec![Fault::Status(410); 3]);
+    let err = c.update_goal_state(false).unwrap_err();
+    assert!(
+        err.to_string().ends_with("HTTP 410 (goal state is stale)"),
+        "{err}"
+    );
+    assert_eq!(sim.requests_to("comp=goalstate").len(), 3);
+    assert!(snapshot(lib.path()).is_empty());
+}
+
+#[test]
+fn timeouts_resets_and_truncated_bodies_are_retried() {
+    let sim = FabricSim::start(SimConfig::default()).unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    let mut c = client(&sim, lib.path());
+    sim.inject("comp=goalstate", [Fault::Delay(Duration::from_secs(3))]);
+    sim.inject("comp=versions", [Fault::Reset]);
+    sim.inject("type=sharedConfig", [Fault::Truncate]);
+    c.versions().unwrap();
+    c.update_goal_state(false).unwrap().unwrap();
+    let faults = |p: &str| -> Vec<Option<Fault>> {
+        sim.requests_to(p).into_iter().map(|r| r.fault).collect()
+    };
+    assert_eq!(
+        faults("comp=goalstate"),
+        vec![Some(Fault::Delay(Duration::from_secs(3))), None]
+    );
+    assert_eq!(faults("comp=versions"), vec![Some(Fault::Reset), None]);
+    assert_eq!(
+        faults("type=sharedConfig"),
+        vec![Some(Fault::Truncate), None]
+    );
+}
+
+#[test]
+fn a_broken_document_keeps_the_previous_incarnation_whole() {
+    let sim = FabricSim::start(SimConfig::default()).unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    let mut c = client(&sim, lib.path());
+    c.update_goal_state(false).unwrap().unwrap();
+    let before = snapshot(lib.path());
+
+    sim.bump_incarnation();
+    sim.inject("type=extensionsConfig", [Fault::Malformed]);
+    let err = c.update_goal_state(false).unwrap_err();
+    assert!(matches!(err, WireError::Document(_)), "{err}");
+    assert!(err.to_string().starts_with("ExtensionsConfig: "), "{err}");
+    assert_eq!(snapshot(lib.path()), before);
+    // Not retried: malformed XML is not a transient failure.
+    assert_eq!(sim.requests_to("type=extensionsConfig").len(), 2);
+
+    // Truncated beyond the retry budget: same, nothing written.
+    sim.inject("type=hostingEnvironmentConfig", vec![Fault::Truncate; 3]);
+    assert!(c.update_goal_state(false).is_err());
+    assert_eq!(snapshot(lib.path()), before);
+
+    // And the next poll gets incarnation 2 cleanly.
+    assert_eq!(
+        c.update_goal_state(false)
+            .unwrap()
+            .unwrap()
+            .goal_state
+            .incarnation,
+        "2"
+    );
+}
+
+#[test]
+fn oversized_responses_are_refused() {
+    let sim = FabricSim::start(SimConfig::default()).unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    let mut c = client(&sim, lib.path());
+    sim.inject("comp=goalstate", vec![Fault::Oversized(5 << 20); 3]);
+    let err = c.update_goal_state(false).unwrap_err().to_string();
+    assert!(
+        err.contains("response larger than 4194304 bytes refused"),
+        "{err}"
+    );
+    assert!(err.ends_with("(gave up after 3 attempts)"), "{err}");
+    assert!(snapshot(lib.path()).is_empty());
+}
+
+#[test]
+fn a_server_without_our_protocol_version_is_refused() {
+    let sim = FabricSim::start(SimConfig::default()).unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    sim.override_document(
+        "versions",
+        "<Versions><Preferred><Version>2015-04-05</Version></Preferred><Supported><Version>2010-12-15</Version></Supported></Versions>",
+    );
+    let err = client(&sim, lib.path()).versions().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the WireServer does not support protocol 2012-11-30 (it offers 2015-04-05, 2010-12-15)"
+    );
+}
+
+#[test]
+fn certificates_fall_back_to_des_ede3_when_aes128_is_refused() {
+    let tenant = generate_tenant_cert("des-tenant").unwrap();
+    let thumbprint = tenant.thumbprint();
+    let sim = FabricSim::start(SimConfig {
+        tenant_certs: vec![tenant],
+        refuse_aes128: true,
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    let full = client(&sim, lib.path())
+        .update_goal_state(true)
+        .unwrap()
+        .unwrap();
+    assert_eq!(full.certificates[0].thumbprint, thumbprint);
+    let ciphers: Vec<_> = sim
+        .requests_to("comp=certificates")
+        .iter()
+        .map(|r| {
+            (
+                r.request
+                    .header("x-ms-cipher-name")
+                    .unwrap_or("")
+                    .to_string(),
+                r.status,
+            )
+        })
+        .collect();
+    assert_eq!(
+        ciphers,
+        vec![
+            ("AES128_CBC".to_string(), 400),
+            ("DES_EDE3_CBC".to_string(), 200)
+        ]
+    );
+}
+
+#[test]
+fn goal_state_without_role_instance_is_asked_again() {
+    let sim = FabricSim::start(SimConfig::default()).unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    sim.override_document(
+        "goalstate",
+        "<GoalState><Version>2012-11-30</Version><Incarnation>1</Incarnation><Machine><ExpectedState>Started</ExpectedState></Machine><Container><ContainerId>c1</ContainerId></Container></GoalState>",
+    );
+    let err = client(&sim, lib.path())
+        .update_goal_state(false)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "GoalState: no RoleInstance in the goal state"
+    );
+    assert_eq!(sim.requests_to("comp=goalstate").len(), 6);
+}
+
+#[test]
+fn role_properties_carry_the_host_key_fingerprint() {
+    let sim = FabricSim::start(SimConfig::default()).unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    let mut c = client(&sim, lib.path());
+    let full = c.update_goal_state(false).unwrap().unwrap();
+    c.report_role_properties(&full.report_target().unwrap(), "SHA256abcdef")
+        .unwrap();
+    assert_eq!(
+        sim.role_properties(),
+        vec![(sim.config().instance_id, "SHA256abcdef".to_string())]
+    );
+}
+
+#[test]
+fn hostplugin_health_artifacts_and_status_upload() {
+    let sim = FabricSim::start(SimConfig::default()).unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    let mut c = client(&sim, lib.path());
+    c.update_goal_state(false).unwrap().unwrap();
+    assert!(c.hostplugin_health().unwrap());
+    assert!(c.hostplugin_supported().unwrap());
+
+    let url = sim.put_blob("manifest.xml", b"<PluginVersionManifest/>".to_vec());
+    assert_eq!(
+        c.extension_artifact(&url, None).unwrap(),
+        b"<PluginVersionManifest/>"
+    );
+
+    let status = br#"{"version":"1.1","timestampUTC":"2026-11-27T09:00:00Z"}"#;
+    c.put_status(&sim.status_blob_url(), status).unwrap();
+    let uploads = sim.status_uploads();
+    assert_eq!(uploads.len(), 1);
+    assert_eq!(uploads[0].via, Service::HostPlugin);
+    assert_eq!(uploads[0].blob_url, sim.status_blob_url());
+    assert_eq!(uploads[0].content, status);
+
+    let put = &sim.requests_to("/status")[0].request;
+    assert_eq!(put.header("x-ms-version"), Some("2015-09-01"));
+    assert_eq!(
+        put.header("x-ms-containerid"),
+        Some(sim.config().container_id.as_str())
+    );
+    assert_eq!(
+        put.header("x-ms-host-config-name"),
+        Some(sim.config().role_config_name.as_str())
+    );
+    let envelope: serde_json::Value = serde_json::from_slice(&put.body).unwrap();
+    assert_eq!(
+        envelope["headers"],
+        serde_json::json!([
+            {"headerName": "x-ms-version", "headerValue": "2014-02-14"},
+            {"headerName": "x-ms-blob-type", "headerValue": "BlockBlob"}
+        ])
+    );
+}
+
+#[test]
+fn hostplugin_stale_container_refreshes_the_goal_state_once() {
+    let sim = FabricSim::start(SimConfig::default()).unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    let mut c = client(&sim, lib.path());
+    c.update_goal_state(false).unwrap().unwrap();
+    let gs_before = sim.requests_to("comp=goalstate").len();
+    sim.inject("/status", [Fault::Status(410)]);
+    c.put_status(&sim.status_blob_url(), b"{}").unwrap();
+    assert_eq!(sim.requests_to("comp=goalstate").len(), gs_before + 1);
+    assert_eq!(sim.requests_to("/status").len(), 2);
+    assert_eq!(sim.status_uploads().len(), 1);
+}
