@@ -12,6 +12,7 @@ use waagent::sim::certs::generate_tenant_cert;
 use waagent::sim::{FabricSim, Fault, Service, SimConfig};
 use waagent::wire::client::{ClientOptions, RetryPolicy, WireClient, WireError};
 use waagent::wire::crypto::Openssl;
+use waagent::wire::endpoint;
 use waagent::wire::reports::{self, Health, SubStatus};
 
 fn fast_policy() -> RetryPolicy {
@@ -75,9 +76,21 @@ fn first_boot_exchange_versions_goal_state_certificates_not_ready_ready() {
     })
     .unwrap();
     let lib = tempfile::tempdir().unwrap();
+    // Discovery: option 245 in a networkd lease names the simulator's address
+    // (loopback here); the ports are the simulator's.
+    let leases = tempfile::tempdir().unwrap();
+    let lease = leases.path().join("2");
+    std::fs::write(&lease, "ADDRESS=10.0.0.69\nOPTION_245=7f000001\n").unwrap();
+    let (ip, source) = endpoint::discover(lib.path(), &[lease], true, std::time::SystemTime::now());
+    assert_eq!(
+        (ip.to_string(), source),
+        (sim.endpoint().host, endpoint::Source::DhcpLease)
+    );
     let mut c = client(&sim, lib.path());
 
     c.versions().expect("versions");
+    endpoint::write_cache(lib.path(), ip).unwrap();
+    assert_eq!(endpoint::read_cache(lib.path()), Some(ip));
     let full = c
         .update_goal_state(false)
         .expect("goal state")
@@ -177,6 +190,7 @@ fn first_boot_exchange_versions_goal_state_certificates_not_ready_ready() {
         "Certificates.xml",
         "ExtensionsConfig.1.xml",
         "Incarnation",
+        "WireServerEndpoint",
         "TransportCert.pem",
         "TransportPrivate.pem",
     ] {
@@ -462,6 +476,23 @@ fn role_properties_carry_the_host_key_fingerprint() {
     assert_eq!(
         sim.role_properties(),
         vec![(sim.config().instance_id, "SHA256abcdef".to_string())]
+    );
+}
+
+#[test]
+fn role_properties_must_be_accepted_with_202() {
+    let sim = FabricSim::start(SimConfig::default()).unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    let mut c = client(&sim, lib.path());
+    let full = c.update_goal_state(false).unwrap().unwrap();
+    sim.inject("comp=roleProperties", [Fault::Status(200)]);
+    let err = c
+        .report_role_properties(&full.report_target().unwrap(), "x")
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .ends_with("/machine?comp=roleProperties: HTTP 200"),
+        "{err}"
     );
 }
 

@@ -54,7 +54,19 @@ pub fn health_xml(target: &ReportTarget, health: &Health) -> String {
             sub_status,
             description,
         } => {
-            let description: String = description.chars().take(MAX_DESCRIPTION_CHARS).collect();
+            // Control characters (from a command's stderr, say) are not
+            // allowed in XML 1.0; the fabric would refuse the whole report.
+            let description: String = description
+                .chars()
+                .take(MAX_DESCRIPTION_CHARS)
+                .map(|c| {
+                    if c.is_control() && !matches!(c, '\t' | '\n' | '\r') {
+                        ' '
+                    } else {
+                        c
+                    }
+                })
+                .collect();
             format!(
                 "<State>NotReady</State><Details><SubStatus>{}</SubStatus><Description>{}</Description></Details>",
                 sub_status.as_str(),
@@ -149,6 +161,15 @@ mod tests {
         };
         let x = health_xml(&target(), &long);
         assert_eq!(x.matches('é').count(), MAX_DESCRIPTION_CHARS);
+    }
+
+    #[test]
+    fn control_characters_never_reach_the_xml() {
+        let h = Health::NotReady {
+            sub_status: SubStatus::ProvisioningFailed,
+            description: "a\u{1}b\u{1b}[0mc\nd".into(),
+        };
+        assert!(health_xml(&target(), &h).contains("<Description>a b [0mc\nd</Description>"));
     }
 
     #[test]
