@@ -272,6 +272,26 @@ flavour!(
             Cmd::new("pgrep").args(["-n", "dhclient"])
         }
 
+        fn primary_interface(&self) -> Option<String> {
+            let out = self.env.run_ok(Cmd::new("route").args(["-n", "get", "default"])).ok()?;
+            out.stdout
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("interface:"))
+                .map(|i| i.trim().to_string())
+        }
+
+        fn is_cloud_init_enabled(&self) -> bool {
+            self.env
+                .runner
+                .run(&Cmd::new("service").args(["cloudinit", "enabled"]))
+                .is_ok_and(|o| o.success())
+        }
+
+        fn instance_id(&self) -> Option<String> {
+            let out = self.env.run_ok(Cmd::new("kenv").args(["-q", "smbios.system.uuid"])).ok()?;
+            linux::swap_uuid_groups(out.stdout.trim())
+        }
+
         fn has_route_to(&self, dest: Ipv4Addr) -> Result<bool, OsError> {
             let out = self.env.run_ok(Cmd::new("netstat").args(["-rn", "-f", "inet"]))?;
             let d = dest.to_string();

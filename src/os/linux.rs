@@ -292,6 +292,52 @@ pub(crate) fn proc_route_has(route: &Path, dest: Ipv4Addr) -> Result<bool, OsErr
     }))
 }
 
+/// The interface of the default route with the lowest metric.
+pub(crate) fn proc_route_default_interface(route: &Path) -> Option<String> {
+    let text = fs::read_to_string(route).ok()?;
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 7 && f[1] == "00000000" && f[7] == "00000000")
+                .then(|| (f[6].parse::<u32>().unwrap_or(u32::MAX), f[0].to_string()))
+        })
+        .min()
+        .map(|(_, iface)| iface)
+}
+
+/// `04030201-0605-0807-0910-111213141516` → `01020304-0506-0708-0910-…`:
+/// SMBIOS stores the first three UUID fields little-endian (§9.2).
+pub(crate) fn swap_uuid_groups(uuid: &str) -> Option<String> {
+    let parts: Vec<&str> = uuid.split('-').collect();
+    let ok = parts.len() == 5
+        && [8, 4, 4, 4, 12]
+            .iter()
+            .zip(&parts)
+            .all(|(n, p)| p.len() == *n)
+        && parts
+            .iter()
+            .all(|p| p.chars().all(|c| c.is_ascii_hexdigit()));
+    if !ok {
+        return None;
+    }
+    let swap = |p: &str| -> String {
+        let bytes: Vec<&str> = (0..p.len()).step_by(2).map(|i| &p[i..i + 2]).collect();
+        bytes.into_iter().rev().collect()
+    };
+    Some(
+        format!(
+            "{}-{}-{}-{}-{}",
+            swap(parts[0]),
+            swap(parts[1]),
+            swap(parts[2]),
+            parts[3],
+            parts[4]
+        )
+        .to_ascii_lowercase(),
+    )
+}
+
 /// Block devices whose SCSI type is 5 (CD-ROM), as `/dev/{name}`.
 pub(crate) fn sysfs_cdroms(sys_block: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(sys_block)
@@ -441,6 +487,28 @@ mod tests {
         .unwrap();
         assert!(proc_route_has(&p, Ipv4Addr::new(168, 63, 129, 16)).unwrap());
         assert!(!proc_route_has(&p, Ipv4Addr::new(169, 254, 169, 254)).unwrap());
+    }
+
+    #[test]
+    fn default_route_interface_and_uuid() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("route");
+        fs::write(
+            &p,
+            "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n\
+            eth1\t00000000\t0100000A\t0003\t0\t0\t200\t00000000\t0\t0\t0\n\
+            eth0\t00000000\t0100000A\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
+            eth0\t0000000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n",
+        )
+        .unwrap();
+        assert_eq!(proc_route_default_interface(&p).as_deref(), Some("eth0"));
+        fs::write(&p, "Iface\tDestination\n").unwrap();
+        assert_eq!(proc_route_default_interface(&p), None);
+        assert_eq!(
+            swap_uuid_groups("C4BFE7E2-EB2D-4A4E-8615-EA6AAF50162E").as_deref(),
+            Some("e2e7bfc4-2deb-4e4a-8615-ea6aaf50162e")
+        );
+        assert_eq!(swap_uuid_groups("not-a-uuid"), None);
     }
 
     #[test]

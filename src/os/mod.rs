@@ -295,6 +295,39 @@ pub trait OsUtil {
         env.run_ok(cmd).map(drop)
     }
 
+    /// The host name the kernel has now.
+    fn hostname(&self) -> Result<String, OsError> {
+        nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .map_err(|e| OsError::Invalid(format!("cannot read the host name: {e}")))
+    }
+
+    /// The interface that carries the default route (the lowest metric),
+    /// where DHCP runs and the host name is published.
+    fn primary_interface(&self) -> Option<String> {
+        linux::proc_route_default_interface(&self.env().path("/proc/net/route"))
+    }
+
+    /// True when cloud-init will provision this VM (`Provisioning.Agent=auto`
+    /// hands over to it then, as waagent 2.2.45+ does).
+    fn is_cloud_init_enabled(&self) -> bool {
+        let env = self.env();
+        let enabled = |cmd: Cmd| {
+            env.runner
+                .run(&cmd)
+                .is_ok_and(|o| o.success() && o.stdout.trim() == "enabled")
+        };
+        enabled(Cmd::new("systemctl").args(["is-enabled", "cloud-init-local.service"]))
+    }
+
+    /// The VM's unique id: the SMBIOS system UUID with its first three
+    /// groups byte-swapped, which is how IMDS and the portal show `vmId`.
+    fn instance_id(&self) -> Option<String> {
+        let raw =
+            std::fs::read_to_string(self.env().path("/sys/class/dmi/id/product_uuid")).ok()?;
+        linux::swap_uuid_groups(raw.trim())
+    }
+
     // ----- DHCP and routes -----
 
     /// Lease files that may carry option 245 (the WireServer address).

@@ -629,3 +629,46 @@ fn filesystems_and_swap() {
         ]
     );
 }
+
+#[test]
+fn instance_id_interface_and_cloud_init() {
+    let f = fixture(Flavour::Ubuntu, "22.04", true);
+    f.write(
+        "/sys/class/dmi/id/product_uuid",
+        "C4BFE7E2-EB2D-4A4E-8615-EA6AAF50162E\n",
+    );
+    assert_eq!(
+        f.os.instance_id().as_deref(),
+        Some("e2e7bfc4-2deb-4e4a-8615-ea6aaf50162e")
+    );
+    f.runner.push("systemctl", Output::ok("enabled\n"));
+    assert!(f.os.is_cloud_init_enabled());
+    f.runner.push("systemctl", Output::failed(1, "disabled"));
+    assert!(!f.os.is_cloud_init_enabled());
+    assert_eq!(
+        f.take(),
+        [
+            "systemctl is-enabled cloud-init-local.service",
+            "systemctl is-enabled cloud-init-local.service"
+        ]
+    );
+
+    let f = fixture(Flavour::FreeBsd, "13", false);
+    f.runner
+        .push("kenv", Output::ok("C4BFE7E2-EB2D-4A4E-8615-EA6AAF50162E\n"));
+    f.runner.push("route", Output::ok("   route to: default\ndestination: default\n  interface: hn0\n      flags: <UP,GATEWAY,DONE,STATIC>\n"));
+    assert_eq!(
+        f.os.instance_id().as_deref(),
+        Some("e2e7bfc4-2deb-4e4a-8615-ea6aaf50162e")
+    );
+    assert_eq!(f.os.primary_interface().as_deref(), Some("hn0"));
+    assert!(f.os.is_cloud_init_enabled());
+    assert_eq!(
+        f.take(),
+        [
+            "kenv -q smbios.system.uuid",
+            "route -n get default",
+            "service cloudinit enabled"
+        ]
+    );
+}
