@@ -55,9 +55,7 @@ pub fn apply(config_text: &str, settings: &[(&str, &str)]) -> String {
 /// `=` (sshd also takes `Keyword=value`).
 fn words(line: &str) -> (&str, &str) {
     let line = line.trim_start_matches([' ', '\t']);
-    let end = line
-        .find(|c: char| c == ' ' || c == '\t' || c == '=')
-        .unwrap_or(line.len());
+    let end = line.find([' ', '\t', '=']).unwrap_or(line.len());
     let rest = line[end..].trim_start_matches([' ', '\t', '=']);
     (&line[..end], rest)
 }
