@@ -139,14 +139,7 @@ fn check() -> Result<(), String> {
     if !nix::unistd::geteuid().is_root() {
         return Err("the sandbox needs root".into());
     }
-    for tool in [
-        "unshare",
-        "ip",
-        "losetup",
-        "xorriso",
-        "genisoimage",
-        "python3",
-    ] {
+    for tool in ["unshare", "ip", "losetup", "xorriso", "genisoimage"] {
         let found = Command::new("sh")
             .args([
                 "-c",
