@@ -79,6 +79,8 @@ pub fn main(args: &[String]) -> i32 {
     match inv.command {
         Command::Start => start(&inv, &config_path),
         Command::Daemon => daemon(config),
+        Command::Deprovision => deprovision(config, false, inv.force),
+        Command::DeprovisionUser => deprovision(config, true, inv.force),
         Command::RegisterService => register_service(Env::system(config)),
         other => not_implemented(other),
     }
@@ -156,12 +158,10 @@ fn start(inv: &Invocation, config_path: &Path) -> i32 {
     }
 }
 
-/// `-daemon`. Claims the pid file; the state machine (provisioning, reporting,
-/// steady state) is not built yet, and the daemon says so rather than
-/// pretending to run.
+/// `-daemon`: claims the pid file and runs the state machine until SIGTERM.
 fn daemon(config: Config) -> i32 {
-    let env = Env::system(config);
-    let _pid = match PidFile::acquire(&env.config.pid_file, &env.path("/proc")) {
+    let env = Env::system(config.clone());
+    let _pid = match PidFile::acquire(&config.pid_file, &env.path("/proc")) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("waagent: {e}");
@@ -169,6 +169,11 @@ fn daemon(config: Config) -> i32 {
             return EXIT_FAILURE;
         }
     };
+    if let Err(e) = crate::daemon::install_handlers() {
+        log::warn!("{e}");
+    }
+    // Every openssl (and, later, extension) child inherits it, as in waagent.
+    crate::wire::crypto::export_fips_env(config.enable_fips);
     log::info!(
         "{AGENT_NAME} {VERSION} daemon starting, pid {}, on {} {} ({} flavour)",
         std::process::id(),
@@ -176,12 +181,28 @@ fn daemon(config: Config) -> i32 {
         env.distro.version,
         env.distro.flavour
     );
-    let msg = format!(
-        "the daemon's provisioning and steady state are not implemented in {AGENT_NAME} {VERSION} yet; exiting"
-    );
-    log::error!("{msg}");
-    eprintln!("waagent: {msg}");
-    EXIT_FAILURE
+    let os = os::for_env(env);
+    crate::daemon::Daemon::new(config, os, crate::daemon::Timing::default()).run()
+}
+
+/// `-deprovision[+user]`: list, confirm (unless `-force`), do.
+fn deprovision(config: Config, with_user: bool, force: bool) -> i32 {
+    let os = os::for_env(Env::system(config.clone()));
+    let actions = crate::deprovision::plan(&config, &*os, with_user);
+    let stdin = std::io::stdin();
+    if !crate::deprovision::confirm(&actions, force, &mut stdin.lock(), &mut std::io::stdout()) {
+        println!("\nDeprovisioning cancelled; nothing was changed.");
+        return EXIT_OK;
+    }
+    let failures = crate::deprovision::apply(&actions, &*os);
+    for f in &failures {
+        eprintln!("waagent: deprovision: {f}");
+    }
+    if failures.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_FAILURE
+    }
 }
 
 /// `-register-service`: enable the agent's service for the running init system.

@@ -390,6 +390,15 @@ options! {
     debug_self_update_regular_frequency: u64 = "Debug.SelfUpdateRegularFrequency", 86_400;
     debug_firewall_rules_log_period: u64 = "Debug.FirewallRulesLogPeriod", 86_400;
     debug_log_collector_initial_delay: u64 = "Debug.LogCollectorInitialDelay", 300;
+
+    // --- this agent's own test knobs (not waagent's) ---
+    /// `host:port` of the WireServer instead of discovery, for running the
+    /// daemon against a simulator on loopback. The HostGAPlugin is then
+    /// looked for on `Debug.HostGAPluginPort` of the same host.
+    debug_wireserver_address: Option<String> = "Debug.WireServerAddress", None;
+    debug_hostgaplugin_port: u64 = "Debug.HostGAPluginPort", 32526;
+    /// `host:port` of IMDS instead of 169.254.169.254:80.
+    debug_imds_address: Option<String> = "Debug.ImdsAddress", None;
 }
 
 /// Keys only the 2.0 agent read. Distro files still carry them; they are
@@ -471,7 +480,8 @@ impl Config {
         (cfg, warnings)
     }
 
-    fn is_explicit(&self, key: &str) -> bool {
+    /// True when the file set `key` (canonical spelling) to a valid value.
+    pub fn is_explicit(&self, key: &str) -> bool {
         self.explicit.contains(&key)
     }
 
@@ -579,9 +589,12 @@ mod tests {
             ("Debug.EnableSignatureValidation", "False"),
             ("Debug.EtpCollectionPeriod", "300"),
             ("Debug.FirewallRulesLogPeriod", "86400"),
+            ("Debug.HostGAPluginPort", "32526"),
+            ("Debug.ImdsAddress", "None"),
             ("Debug.LogCollectorInitialDelay", "300"),
             ("Debug.SelfUpdateHotfixFrequency", "14400"),
             ("Debug.SelfUpdateRegularFrequency", "86400"),
+            ("Debug.WireServerAddress", "None"),
             ("DetectScvmmEnv", "False"),
             ("EnableOverProvisioning", "True"),
             ("Extension.LogDir", "/var/log/azure"),

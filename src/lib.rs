@@ -7,6 +7,8 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod daemon;
+pub mod deprovision;
 pub mod fsutil;
 pub mod http;
 pub mod log;

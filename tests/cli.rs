@@ -99,8 +99,6 @@ fn missing_configuration_file_is_a_clear_error() {
 fn unimplemented_commands_say_so_and_fail() {
     let s = Sandbox::new("");
     for (flag, shown) in [
-        ("-deprovision", "-deprovision"),
-        ("-deprovision+user", "-deprovision+user"),
         ("-run-exthandlers", "-run-exthandlers"),
         ("-serialconsole", "-serialconsole"),
         ("-collect-logs", "-collect-logs"),
@@ -159,22 +157,74 @@ fn daemon_claims_the_pid_file_and_refuses_a_second_daemon() {
         )
     );
 
-    // Now stale: the daemon takes it, says plainly it cannot go further yet,
-    // and removes the pid file on the way out.
-    let o = s.run(&["-daemon"]);
-    assert_eq!(o.status.code(), Some(1));
+    // Now stale: the daemon takes it over.
+    let o = s.run(&["-version"]);
+    assert_eq!(o.status.code(), Some(0));
+}
+
+/// A loopback fabric and a config that sends the daemon there and asks it
+/// to report only (`Provisioning.Agent=disabled`): the state machine runs for
+/// real on this machine without touching the system or the platform address.
+fn fabric_and_config() -> (waagent::sim::FabricSim, Sandbox) {
+    let sim =
+        waagent::sim::FabricSim::start(waagent::sim::SimConfig::default()).expect("simulator");
+    let ep = sim.endpoint();
+    let s = Sandbox::new(&format!(
+        "Provisioning.Agent=disabled\nDebug.WireServerAddress={}:{}\nDebug.HostGAPluginPort={}\nExtensions.GoalStatePeriod=1\n",
+        ep.host, ep.wire_port, ep.hostplugin_port
+    ));
+    (sim, s)
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn daemon_reports_ready_and_stops_cleanly_on_sigterm() {
+    let (sim, s) = fabric_and_config();
+    let mut daemon = std::process::Command::new(common::bin())
+        .arg(format!("-configuration-path:{}", s.conf_path().display()))
+        .arg("-daemon")
+        .spawn()
+        .expect("spawn the daemon");
+    wait_for("Ready", || {
+        sim.health_reports().iter().any(|h| h.state == "Ready")
+    });
+    assert_eq!(waagent::pidfile::read_pid(&s.pid_path()), Some(daemon.id()));
+    assert!(s.path("lib/provisioned").exists());
+    // Steady state polls the goal state every second.
+    let polls = sim.requests_to("comp=goalstate").len();
+    wait_for("a steady-state poll", || {
+        sim.requests_to("comp=goalstate").len() > polls
+    });
+
+    let asked = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = daemon.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
     assert!(
-        stderr(&o).contains("provisioning and steady state are not implemented"),
-        "{}",
-        stderr(&o)
+        asked.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        asked.elapsed()
     );
-    assert!(s.log().contains("daemon starting, pid "), "{}", s.log());
     assert!(!s.pid_path().exists());
+    let reports: Vec<String> = sim.health_reports().into_iter().map(|h| h.state).collect();
+    assert_eq!(reports, vec!["Ready".to_string()]);
+    assert!(s.log().contains("daemon stopped"), "{}", s.log());
 }
 
 #[test]
 fn start_detaches_a_daemon() {
-    let s = Sandbox::new("");
+    let (sim, s) = fabric_and_config();
     let child = std::process::Command::new(common::bin())
         .arg(format!("-configuration-path:{}", s.conf_path().display()))
         .arg("-start")
@@ -182,25 +232,23 @@ fn start_detaches_a_daemon() {
         .expect("run -start");
     assert_eq!(child.status.code(), Some(0), "{}", stderr(&child));
     assert!(stdout(&child).is_empty());
-    // The detached daemon logs its own pid, different from -start's.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let log = loop {
-        let log = s.log();
-        if log.contains("not implemented") || Instant::now() > deadline {
-            break log;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    wait_for("Ready", || {
+        sim.health_reports().iter().any(|h| h.state == "Ready")
+    });
+    // The detached daemon is the one -start logged, holds the pid file, and
+    // leads its own session.
+    let log = s.log();
     let started = log
         .lines()
         .find_map(|l| l.split("started the daemon, pid ").nth(1))
-        .and_then(|p| p.trim().parse::<u32>().ok())
+        .and_then(|p| p.trim().parse::<i32>().ok())
         .expect("-start logged the daemon's pid");
-    let daemon = log
-        .lines()
-        .find_map(|l| l.split("daemon starting, pid ").nth(1))
-        .and_then(|p| p.split(',').next()?.parse::<u32>().ok())
-        .expect("the daemon logged its pid");
-    assert_eq!(started, daemon, "{log}");
-    assert!(log.contains("not implemented"), "{log}");
+    assert_eq!(
+        waagent::pidfile::read_pid(&s.pid_path()),
+        Some(started as u32)
+    );
+    let pid = nix::unistd::Pid::from_raw(started);
+    assert_eq!(nix::unistd::getsid(Some(pid)).unwrap(), pid);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    wait_for("the daemon to exit", || !s.pid_path().exists());
 }

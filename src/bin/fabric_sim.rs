@@ -6,17 +6,24 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use waagent::sim::certs::generate_tenant_cert;
+use std::io::Write;
+
+use waagent::sim::certs::{generate_tenant_cert, TenantCert};
 use waagent::sim::{FabricSim, SimConfig};
 
-const USAGE: &str = "usage: fabric-sim [--wire ADDR:PORT] [--plugin ADDR:PORT] [--imds ADDR:PORT] [--imds-key PATH=KEY] [--tenant-cert DIR] [--incarnation N]
+const USAGE: &str = "usage: fabric-sim [--wire ADDR:PORT] [--plugin ADDR:PORT] [--imds ADDR:PORT] [--imds-key PATH=KEY] [--tenant-cert CRT[:KEY]] [--new-tenant-cert DIR] [--record FILE] [--incarnation N]
 
   --wire ADDR:PORT     WireServer and blob store (default 127.0.0.1:0, any free port)
   --plugin ADDR:PORT   HostGAPlugin (default 127.0.0.1:0)
   --imds ADDR:PORT     Instance Metadata Service (default 127.0.0.1:0)
   --imds-key PATH=KEY  an SSH public key IMDS lists for PATH (repeatable)
-  --tenant-cert DIR    put a new certificate and key in the Certificates document,
+  --tenant-cert CRT[:KEY]
+                       put this PEM certificate (and its key) in the Certificates
+                       document (repeatable; at most one with a key)
+  --new-tenant-cert DIR
+                       make a certificate and key for the Certificates document,
                        writing DIR/tenant.crt, DIR/tenant.key and DIR/thumbprint
+  --record FILE        append every request and report as a JSON line to FILE
   --incarnation N      first goal-state incarnation (default 1)";
 
 fn main() -> ExitCode {
@@ -34,6 +41,7 @@ fn run() -> Result<(), String> {
     let mut plugin = wire;
     let mut imds = wire;
     let mut config = SimConfig::default();
+    let mut record: Option<std::path::PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{a} needs a value"));
@@ -54,6 +62,19 @@ fn run() -> Result<(), String> {
                     .map_err(|e| format!("--incarnation: {e}"))?
             }
             "--tenant-cert" => {
+                let v = value()?;
+                let (crt, key) = match v.split_once(':') {
+                    Some((c, k)) => (c.to_string(), Some(k.to_string())),
+                    None => (v, None),
+                };
+                let read = |p: &str| std::fs::read_to_string(p).map_err(|e| format!("{p}: {e}"));
+                config.tenant_certs.push(TenantCert {
+                    cert_pem: read(&crt)?,
+                    key_pem: key.as_deref().map(read).transpose()?,
+                });
+            }
+            "--record" => record = Some(std::path::PathBuf::from(value()?)),
+            "--new-tenant-cert" => {
                 let dir = std::path::PathBuf::from(value()?);
                 let cert = generate_tenant_cert("fabric-sim-tenant")?;
                 let tp = cert.thumbprint();
@@ -66,6 +87,7 @@ fn run() -> Result<(), String> {
                 write("thumbprint", &tp)?;
                 config.tenant_certs.push(cert);
             }
+            "--container-id" => config.container_id = value()?,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -82,8 +104,22 @@ fn run() -> Result<(), String> {
         ep.hostplugin_base(),
         sim.imds_base()
     );
-    let mut shown = 0;
-    let mut reports = 0;
+    let mut out = match &record {
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| format!("{}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let mut emit = |line: serde_json::Value| {
+        if let Some(f) = out.as_mut() {
+            let _ = writeln!(f, "{line}");
+        }
+    };
+    let (mut shown, mut reports, mut roles) = (0, 0, 0);
     loop {
         std::thread::sleep(Duration::from_millis(50));
         let requests = sim.requests();
@@ -92,6 +128,14 @@ fn run() -> Result<(), String> {
                 "{} {:?} {} {}",
                 r.status, r.service, r.request.method, r.request.target
             );
+            emit(serde_json::json!({
+                "kind": "request",
+                "service": format!("{:?}", r.service),
+                "method": r.request.method,
+                "target": r.request.target,
+                "status": r.status,
+                "body": String::from_utf8_lossy(&r.request.body),
+            }));
         }
         shown = requests.len();
         let health = sim.health_reports();
@@ -104,7 +148,24 @@ fn run() -> Result<(), String> {
                 "  health report, incarnation {}: {}{details}",
                 h.incarnation, h.state
             );
+            emit(serde_json::json!({
+                "kind": "health",
+                "incarnation": h.incarnation,
+                "container": h.container_id,
+                "instance": h.instance_id,
+                "state": h.state,
+                "subStatus": h.sub_status,
+                "description": h.description,
+            }));
         }
         reports = health.len();
+        let props = sim.role_properties();
+        for (instance, thumbprint) in &props[roles..] {
+            println!("  role properties: {instance} CertificateThumbprint={thumbprint}");
+            emit(
+                serde_json::json!({"kind": "roleProperties", "instance": instance, "thumbprint": thumbprint}),
+            );
+        }
+        roles = props.len();
     }
 }

@@ -1,0 +1,916 @@
+//! `waagent -daemon`: one explicit state machine, one thread, one loop.
+//!
+//! Every state is a variant of [`State`]; [`Daemon::step`] performs the
+//! state's I/O and returns the next state, and every transition is visible in
+//! its single `match`. The loop in [`Daemon::run`] just steps until
+//! [`State::Stopped`].
+//!
+//! First boot (§9.1): Boot → ReadMedia → Connect → ReportStarting → Plan →
+//! Provision (one step per [`Step`]) → MarkProvisioned → ReportReady →
+//! Steady. Everything that can be refused (the document, the user, a key
+//! path, a thumbprint) is refused in Plan, before the system changes, so a
+//! bad input ends in ReportFailed with nothing half-made. A reboot with
+//! `<lib>/provisioned` naming this VM goes from Boot straight to Steady and
+//! reports nothing; a captured image (another instance id) provisions again.
+
+mod signals;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, ProvisioningAgent, SshHostKeyType};
+use crate::fsutil;
+use crate::os::{Cmd, Flavour, OsUtil};
+use crate::ovf::{self, OvfEnv};
+use crate::provision::{custom_data, keys, media, password, sshd};
+use crate::wire::client::{ClientOptions, FullGoalState, WireClient};
+use crate::wire::crypto::Openssl;
+use crate::wire::endpoint::{self, Endpoint};
+use crate::wire::imds;
+use crate::wire::reports::{Health, SubStatus};
+
+pub use signals::{install_handlers, stop_requested};
+
+/// `<lib>/provisioned`: provisioning finished; holds the VM's instance id.
+pub const PROVISIONED_FILE: &str = "provisioned";
+/// `<lib>/disable_agent`: ovf-env said `ProvisionGuestAgent=false` (§8.3).
+pub const DISABLE_AGENT_FILE: &str = "disable_agent";
+/// cloud-init gets this long to deliver ovf-env.xml and the host key (§9.3).
+const CLOUD_INIT_WAIT: Duration = Duration::from_secs(1800);
+
+/// Waits and retry budgets; tests shorten them.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    pub media: media::MountRetry,
+    /// Pause between attempts to reach the fabric (waagent: 10 s, for an hour).
+    pub connect_delay: Duration,
+    pub client: ClientOptions,
+    /// IMDS is asked this often, this patiently, for SSH keys.
+    pub imds_tries: u32,
+    pub imds_timeout_secs: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            media: media::MountRetry::default(),
+            connect_delay: Duration::from_secs(10),
+            client: ClientOptions::default(),
+            imds_tries: 3,
+            imds_timeout_secs: 3,
+        }
+    }
+}
+
+/// Who provisions this VM (§9.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Waagent,
+    CloudInit,
+    /// `Provisioning.Agent=disabled`: report Ready on every start, nothing else.
+    Disabled,
+}
+
+/// What the daemon will do once it reaches the fabric.
+#[derive(Debug)]
+pub enum Job {
+    /// Provision from this document.
+    Waagent(Box<OvfEnv>),
+    /// cloud-init provisions; we report around it.
+    CloudInit,
+    /// Only report Ready.
+    ReportOnly,
+    /// Provisioning cannot happen; report why.
+    Fail(String),
+}
+
+/// The provisioning actions, in order (§9.1 step 6.5 to 6.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    HostName,
+    User,
+    Password,
+    Sudoers,
+    SshdConfig,
+    PublicKeys,
+    KeyPairs,
+    CustomData,
+    RootPassword,
+    HostKeys,
+    RestartSshd,
+}
+
+impl Step {
+    pub const ALL: [Step; 11] = [
+        Step::HostName,
+        Step::User,
+        Step::Password,
+        Step::Sudoers,
+        Step::SshdConfig,
+        Step::PublicKeys,
+        Step::KeyPairs,
+        Step::CustomData,
+        Step::RootPassword,
+        Step::HostKeys,
+        Step::RestartSshd,
+    ];
+
+    fn next(self) -> Option<Step> {
+        let i = Step::ALL.iter().position(|s| *s == self)?;
+        Step::ALL.get(i + 1).copied()
+    }
+
+    /// What the step does, for logs and failure descriptions.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Step::HostName => "setting the host name",
+            Step::User => "creating the user",
+            Step::Password => "setting the password",
+            Step::Sudoers => "granting sudo",
+            Step::SshdConfig => "configuring sshd",
+            Step::PublicKeys => "deploying SSH public keys",
+            Step::KeyPairs => "deploying SSH key pairs",
+            Step::CustomData => "saving custom data",
+            Step::RootPassword => "locking the root password",
+            Step::HostKeys => "regenerating SSH host keys",
+            Step::RestartSshd => "restarting sshd",
+        }
+    }
+}
+
+/// Everything provisioning will do, decided before anything is done.
+#[derive(Debug)]
+pub struct Plan {
+    pub ovf: Box<OvfEnv>,
+    /// crypt(3) hash of the password (never the password itself).
+    pub password_hash: Option<String>,
+    pub public_keys: Vec<keys::KeyFile>,
+    pub key_pairs: Vec<keys::KeyPair>,
+    /// The SSH host key fingerprint, known after [`Step::HostKeys`].
+    pub fingerprint: Option<String>,
+}
+
+/// The daemon's states.
+#[derive(Debug)]
+pub enum State {
+    /// Prepare Lib.Dir and decide what this boot must do.
+    Boot,
+    /// Copy ovf-env.xml from the provisioning media.
+    ReadMedia,
+    /// cloud-init provisions: wait for it to leave ovf-env.xml in Lib.Dir.
+    WaitForCloudInit {
+        since: Instant,
+    },
+    /// Find the fabric and fetch the goal state with its certificates;
+    /// retried until it answers.
+    Connect {
+        job: Job,
+        attempt: u32,
+    },
+    /// NotReady / Provisioning / "Starting".
+    ReportStarting {
+        job: Job,
+        goal: Box<FullGoalState>,
+    },
+    /// Validate everything and decide every action.
+    Plan {
+        ovf: Box<OvfEnv>,
+        goal: Box<FullGoalState>,
+    },
+    /// Perform one provisioning step.
+    Provision {
+        plan: Box<Plan>,
+        goal: Box<FullGoalState>,
+        step: Step,
+    },
+    /// cloud-init provisions: wait for the SSH host key it makes.
+    WaitForHostKey {
+        goal: Box<FullGoalState>,
+        since: Instant,
+    },
+    /// Write `provisioned` (before Ready, so a crash after Ready cannot
+    /// provision twice).
+    MarkProvisioned {
+        goal: Box<FullGoalState>,
+        fingerprint: Option<String>,
+        disable_agent: bool,
+    },
+    /// Ready, then role properties with the host key fingerprint.
+    ReportReady {
+        goal: Box<FullGoalState>,
+        fingerprint: Option<String>,
+    },
+    /// NotReady / ProvisioningFailed with a one-line reason.
+    ReportFailed {
+        goal: Box<FullGoalState>,
+        reason: String,
+    },
+    /// Poll the goal state every `Extensions.GoalStatePeriod` until stopped.
+    Steady {
+        next_poll: Instant,
+    },
+    Stopped(i32),
+}
+
+impl State {
+    /// The variant's name, for the log.
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Boot => "Boot",
+            State::ReadMedia => "ReadMedia",
+            State::WaitForCloudInit { .. } => "WaitForCloudInit",
+            State::Connect { .. } => "Connect",
+            State::ReportStarting { .. } => "ReportStarting",
+            State::Plan { .. } => "Plan",
+            State::Provision { .. } => "Provision",
+            State::WaitForHostKey { .. } => "WaitForHostKey",
+            State::MarkProvisioned { .. } => "MarkProvisioned",
+            State::ReportReady { .. } => "ReportReady",
+            State::ReportFailed { .. } => "ReportFailed",
+            State::Steady { .. } => "Steady",
+            State::Stopped(_) => "Stopped",
+        }
+    }
+}
+
+/// The daemon and what its states share.
+pub struct Daemon {
+    config: Config,
+    os: Box<dyn OsUtil>,
+    lib: PathBuf,
+    client: Option<WireClient>,
+    imds_base: String,
+    timing: Timing,
+}
+
+impl Daemon {
+    pub fn new(config: Config, os: Box<dyn OsUtil>, timing: Timing) -> Daemon {
+        let imds_base = match &config.debug_imds_address {
+            Some(a) => format!("http://{a}"),
+            None => imds::IMDS_BASE.to_string(),
+        };
+        Daemon {
+            lib: config.lib_dir.clone(),
+            config,
+            os,
+            client: None,
+            imds_base,
+            timing,
+        }
+    }
+
+    /// Runs from Boot until stopped; returns the exit code.
+    pub fn run(&mut self) -> i32 {
+        let mut state = State::Boot;
+        loop {
+            if let State::Stopped(code) = state {
+                log::info!("daemon stopped");
+                return code;
+            }
+            if stop_requested() {
+                log::info!("stop requested in state {}", state.name());
+                return 0;
+            }
+            log::debug!("state {}", state.name());
+            state = self.step(state);
+        }
+    }
+
+    /// Performs `state`'s work and returns the next state.
+    pub fn step(&mut self, state: State) -> State {
+        match state {
+            State::Boot => {
+                if let Err(e) = fsutil::ensure_dir(&self.lib, 0o700) {
+                    log::error!("cannot create Lib.Dir {}: {e}", self.lib.display());
+                    return State::Stopped(1);
+                }
+                let mode = self.mode();
+                log::info!("provisioning agent: {mode:?}");
+                if mode == Mode::Disabled {
+                    return State::Connect {
+                        job: Job::ReportOnly,
+                        attempt: 0,
+                    };
+                }
+                if let Some(saved) = self.read_lib(PROVISIONED_FILE) {
+                    let current = self.os.instance_id();
+                    let same = saved.is_empty()
+                        || current.is_none()
+                        || current.as_deref() == Some(saved.as_str());
+                    if same {
+                        log::info!("already provisioned; nothing to report");
+                        return State::Steady {
+                            next_poll: Instant::now(),
+                        };
+                    }
+                    log::info!(
+                        "provisioned for instance {saved}, but this is {}: a captured image; provisioning again",
+                        current.unwrap_or_default()
+                    );
+                    self.forget_previous_instance();
+                }
+                match mode {
+                    Mode::CloudInit => State::WaitForCloudInit {
+                        since: Instant::now(),
+                    },
+                    _ => State::ReadMedia,
+                }
+            }
+
+            State::ReadMedia => {
+                let job = match media::read_ovf_env(
+                    &*self.os,
+                    &self.config.dvd_mount_point,
+                    self.timing.media,
+                ) {
+                    Err(e) => Job::Fail(format!("provisioning media: {e}")),
+                    Ok(text) => {
+                        if let Err(e) = self.write_lib("ovf-env.xml", &ovf::masked(&text), 0o600) {
+                            log::warn!("{e}");
+                        }
+                        match OvfEnv::parse(&text) {
+                            Ok(env) => Job::Waagent(Box::new(env)),
+                            Err(e) => Job::Fail(e.to_string()),
+                        }
+                    }
+                };
+                State::Connect { job, attempt: 0 }
+            }
+
+            State::WaitForCloudInit { since } => {
+                let path = self.lib.join("ovf-env.xml");
+                if path.exists() {
+                    log::info!("cloud-init provided {}", path.display());
+                    return State::Connect {
+                        job: Job::CloudInit,
+                        attempt: 0,
+                    };
+                }
+                if since.elapsed() > CLOUD_INIT_WAIT {
+                    let reason = format!("cloud-init did not provide {} in time", path.display());
+                    return State::Connect {
+                        job: Job::Fail(reason),
+                        attempt: 0,
+                    };
+                }
+                signals::sleep(Duration::from_secs(1));
+                State::WaitForCloudInit { since }
+            }
+
+            State::Connect { job, attempt } => match self.connect() {
+                Ok(goal) => {
+                    let goal = Box::new(goal);
+                    log::info!(
+                        "goal state incarnation {}, container {}",
+                        goal.goal_state.incarnation,
+                        goal.goal_state.container_id
+                    );
+                    match job {
+                        Job::Fail(reason) => State::ReportFailed { goal, reason },
+                        Job::ReportOnly => State::MarkProvisioned {
+                            goal,
+                            fingerprint: None,
+                            disable_agent: false,
+                        },
+                        job => State::ReportStarting { job, goal },
+                    }
+                }
+                Err(e) => {
+                    // One line per attempt: each attempt already spent its own
+                    // retries inside the client.
+                    log::warn!(
+                        "cannot reach the fabric (attempt {}): {e}; trying again in {:?}",
+                        attempt + 1,
+                        self.timing.connect_delay
+                    );
+                    if !signals::sleep(self.timing.connect_delay) {
+                        return State::Stopped(0);
+                    }
+                    State::Connect {
+                        job,
+                        attempt: attempt + 1,
+                    }
+                }
+            },
+
+            State::ReportStarting { job, goal } => {
+                self.report(
+                    &goal,
+                    &Health::NotReady {
+                        sub_status: SubStatus::Provisioning,
+                        description: "Starting".into(),
+                    },
+                );
+                match job {
+                    Job::Waagent(ovf) => State::Plan { ovf, goal },
+                    Job::CloudInit => State::WaitForHostKey {
+                        goal,
+                        since: Instant::now(),
+                    },
+                    Job::ReportOnly => State::MarkProvisioned {
+                        goal,
+                        fingerprint: None,
+                        disable_agent: false,
+                    },
+                    Job::Fail(reason) => State::ReportFailed { goal, reason },
+                }
+            }
+
+            State::Plan { ovf, goal } => match self.plan(ovf) {
+                Ok(plan) => State::Provision {
+                    plan: Box::new(plan),
+                    goal,
+                    step: Step::ALL[0],
+                },
+                Err(reason) => State::ReportFailed { goal, reason },
+            },
+
+            State::Provision {
+                mut plan,
+                goal,
+                step,
+            } => {
+                log::info!("provisioning: {}", step.describe());
+                if let Err(e) = self.provision_step(step, &mut plan) {
+                    return State::ReportFailed {
+                        goal,
+                        reason: format!("{}: {e}", step.describe()),
+                    };
+                }
+                match step.next() {
+                    Some(next) => State::Provision {
+                        plan,
+                        goal,
+                        step: next,
+                    },
+                    None => State::MarkProvisioned {
+                        goal,
+                        fingerprint: plan.fingerprint.clone(),
+                        disable_agent: plan.ovf.provision_guest_agent == Some(false),
+                    },
+                }
+            }
+
+            State::WaitForHostKey { goal, since } => {
+                match host_key_fingerprint(&*self.os, &self.config) {
+                    Ok(fp) => State::MarkProvisioned {
+                        goal,
+                        fingerprint: Some(fp),
+                        disable_agent: false,
+                    },
+                    Err(_) if since.elapsed() < CLOUD_INIT_WAIT => {
+                        signals::sleep(Duration::from_secs(1));
+                        State::WaitForHostKey { goal, since }
+                    }
+                    Err(e) => State::ReportFailed {
+                        goal,
+                        reason: format!("cloud-init made no SSH host key: {e}"),
+                    },
+                }
+            }
+
+            State::MarkProvisioned {
+                goal,
+                fingerprint,
+                disable_agent,
+            } => {
+                let id = self.os.instance_id().unwrap_or_default();
+                if let Err(e) = self.write_lib(PROVISIONED_FILE, &id, 0o644) {
+                    return State::ReportFailed { goal, reason: e };
+                }
+                if disable_agent {
+                    if let Err(e) = self.write_lib(DISABLE_AGENT_FILE, "", 0o644) {
+                        log::warn!("{e}");
+                    }
+                }
+                log::info!("provisioning complete");
+                State::ReportReady { goal, fingerprint }
+            }
+
+            State::ReportReady { goal, fingerprint } => {
+                self.report(&goal, &Health::Ready);
+                if let (Some(fp), Some(client), Ok(target)) =
+                    (&fingerprint, &self.client, goal.report_target())
+                {
+                    if let Err(e) = client.report_role_properties(&target, fp) {
+                        log::warn!("cannot report the SSH host key fingerprint: {e}");
+                    }
+                }
+                State::Steady {
+                    next_poll: Instant::now() + self.poll_period(),
+                }
+            }
+
+            State::ReportFailed { goal, reason } => {
+                log::error!("provisioning failed: {reason}");
+                self.report(
+                    &goal,
+                    &Health::NotReady {
+                        sub_status: SubStatus::ProvisioningFailed,
+                        description: reason,
+                    },
+                );
+                State::Steady {
+                    next_poll: Instant::now() + self.poll_period(),
+                }
+            }
+
+            State::Steady { next_poll } => {
+                let wait = next_poll.saturating_duration_since(Instant::now());
+                if !signals::sleep(wait) {
+                    return State::Stopped(0);
+                }
+                self.poll_goal_state();
+                State::Steady {
+                    next_poll: Instant::now() + self.poll_period(),
+                }
+            }
+
+            State::Stopped(code) => State::Stopped(code),
+        }
+    }
+
+    /// Who provisions (§9.3): `Provisioning.Agent`, or the 2.2.x switches
+    /// when only they are set, or — for `auto` — cloud-init if it is enabled.
+    pub fn mode(&self) -> Mode {
+        let c = &self.config;
+        match c.provisioning_agent {
+            ProvisioningAgent::Waagent => Mode::Waagent,
+            ProvisioningAgent::CloudInit => Mode::CloudInit,
+            ProvisioningAgent::Disabled => Mode::Disabled,
+            ProvisioningAgent::Auto
+                if !c.is_explicit("Provisioning.Agent") && c.provisioning_use_cloud_init =>
+            {
+                Mode::CloudInit
+            }
+            ProvisioningAgent::Auto
+                if !c.is_explicit("Provisioning.Agent") && !c.provisioning_enabled =>
+            {
+                // 2.2.x: Enabled=n meant cloud-init on Ubuntu, no provisioning elsewhere.
+                if self.os.flavour() == Flavour::Ubuntu {
+                    Mode::CloudInit
+                } else {
+                    Mode::Disabled
+                }
+            }
+            ProvisioningAgent::Auto if self.os.is_cloud_init_enabled() => Mode::CloudInit,
+            ProvisioningAgent::Auto => Mode::Waagent,
+        }
+    }
+
+    fn poll_period(&self) -> Duration {
+        Duration::from_secs(self.config.goal_state_period.max(1))
+    }
+
+    fn read_lib(&self, name: &str) -> Option<String> {
+        std::fs::read_to_string(self.lib.join(name))
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+
+    fn write_lib(&self, name: &str, text: &str, mode: u32) -> Result<(), String> {
+        let path = self.lib.join(name);
+        fsutil::write_atomic(&path, text.as_bytes(), mode)
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// A captured image carries the previous VM's goal state; drop it (§9.2).
+    fn forget_previous_instance(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.lib) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stale = name.starts_with("GoalState.")
+                || name.starts_with("ExtensionsConfig.")
+                || [
+                    "Incarnation",
+                    "Protocol",
+                    endpoint::CACHE_FILE,
+                    "published_hostname",
+                    "HostingEnvironmentConfig.xml",
+                    "SharedConfig.xml",
+                    "Certificates.xml",
+                    PROVISIONED_FILE,
+                ]
+                .contains(&name.as_str());
+            if stale {
+                if let Err(err) = std::fs::remove_file(e.path()) {
+                    log::warn!("cannot remove {}: {err}", e.path().display());
+                }
+            }
+        }
+    }
+
+    /// Where the fabric is: `Debug.WireServerAddress` when set (tests and
+    /// the simulator), else discovery (§3).
+    fn endpoint(&self) -> Result<(Endpoint, Option<endpoint::Source>), String> {
+        if let Some(addr) = &self.config.debug_wireserver_address {
+            let (host, port) = addr
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+                .ok_or_else(|| format!("Debug.WireServerAddress={addr} is not host:port"))?;
+            let hostplugin_port = u16::try_from(self.config.debug_hostgaplugin_port)
+                .map_err(|_| "Debug.HostGAPluginPort is not a port".to_string())?;
+            return Ok((
+                Endpoint {
+                    host,
+                    wire_port: port,
+                    hostplugin_port,
+                },
+                None,
+            ));
+        }
+        let dhcp = self.config.endpoint_discovery.eq_ignore_ascii_case("dhcp");
+        let leases = self.os.dhcp_lease_files();
+        let (ip, source) =
+            endpoint::discover(&self.lib, &leases, dhcp, std::time::SystemTime::now());
+        Ok((Endpoint::at(ip), Some(source)))
+    }
+
+    fn new_client(&self, ep: Endpoint) -> WireClient {
+        let openssl = Openssl::new(
+            self.config.openssl_path.clone(),
+            self.os.env().runner.clone(),
+        );
+        WireClient::new(ep, &self.lib, openssl, self.timing.client.clone())
+    }
+
+    /// Discovery, versions and a forced goal-state fetch with certificates.
+    fn connect(&mut self) -> Result<FullGoalState, String> {
+        let (ep, source) = self.endpoint()?;
+        log::info!(
+            "WireServer at {ep} ({})",
+            source.map_or("configured".into(), |s| format!("{s:?}"))
+        );
+        let mut client = self.new_client(ep.clone());
+        let goal = client
+            .versions()
+            .and_then(|_| client.update_goal_state(true))
+            .map_err(|e| {
+                if source == Some(endpoint::Source::Cache) {
+                    // The cached address may be an old VNet's: rediscover next time.
+                    let _ = endpoint::clear_cache(&self.lib);
+                }
+                e.to_string()
+            })?
+            .ok_or("the WireServer sent no goal state")?;
+        if let (Some(_), Ok(ip)) = (source, ep.host.parse()) {
+            if endpoint::read_cache(&self.lib) != Some(ip) {
+                if let Err(e) = endpoint::write_cache(&self.lib, ip) {
+                    log::warn!("cannot cache the WireServer address: {e}");
+                }
+            }
+        }
+        if self.read_lib("Protocol").as_deref() != Some("WireProtocol") {
+            let _ = self.write_lib("Protocol", "WireProtocol", 0o644);
+        }
+        self.client = Some(client);
+        Ok(goal)
+    }
+
+    /// Sends a health report; a failure is logged, not fatal (the client
+    /// already retried for minutes, and `provisioned` is on disk).
+    fn report(&self, goal: &FullGoalState, health: &Health) {
+        let (Some(client), Ok(target)) = (&self.client, goal.report_target()) else {
+            log::error!("cannot report {health:?}: no goal state to report on");
+            return;
+        };
+        match client.report_health(&target, health) {
+            Ok(()) => log::info!("reported {}", describe_health(health)),
+            Err(e) => log::error!("cannot report {}: {e}", describe_health(health)),
+        }
+    }
+
+    /// Checks everything and decides every action; changes nothing on the
+    /// system (it may write `{THUMBPRINT}.pub` into Lib.Dir).
+    fn plan(&self, ovf: Box<OvfEnv>) -> Result<Plan, String> {
+        let user = &ovf.user_name;
+        if let Some(existing) = self.os.user(user).map_err(|e| e.to_string())? {
+            let system = self.os.is_system_user(user).map_err(|e| e.to_string())?;
+            if system && !self.config.allow_reset_sys_user {
+                return Err(format!(
+                    "refusing to provision the system account {user} (uid {}); Provisioning.AllowResetSysUser=y allows it",
+                    existing.uid
+                ));
+            }
+        }
+        let imds_keys = self.imds_keys();
+        let public_keys =
+            keys::plan_public_keys(&ovf, &imds_keys, &self.lib, &self.config.home_dir)?;
+        let key_pairs = keys::plan_key_pairs(&ovf, &self.lib, &self.config.home_dir)?;
+        let password_hash = ovf.user_password.as_ref().map(|p| {
+            let salt = password::random_salt(self.config.password_crypt_salt_length as usize);
+            password::hash(p.expose(), self.config.password_crypt_id, &salt)
+        });
+        Ok(Plan {
+            ovf,
+            password_hash,
+            public_keys,
+            key_pairs,
+            fingerprint: None,
+        })
+    }
+
+    /// IMDS `compute.publicKeys`; a VM without IMDS simply has none.
+    fn imds_keys(&self) -> Vec<imds::ImdsPublicKey> {
+        for attempt in 1..=self.timing.imds_tries.max(1) {
+            match imds::public_keys(&self.imds_base, self.timing.imds_timeout_secs) {
+                Ok(k) => return k,
+                Err(e) if attempt == self.timing.imds_tries => {
+                    log::warn!("no SSH keys from IMDS: {e}")
+                }
+                Err(_) => {
+                    if !signals::sleep(Duration::from_millis(500)) {
+                        break;
+                    }
+                }
+            }
+        }
+        Vec::new()
+    }
+
+    /// One provisioning action (§9.1 step 6.5 to 6.7). Each is idempotent:
+    /// it checks before it acts, so a restart can run it again.
+    fn provision_step(&self, step: Step, plan: &mut Plan) -> Result<(), String> {
+        let os = &*self.os;
+        let c = &self.config;
+        let ovf = &plan.ovf;
+        let user = ovf.user_name.as_str();
+        let entry = || -> Result<crate::os::PasswdEntry, String> {
+            os.user(user)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("user {user} does not exist"))
+        };
+        match step {
+            Step::HostName => {
+                let name = ovf.host_name.as_str();
+                os.set_hostname(name).map_err(|e| e.to_string())?;
+                match os.primary_interface() {
+                    Some(iface) => {
+                        if let Err(e) = os
+                            .set_dhcp_hostname(name, &iface)
+                            .and_then(|_| os.publish_hostname(&iface))
+                        {
+                            log::warn!("cannot publish the host name on {iface}: {e}");
+                        }
+                    }
+                    None => {
+                        log::warn!("no default route: the host name is not published through DHCP")
+                    }
+                }
+                self.write_lib("published_hostname", name, 0o644)
+            }
+            Step::User => {
+                if os.user(user).map_err(|e| e.to_string())?.is_none() {
+                    os.create_user(user, None).map_err(|e| e.to_string())?;
+                }
+                entry().map(drop)
+            }
+            Step::Password => match &plan.password_hash {
+                Some(hash) => os.set_password_hash(user, hash).map_err(|e| e.to_string()),
+                None => Ok(()),
+            },
+            Step::Sudoers => os
+                .add_sudoer(user, plan.password_hash.is_none())
+                .map_err(|e| e.to_string()),
+            Step::SshdConfig => {
+                if os.flavour() == Flavour::CoreOs {
+                    // /etc/ssh is read-only there; CoreOS ships the settings.
+                    return Ok(());
+                }
+                let path = &c.sshd_config_path;
+                let Ok(text) = std::fs::read_to_string(path) else {
+                    log::warn!(
+                        "{} not found: is openssh-server installed? sshd not configured",
+                        path.display()
+                    );
+                    return Ok(());
+                };
+                let settings =
+                    sshd::settings_for(ovf.disable_ssh_password_auth, c.ssh_client_alive_interval);
+                let pairs: Vec<(&str, &str)> =
+                    settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let new = sshd::apply(&text, &pairs);
+                if new != text {
+                    let mode = std::os::unix::fs::PermissionsExt::mode(
+                        &std::fs::metadata(path)
+                            .map_err(|e| e.to_string())?
+                            .permissions(),
+                    ) & 0o7777;
+                    fsutil::write_atomic(path, new.as_bytes(), mode)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                }
+                Ok(())
+            }
+            Step::PublicKeys => {
+                let u = entry()?;
+                plan.public_keys
+                    .iter()
+                    .try_for_each(|f| keys::install_public_keys(f, &u))
+            }
+            Step::KeyPairs => {
+                let u = entry()?;
+                plan.key_pairs
+                    .iter()
+                    .try_for_each(|kp| keys::install_key_pair(kp, &self.lib, &u))
+            }
+            Step::CustomData => {
+                let Some(data) = &ovf.custom_data else {
+                    return Ok(());
+                };
+                let decode = c.decode_custom_data || c.execute_custom_data;
+                let path = custom_data::save(&self.lib, data, decode)?;
+                if c.execute_custom_data {
+                    if let Err(e) = custom_data::execute(&*os.env().runner, &path) {
+                        log::warn!("custom data: {e}");
+                    }
+                }
+                Ok(())
+            }
+            Step::RootPassword => match c.delete_root_password {
+                true => os.lock_root_password().map_err(|e| e.to_string()),
+                false => Ok(()),
+            },
+            Step::HostKeys => {
+                if c.regenerate_ssh_host_key_pair {
+                    os.regenerate_ssh_host_key(c.ssh_host_key_pair_type)
+                        .map_err(|e| e.to_string())?;
+                }
+                plan.fingerprint = Some(host_key_fingerprint(os, c)?);
+                Ok(())
+            }
+            Step::RestartSshd => {
+                if let Err(e) = os.restart_sshd() {
+                    log::warn!("cannot restart sshd: {e}");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Steady state: look for a new incarnation (the Extension state of a
+    /// later version takes it from here).
+    fn poll_goal_state(&mut self) {
+        if self.client.is_none() {
+            match self.connect_quietly() {
+                Ok(c) => self.client = Some(c),
+                Err(e) => {
+                    log::warn!("goal state poll: {e}");
+                    return;
+                }
+            }
+        }
+        let Some(client) = self.client.as_mut() else {
+            return;
+        };
+        match client.update_goal_state(false) {
+            Ok(Some(g)) => log::info!("new goal state: incarnation {}", g.goal_state.incarnation),
+            Ok(None) => {}
+            Err(e) => log::warn!("goal state poll: {e}"),
+        }
+    }
+
+    /// A client for an already-provisioned VM (no forced fetch).
+    fn connect_quietly(&self) -> Result<WireClient, String> {
+        let (ep, _) = self.endpoint()?;
+        Ok(self.new_client(ep))
+    }
+}
+
+fn describe_health(h: &Health) -> String {
+    match h {
+        Health::Ready => "Ready".into(),
+        Health::NotReady {
+            sub_status,
+            description,
+        } => format!("NotReady/{}: {description}", sub_status.as_str()),
+    }
+}
+
+/// The host key fingerprint the fabric gets (§6.9): field 2 of
+/// `ssh-keygen -lf` with the colons removed (`SHA256…` with OpenSSH ≥ 6.8).
+pub fn host_key_fingerprint(os: &dyn OsUtil, config: &Config) -> Result<String, String> {
+    let kind = match config.ssh_host_key_pair_type {
+        SshHostKeyType::Auto => "rsa".to_string(),
+        k => crate::config::OptionValue::show(&k),
+    };
+    let path: PathBuf = config.ssh_dir.join(format!("ssh_host_{kind}_key.pub"));
+    if !Path::new(&path).exists() {
+        return Err(format!("{} does not exist", path.display()));
+    }
+    let out = os
+        .env()
+        .runner
+        .run_ok(
+            &Cmd::new("ssh-keygen")
+                .arg("-lf")
+                .arg(path.to_string_lossy()),
+        )
+        .map_err(|e| e.to_string())?;
+    out.stdout
+        .split_whitespace()
+        .nth(1)
+        .map(|f| f.replace(':', ""))
+        .ok_or_else(|| format!("ssh-keygen printed no fingerprint for {}", path.display()))
+}

@@ -1,0 +1,292 @@
+//! `-deprovision` and `-deprovision+user` (§10): remove what makes this VM
+//! this VM, so an image captured from it provisions cleanly. The actions are
+//! a list decided first (and shown, and confirmed unless `-force`), then
+//! carried out one by one; a failed action is reported and the rest still run.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+use crate::os::{Flavour, OsUtil};
+use crate::ovf::OvfEnv;
+
+/// One thing deprovisioning does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    StopService,
+    DeleteHostKeys(PathBuf),
+    DeleteLeases(Vec<PathBuf>),
+    ResetHostName,
+    LockRoot,
+    /// A file or a whole directory tree.
+    Delete(PathBuf),
+    DeleteUser(String),
+}
+
+impl Action {
+    /// The warning shown before confirmation, as waagent words it.
+    pub fn warning(&self) -> Option<String> {
+        Some(match self {
+            Action::StopService => "WARNING! The waagent service will be stopped.".into(),
+            Action::DeleteHostKeys(_) => "WARNING! All SSH host key pairs will be deleted.".into(),
+            Action::DeleteLeases(_) => "WARNING! Cached DHCP leases will be deleted.".into(),
+            Action::LockRoot => {
+                "WARNING! root password will be disabled. You will not be able to login as root."
+                    .into()
+            }
+            Action::DeleteUser(u) => {
+                format!("WARNING! {u} account and entire home directory will be deleted.")
+            }
+            Action::Delete(p) if p.ends_with("resolv.conf") => {
+                format!(
+                    "WARNING! Nameserver configuration in {} will be deleted.",
+                    p.display()
+                )
+            }
+            _ => return None,
+        })
+    }
+}
+
+/// What `-deprovision[+user]` will do on this system.
+pub fn plan(config: &Config, os: &dyn OsUtil, with_user: bool) -> Vec<Action> {
+    let env = os.env();
+    let mut actions = vec![Action::StopService];
+    if config.regenerate_ssh_host_key_pair {
+        actions.push(Action::DeleteHostKeys(config.ssh_dir.clone()));
+    }
+    let mut leases = os.dhcp_lease_files();
+    // dhcpcd keeps its leases in a directory of its own.
+    leases.extend(
+        std::fs::read_dir(env.path("/var/lib/dhcpcd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path()),
+    );
+    if !leases.is_empty() {
+        actions.push(Action::DeleteLeases(leases));
+    }
+    actions.push(Action::ResetHostName);
+    if config.delete_root_password {
+        actions.push(Action::LockRoot);
+    }
+    // The user name comes from the saved ovf-env.xml: read it before the
+    // Lib.Dir that holds it goes.
+    if with_user {
+        match provisioned_user(&config.lib_dir) {
+            Some(u) => actions.push(Action::DeleteUser(u)),
+            None => log::warn!(
+                "no provisioned user found in {}",
+                config.lib_dir.join("ovf-env.xml").display()
+            ),
+        }
+    }
+    actions.push(Action::Delete(config.lib_dir.clone()));
+    actions.push(Action::Delete(config.extension_log_dir.clone()));
+    actions.push(Action::Delete(env.path("/root/.bash_history")));
+    actions.push(Action::Delete(config.log_file.clone()));
+    actions.push(Action::Delete(env.path("/etc/resolv.conf")));
+    if os.flavour() == Flavour::CoreOs {
+        actions.push(Action::Delete(env.path("/etc/machine-id")));
+    }
+    actions
+}
+
+/// The user the saved ovf-env.xml names.
+pub fn provisioned_user(lib_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(lib_dir.join("ovf-env.xml")).ok()?;
+    OvfEnv::parse(&text).ok().map(|e| e.user_name)
+}
+
+/// Shows the warnings and asks, unless `force`. True: go ahead.
+pub fn confirm(
+    actions: &[Action],
+    force: bool,
+    input: &mut dyn BufRead,
+    out: &mut dyn Write,
+) -> bool {
+    for w in actions.iter().filter_map(Action::warning) {
+        let _ = writeln!(out, "{w}");
+    }
+    if force {
+        return true;
+    }
+    let _ = write!(out, "Do you want to proceed (y/n)");
+    let _ = out.flush();
+    let mut answer = String::new();
+    if input.read_line(&mut answer).is_err() {
+        return false;
+    }
+    matches!(answer.trim(), "y" | "Y" | "yes" | "Yes")
+}
+
+/// Carries out the actions; returns the failures (each already logged).
+pub fn apply(actions: &[Action], os: &dyn OsUtil) -> Vec<String> {
+    let mut failures = Vec::new();
+    for a in actions {
+        log::info!("deprovision: {a:?}");
+        let result = match a {
+            Action::StopService => os.stop_service().map_err(|e| e.to_string()),
+            Action::DeleteHostKeys(dir) => {
+                delete_matching(dir, |n| n.starts_with("ssh_host_") && n.contains("key"))
+            }
+            Action::DeleteLeases(files) => files.iter().try_for_each(|f| delete(f)),
+            Action::ResetHostName => {
+                let name = "localhost.localdomain";
+                let iface = os.primary_interface().unwrap_or_else(|| "eth0".into());
+                os.set_hostname(name)
+                    .and_then(|_| os.set_dhcp_hostname(name, &iface))
+                    .map_err(|e| e.to_string())
+            }
+            Action::LockRoot => os.lock_root_password().map_err(|e| e.to_string()),
+            Action::Delete(p) => delete(p),
+            Action::DeleteUser(u) => os
+                .delete_user(u)
+                .and_then(|_| os.remove_sudoer(u))
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(e) = result {
+            // Stopping a service that is not running is not worth alarm.
+            if *a == Action::StopService {
+                log::warn!("deprovision: cannot stop the service: {e}");
+            } else {
+                log::error!("deprovision: {a:?}: {e}");
+                failures.push(format!("{a:?}: {e}"));
+            }
+        }
+    }
+    failures
+}
+
+fn delete(p: &Path) -> Result<(), String> {
+    let md = match std::fs::symlink_metadata(p) {
+        Ok(md) => md,
+        Err(_) => return Ok(()),
+    };
+    let r = if md.is_dir() {
+        std::fs::remove_dir_all(p)
+    } else {
+        std::fs::remove_file(p)
+    };
+    r.map_err(|e| format!("{}: {e}", p.display()))
+}
+
+fn delete_matching(dir: &Path, pred: impl Fn(&str) -> bool) -> Result<(), String> {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if pred(&e.file_name().to_string_lossy()) {
+            delete(&e.path())?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::os::{for_env, Distro, Env, RecordingRunner};
+    use std::rc::Rc;
+
+    fn setup(
+        flavour: Flavour,
+    ) -> (
+        tempfile::TempDir,
+        Rc<RecordingRunner>,
+        Box<dyn OsUtil>,
+        Config,
+    ) {
+        let root = tempfile::tempdir().unwrap();
+        let runner = Rc::new(RecordingRunner::new());
+        let mut c = Config::default();
+        c.lib_dir = root.path().join("var/lib/waagent");
+        c.ssh_dir = root.path().join("etc/ssh");
+        c.sudoers_dir = root.path().join("etc/sudoers.d");
+        c.extension_log_dir = root.path().join("var/log/azure");
+        c.log_file = root.path().join("var/log/waagent.log");
+        c.regenerate_ssh_host_key_pair = true;
+        c.delete_root_password = false;
+        let env = Env {
+            root: root.path().to_path_buf(),
+            runner: runner.clone(),
+            config: c.clone(),
+            distro: Distro {
+                id: "x".into(),
+                version: "1".into(),
+                flavour,
+            },
+        };
+        (root, runner, for_env(env), c)
+    }
+
+    #[test]
+    fn confirmation() {
+        let actions = vec![Action::StopService, Action::DeleteUser("azureuser".into())];
+        let mut out = Vec::new();
+        assert!(!confirm(&actions, false, &mut "n\n".as_bytes(), &mut out));
+        assert!(confirm(
+            &actions,
+            false,
+            &mut "y\n".as_bytes(),
+            &mut Vec::new()
+        ));
+        assert!(!confirm(
+            &actions,
+            false,
+            &mut "".as_bytes(),
+            &mut Vec::new()
+        ));
+        assert!(confirm(&actions, true, &mut "".as_bytes(), &mut Vec::new()));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "WARNING! The waagent service will be stopped.\nWARNING! azureuser account and entire home directory will be deleted.\nDo you want to proceed (y/n)"
+        );
+    }
+
+    #[test]
+    fn removes_state_keys_leases_and_the_user() {
+        let (root, runner, os, c) = setup(Flavour::Debian);
+        let w = |p: &str, t: &str| {
+            let p = root.path().join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, t).unwrap();
+        };
+        w("var/lib/waagent/ovf-env.xml", OVF);
+        w("var/lib/waagent/provisioned", "");
+        w("etc/ssh/ssh_host_rsa_key", "k");
+        w("etc/ssh/sshd_config", "keep");
+        w("var/lib/dhcp/dhclient.eth0.leases", "lease {}");
+        w("etc/resolv.conf", "nameserver 168.63.129.16");
+        w("etc/sudoers.d/waagent", "azureuser ALL=(ALL) ALL\n");
+        assert_eq!(provisioned_user(&c.lib_dir).as_deref(), Some("azureuser"));
+        let actions = plan(&c, &*os, true);
+        assert!(apply(&actions, &*os).is_empty());
+        assert!(!root.path().join("var/lib/waagent").exists());
+        assert!(!root.path().join("etc/ssh/ssh_host_rsa_key").exists());
+        assert!(root.path().join("etc/ssh/sshd_config").exists());
+        assert!(!root
+            .path()
+            .join("var/lib/dhcp/dhclient.eth0.leases")
+            .exists());
+        assert!(!root.path().join("etc/resolv.conf").exists());
+        assert_eq!(
+            runner.lines(),
+            [
+                "service waagent stop",
+                "hostname localhost.localdomain",
+                "userdel -f -r azureuser"
+            ]
+        );
+        assert!(!root.path().join("etc/sudoers.d/waagent").exists());
+    }
+
+    const OVF: &str = r#"<?xml version="1.0" encoding="utf-8"?>
+<Environment xmlns="http://schemas.dmtf.org/ovf/environment/1" xmlns:wa="http://schemas.microsoft.com/windowsazure">
+  <wa:ProvisioningSection><wa:Version>1.0</wa:Version>
+    <LinuxProvisioningConfigurationSet xmlns="http://schemas.microsoft.com/windowsazure">
+      <ConfigurationSetType>LinuxProvisioningConfiguration</ConfigurationSetType>
+      <HostName>vm1</HostName><UserName>azureuser</UserName><UserPassword>*</UserPassword>
+    </LinuxProvisioningConfigurationSet>
+  </wa:ProvisioningSection>
+  <wa:PlatformSettingsSection><wa:Version>1.0</wa:Version><wa:PlatformSettings><wa:ProvisionGuestAgent>true</wa:ProvisionGuestAgent></wa:PlatformSettings></wa:PlatformSettingsSection>
+</Environment>"#;
+}

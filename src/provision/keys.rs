@@ -1,0 +1,301 @@
+//! SSH keys for the provisioned user (§7.3), from every place today's Azure
+//! puts them: inline in ovf-env.xml, as certificates named by thumbprint in
+//! the Certificates document, and in IMDS `compute.publicKeys`. Keys are
+//! deduplicated by their key material and *appended* to existing files
+//! (2.2.5 overwrote `authorized_keys` when a key came with a value; we do
+//! not copy that).
+//!
+//! Planning (which lines go to which file) is separate from writing, so a
+//! bad key is refused before anything on the system changes.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::fsutil::{self, Owner};
+use crate::os::PasswdEntry;
+use crate::ovf::{self, OvfEnv};
+use crate::wire::crypto;
+use crate::wire::imds::ImdsPublicKey;
+
+/// Public keys destined for one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFile {
+    pub path: PathBuf,
+    pub lines: Vec<String>,
+}
+
+/// A key pair to install from the certificate store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPair {
+    pub path: PathBuf,
+    pub thumbprint: String,
+}
+
+/// The identity of a key line: its type and base64 body, not its comment.
+fn key_identity(line: &str) -> Option<(String, String)> {
+    let mut f = line.split_whitespace();
+    let (t, b) = (f.next()?, f.next()?);
+    Some((t.to_string(), b.to_string()))
+}
+
+fn add_key(files: &mut Vec<KeyFile>, path: PathBuf, line: String) {
+    let id = key_identity(&line);
+    let file = match files.iter_mut().position(|f| f.path == path) {
+        Some(i) => &mut files[i],
+        None => {
+            files.push(KeyFile {
+                path,
+                lines: Vec::new(),
+            });
+            files.last_mut().expect("just pushed")
+        }
+    };
+    if !file.lines.iter().any(|l| key_identity(l) == id) {
+        file.lines.push(line);
+    }
+}
+
+/// Which public keys go where. Every path is resolved inside the user's
+/// home; every thumbprint must name a certificate the fabric delivered.
+pub fn plan_public_keys(
+    env: &OvfEnv,
+    imds: &[ImdsPublicKey],
+    lib_dir: &Path,
+    home_dir: &Path,
+) -> Result<Vec<KeyFile>, String> {
+    let user = &env.user_name;
+    let mut files = Vec::new();
+    for k in &env.public_keys {
+        let path = ovf::resolve_key_path(&k.path, home_dir, user).map_err(|e| e.to_string())?;
+        if let Some(v) = &k.value {
+            add_key(&mut files, path.clone(), v.trim().to_string());
+        }
+        if let Some(tp) = &k.fingerprint {
+            // A key given by value needs no certificate; the fingerprint of
+            // such a key is informational and often names nothing on disk.
+            if k.value.is_some() && !lib_dir.join(format!("{tp}.crt")).exists() {
+                continue;
+            }
+            add_key(&mut files, path, certificate_key(lib_dir, tp, &k.path)?);
+        }
+    }
+    for k in imds {
+        let path = ovf::resolve_key_path(&k.path, home_dir, user)
+            .map_err(|e| format!("IMDS key for {}: {}", k.path, e.message))?;
+        let line = k.key_data.trim();
+        if !(line.starts_with("ssh-") || line.starts_with("ecdsa-") || line.starts_with("sk-"))
+            || line.contains('\n')
+        {
+            return Err(format!(
+                "IMDS key for {}: not an OpenSSH public key",
+                k.path
+            ));
+        }
+        add_key(&mut files, path, line.to_string());
+    }
+    Ok(files)
+}
+
+fn certificate_key(lib_dir: &Path, thumbprint: &str, for_path: &str) -> Result<String, String> {
+    if !lib_dir.join(format!("{thumbprint}.crt")).exists() {
+        return Err(format!(
+            "no certificate with thumbprint {thumbprint} (for the SSH key of {for_path}) in the goal state"
+        ));
+    }
+    crypto::ssh_public_key(lib_dir, thumbprint).map_err(|e| e.to_string())
+}
+
+/// The key pairs, resolved and checked against the certificate store.
+pub fn plan_key_pairs(
+    env: &OvfEnv,
+    lib_dir: &Path,
+    home_dir: &Path,
+) -> Result<Vec<KeyPair>, String> {
+    env.key_pairs
+        .iter()
+        .map(|kp| {
+            let path = ovf::resolve_key_path(&kp.path, home_dir, &env.user_name)
+                .map_err(|e| e.to_string())?;
+            if !lib_dir.join(format!("{}.prv", kp.fingerprint)).exists() {
+                return Err(format!(
+                    "no private key with thumbprint {} (for the key pair {}) in the goal state",
+                    kp.fingerprint, kp.path
+                ));
+            }
+            Ok(KeyPair {
+                path,
+                thumbprint: kp.fingerprint.clone(),
+            })
+        })
+        .collect()
+}
+
+fn owner_of(user: &PasswdEntry) -> Owner {
+    Owner {
+        uid: user.uid,
+        gid: user.gid,
+    }
+}
+
+/// Creates the file's directory (0700, the user's) if missing, and refuses
+/// a symlink there: the agent writes as root into a user-owned tree.
+fn prepare_dir(path: &Path, user: &PasswdEntry) -> Result<(), String> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| format!("{}: no directory", path.display()))?;
+    match std::fs::symlink_metadata(dir) {
+        Ok(md) if md.file_type().is_symlink() => {
+            return Err(format!(
+                "{} is a symbolic link; refusing to write keys through it",
+                dir.display()
+            ))
+        }
+        Ok(_) => return Ok(()),
+        Err(_) => {}
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid))
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("{}: {e}", dir.display()))
+}
+
+/// Appends the keys not already present; the file ends up 0600, the user's.
+pub fn install_public_keys(file: &KeyFile, user: &PasswdEntry) -> Result<(), String> {
+    prepare_dir(&file.path, user)?;
+    if std::fs::symlink_metadata(&file.path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(format!(
+            "{} is a symbolic link; refusing to write keys through it",
+            file.path.display()
+        ));
+    }
+    let existing = std::fs::read_to_string(&file.path).unwrap_or_default();
+    let mut text = existing.clone();
+    for line in &file.lines {
+        let id = key_identity(line);
+        if existing.lines().any(|l| key_identity(l) == id) {
+            continue;
+        }
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(line);
+        text.push('\n');
+    }
+    let unchanged = text == existing
+        && std::fs::metadata(&file.path)
+            .is_ok_and(|m| m.uid() == user.uid && m.mode() & 0o777 == 0o600);
+    if unchanged {
+        return Ok(());
+    }
+    fsutil::write_atomic_owned(&file.path, text.as_bytes(), 0o600, Some(owner_of(user)))
+        .map_err(|e| format!("{}: {e}", file.path.display()))
+}
+
+/// The private key (0600) and its OpenSSH public key beside it (0644), the
+/// user's. (waagent 2.2.5 inverted these modes and left root as owner.)
+pub fn install_key_pair(kp: &KeyPair, lib_dir: &Path, user: &PasswdEntry) -> Result<(), String> {
+    prepare_dir(&kp.path, user)?;
+    let prv = lib_dir.join(format!("{}.prv", kp.thumbprint));
+    let key = std::fs::read(&prv).map_err(|e| format!("{}: {e}", prv.display()))?;
+    let public = crypto::ssh_public_key(lib_dir, &kp.thumbprint).map_err(|e| e.to_string())?;
+    fsutil::write_atomic_owned(&kp.path, &key, 0o600, Some(owner_of(user)))
+        .map_err(|e| format!("{}: {e}", kp.path.display()))?;
+    let mut pub_path = kp.path.clone().into_os_string();
+    pub_path.push(".pub");
+    let pub_path = PathBuf::from(pub_path);
+    fsutil::write_atomic_owned(
+        &pub_path,
+        format!("{public}\n").as_bytes(),
+        0o644,
+        Some(owner_of(user)),
+    )
+    .map_err(|e| format!("{}: {e}", pub_path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me(home: &Path) -> PasswdEntry {
+        PasswdEntry {
+            name: "me".into(),
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            home: home.to_path_buf(),
+            shell: "/bin/sh".into(),
+        }
+    }
+
+    #[test]
+    fn dedup_by_key_material_ignoring_comments() {
+        let mut files = Vec::new();
+        let p = PathBuf::from("/home/u/.ssh/authorized_keys");
+        add_key(&mut files, p.clone(), "ssh-rsa AAAA one".into());
+        add_key(&mut files, p.clone(), "ssh-rsa AAAA two".into());
+        add_key(&mut files, p.clone(), "ssh-ed25519 BBBB".into());
+        add_key(
+            &mut files,
+            PathBuf::from("/home/u/.ssh/other"),
+            "ssh-rsa AAAA".into(),
+        );
+        assert_eq!(files.len(), 2);
+        assert_eq!(files[0].lines, vec!["ssh-rsa AAAA one", "ssh-ed25519 BBBB"]);
+    }
+
+    #[test]
+    fn appends_only_missing_keys_with_owner_and_mode() {
+        let home = tempfile::tempdir().unwrap();
+        let path = home.path().join(".ssh/authorized_keys");
+        let user = me(home.path());
+        let f = KeyFile {
+            path: path.clone(),
+            lines: vec!["ssh-rsa AAAA new".into(), "ssh-ed25519 BBBB".into()],
+        };
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "ssh-ed25519 BBBB already here").unwrap();
+        install_public_keys(&f, &user).unwrap();
+        install_public_keys(&f, &user).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "ssh-ed25519 BBBB already here\nssh-rsa AAAA new\n"
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn creates_the_ssh_dir_private_and_refuses_symlinks() {
+        let home = tempfile::tempdir().unwrap();
+        let user = me(home.path());
+        let path = home.path().join(".ssh/authorized_keys");
+        install_public_keys(
+            &KeyFile {
+                path: path.clone(),
+                lines: vec!["ssh-rsa AAAA".into()],
+            },
+            &user,
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::metadata(home.path().join(".ssh")).unwrap().mode() & 0o777,
+            0o700
+        );
+
+        let home2 = tempfile::tempdir().unwrap();
+        let target = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(target.path(), home2.path().join(".ssh")).unwrap();
+        let err = install_public_keys(
+            &KeyFile {
+                path: home2.path().join(".ssh/authorized_keys"),
+                lines: vec!["ssh-rsa AAAA".into()],
+            },
+            &me(home2.path()),
+        )
+        .unwrap_err();
+        assert!(
+            err.ends_with("is a symbolic link; refusing to write keys through it"),
+            "{err}"
+        );
+        assert!(std::fs::read_dir(target.path()).unwrap().next().is_none());
+    }
+}
