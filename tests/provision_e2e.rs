@@ -1,0 +1,518 @@
+//! End to end: the real `waagent -daemon`, as root in the throwaway-VM
+//! sandbox (`scripts/sandbox`), provisions from an Azure-like DVD against
+//! `fabric-sim` listening on 168.63.129.16 and 169.254.169.254 inside the
+//! sandbox's own network namespace. A driver script runs inside and copies
+//! the evidence out; the assertions are made here, on real files.
+
+#[path = "common/sandbox.rs"]
+mod sandbox;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use sandbox::{Options, Sandbox};
+use serde_json::Value;
+use waagent::provision::password;
+
+const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
+const DMI_UUID: &str = "C4BFE7E2-EB2D-4A4E-8615-EA6AAF50162E";
+/// `DMI_UUID` with its first three groups byte-swapped, as `provisioned` holds it.
+const INSTANCE_ID: &str = "e2e7bfc4-2deb-4e4a-8615-ea6aaf50162e";
+/// The password in test-data/ovf/full.xml, entities decoded.
+const FULL_PASSWORD: &str = "Sup3r$ecret P@ss & más <x>";
+const IMDS_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGltZHNrZXlmb3J3YWFnZW50cnNvbmx5bm90cmVhbA== imds@azure";
+const INLINE_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDt0ZXN0a2V5Zm9yd2FhZ2VudHJzb25seW5vdHJlYWw= alice@laptop";
+
+/// The driver: start the fabric, run the daemon until it has reported, stop
+/// it, and copy what it did to /work/ev/<phase>/. Phases run in order in one
+/// sandbox, so a reboot sees the first boot's disk.
+const DRIVER: &str = r#"#!/bin/sh
+set -u
+cd /work
+./fabric-sim --wire 168.63.129.16:80 --plugin 168.63.129.16:32526 --imds 169.254.169.254:80 \
+    --tenant-cert /work/tenant.crt:/work/tenant.key \
+    --imds-key "/home/azureuser/.ssh/authorized_keys=$IMDS_KEY" \
+    --record /work/fabric.jsonl > /work/fabric.log 2>&1 &
+i=0; until grep -q 'fabric-sim:' /work/fabric.log 2>/dev/null; do i=$((i+1)); [ $i -gt 100 ] && exit 90; sleep 0.05; done
+
+# Final reports so far: Ready or ProvisioningFailed.
+reports() { grep '"kind":"health"' /work/fabric.jsonl 2>/dev/null | grep -c '"state":"Ready"\|ProvisioningFailed'; }
+
+# run_daemon PHASE N: the daemon until N final reports exist in all
+# (N = 0: give it 3 s of steady state instead), then SIGTERM.
+run_daemon() {
+    ./waagent -daemon -configuration-path:/work/waagent.conf &
+    pid=$!
+    i=0
+    if [ "$2" = 0 ]; then sleep 3; else
+        until [ "$(reports)" -ge "$2" ]; do i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.05; done
+        sleep 0.3
+    fi
+    kill -TERM $pid; wait $pid; echo $? > /work/ev/$1/daemon.rc
+}
+
+evidence() {
+    e=/work/ev/$1; mkdir -p $e
+    getent passwd azureuser > $e/passwd
+    getent shadow azureuser | cut -d: -f2 > $e/hash
+    grep '^root:' /etc/shadow | cut -d: -f2 > $e/root_hash
+    hostname > $e/hostname
+    for f in /home/azureuser/.ssh /home/azureuser/.ssh/authorized_keys /home/azureuser/.ssh/id_rsa \
+             /home/azureuser/.ssh/id_rsa.pub /etc/sudoers.d/waagent /var/lib/waagent /var/lib/waagent/ovf-env.xml; do
+        [ -e $f ] && echo "$(stat -c '%a %U %G' $f) $f" >> $e/modes
+    done
+    for f in /home/azureuser/.ssh/authorized_keys /home/azureuser/.ssh/id_rsa.pub /etc/sudoers.d/waagent \
+             /etc/ssh/sshd_config /var/lib/waagent/ovf-env.xml /var/lib/waagent/provisioned /var/tmp/custom-data-ran; do
+        [ -e $f ] && cp $f $e/$(echo $f | tr / _)
+    done
+    ls /var/lib/waagent > $e/lib 2>/dev/null
+    ls /etc/ssh | grep '^ssh_host_' > $e/host_keys
+    for k in /etc/ssh/ssh_host_*_key.pub; do ssh-keygen -lf $k; done > $e/fingerprints 2>/dev/null
+    cut -d: -f1,3 /etc/passwd > $e/users
+}
+
+mkdir -p /work/ev/first /work/ev/reboot /work/ev/captured /work/ev/deprovision
+cut -d: -f1,3 /etc/passwd > /work/ev/users_before
+
+run_daemon first 1
+evidence first
+[ "$PHASES" = first ] && exit 0
+
+# Reboot: same instance. Nothing may be reported or written.
+touch /work/ev/stamp; sleep 1.1
+run_daemon reboot 0
+find /etc /home /var/lib/waagent -newer /work/ev/stamp > /work/ev/reboot/changed
+evidence reboot
+
+# A captured image: another instance id. Provisioned again.
+echo 01020304-0506-0708-0910-111213141516 > /work/uuid2
+mount --bind /work/uuid2 /sys/class/dmi/id/product_uuid
+run_daemon captured 2
+evidence captured
+
+./waagent -deprovision+user -force -configuration-path:/work/waagent.conf > /work/ev/deprovision/out 2>&1
+echo $? > /work/ev/deprovision/rc
+evidence deprovision
+exit 0
+"#;
+
+const CONF: &str = "Provisioning.Agent=waagent
+Provisioning.RegenerateSshHostKeyPair=y
+Provisioning.SshHostKeyPairType=ed25519
+Provisioning.DeleteRootPassword=y
+Provisioning.ExecuteCustomData=y
+Provisioning.PasswordCryptId=6
+Logs.File=/work/waagent.log
+Logs.Console=n
+Extensions.GoalStatePeriod=1
+";
+
+struct Run {
+    dir: tempfile::TempDir,
+    output: std::process::Output,
+}
+
+impl Run {
+    fn ev(&self, phase: &str, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join("ev").join(phase).join(name))
+            .unwrap_or_default()
+    }
+
+    fn file(&self, phase: &str, abs: &str) -> String {
+        self.ev(phase, &abs.replace('/', "_"))
+    }
+
+    /// The fabric's record: every health report and role-properties report.
+    fn records(&self, kind: &str) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join("fabric.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["kind"] == kind)
+            .collect()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("waagent.log")).unwrap_or_default()
+    }
+
+    fn context(&self) -> String {
+        format!(
+            "sandbox stdout:\n{}\nstderr:\n{}\nagent log:\n{}",
+            String::from_utf8_lossy(&self.output.stdout),
+            String::from_utf8_lossy(&self.output.stderr),
+            self.log()
+        )
+    }
+}
+
+fn bin(name: &str) -> PathBuf {
+    let own = PathBuf::from(env!("CARGO_BIN_EXE_waagent"));
+    own.with_file_name(name)
+}
+
+/// Runs the driver in a fresh sandbox with `ovf_xml` on the DVD.
+fn run(ovf_xml: &str, conf: &str, phases: &str) -> Run {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let d = dir.path();
+    for b in ["waagent", "fabric-sim"] {
+        std::fs::copy(bin(b), d.join(b)).expect("copy the binaries");
+    }
+    for f in ["tenant.crt", "tenant.key"] {
+        std::fs::copy(
+            Path::new(MANIFEST).join("test-data/certs").join(f),
+            d.join(f),
+        )
+        .unwrap();
+    }
+    std::fs::write(d.join("ovf-env.xml"), ovf_xml).unwrap();
+    std::fs::write(d.join("waagent.conf"), conf).unwrap();
+    let driver = d.join("driver.sh");
+    std::fs::write(&driver, DRIVER).unwrap();
+    std::fs::set_permissions(&driver, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let iso = d.join("ovf.iso");
+    Sandbox::make_ovf_iso(&d.join("ovf-env.xml"), &iso, &[]).expect("make the provisioning ISO");
+    let opts = Options::default()
+        .iso(&iso)
+        .bind(d, "/work")
+        .dmi_uuid(DMI_UUID);
+    let mut cmd = Sandbox::command(
+        &opts,
+        &[
+            "env",
+            &format!("PHASES={phases}"),
+            &format!("IMDS_KEY={IMDS_KEY}"),
+            "/work/driver.sh",
+        ],
+    );
+    let output = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the sandbox");
+    Run { dir, output }
+}
+
+fn mode_of(run: &Run, phase: &str, path: &str) -> String {
+    run.ev(phase, "modes")
+        .lines()
+        .find(|l| l.ends_with(&format!(" {path}")))
+        .map(|l| l.rsplit_once(' ').map_or("", |(m, _)| m).to_string())
+        .unwrap_or_default()
+}
+
+fn states(reports: &[Value]) -> Vec<String> {
+    reports
+        .iter()
+        .map(|r| match r["subStatus"].as_str() {
+            Some(s) => format!("{}/{s}", r["state"].as_str().unwrap_or("")),
+            None => r["state"].as_str().unwrap_or("").to_string(),
+        })
+        .collect()
+}
+
+#[test]
+fn provisioning_reboot_captured_image_and_deprovision() {
+    if sandbox::skip("provisioning_reboot_captured_image_and_deprovision") {
+        return;
+    }
+    let full = std::fs::read_to_string(Path::new(MANIFEST).join("test-data/ovf/full.xml")).unwrap();
+    let r = run(&full, CONF, "all");
+    assert!(r.output.status.success(), "{}", r.context());
+    let ctx = r.context();
+
+    // --- first boot ---
+    assert_eq!(r.ev("first", "daemon.rc").trim(), "0", "{ctx}");
+    let passwd = r.ev("first", "passwd");
+    let fields: Vec<&str> = passwd.trim().split(':').collect();
+    assert_eq!(fields.len(), 7, "{passwd:?} {ctx}");
+    assert_eq!(
+        (fields[0], fields[5], fields[6]),
+        ("azureuser", "/home/azureuser", "/bin/sh")
+    );
+    let uid: u32 = fields[2].parse().unwrap();
+    assert!(uid >= 1000);
+
+    let hash = r.ev("first", "hash");
+    assert!(hash.starts_with("$6$"), "{hash}");
+    assert!(
+        password::verify(FULL_PASSWORD, hash.trim()),
+        "the shadow hash does not verify"
+    );
+    assert!(!password::verify("wrong", hash.trim()));
+    assert_eq!(r.ev("first", "root_hash").trim(), "*LOCK*");
+
+    // authorized_keys: the key derived from the certificate the fabric sent,
+    // the inline key, the IMDS key — each once.
+    let derived =
+        std::fs::read_to_string(Path::new(MANIFEST).join("test-data/certs/tenant.ssh.pub"))
+            .unwrap();
+    let derived_body = derived.split_whitespace().nth(1).unwrap();
+    let keys = r.file("first", "/home/azureuser/.ssh/authorized_keys");
+    let lines: Vec<&str> = keys.lines().collect();
+    assert_eq!(lines.len(), 3, "{keys}");
+    assert_eq!(lines[0].split_whitespace().nth(1), Some(derived_body));
+    assert_eq!(lines[1], INLINE_KEY);
+    assert_eq!(lines[2], IMDS_KEY);
+    assert_eq!(
+        mode_of(&r, "first", "/home/azureuser/.ssh"),
+        "700 azureuser azureuser"
+    );
+    assert_eq!(
+        mode_of(&r, "first", "/home/azureuser/.ssh/authorized_keys"),
+        "600 azureuser azureuser"
+    );
+    assert_eq!(
+        mode_of(&r, "first", "/home/azureuser/.ssh/id_rsa"),
+        "600 azureuser azureuser"
+    );
+    assert_eq!(
+        mode_of(&r, "first", "/home/azureuser/.ssh/id_rsa.pub"),
+        "644 azureuser azureuser"
+    );
+    assert_eq!(
+        r.file("first", "/home/azureuser/.ssh/id_rsa.pub")
+            .split_whitespace()
+            .nth(1),
+        Some(derived_body)
+    );
+
+    assert_eq!(
+        r.file("first", "/etc/sudoers.d/waagent"),
+        "azureuser ALL=(ALL) ALL\n"
+    );
+    assert_eq!(
+        mode_of(&r, "first", "/etc/sudoers.d/waagent"),
+        "440 root root"
+    );
+    let sshd = r.file("first", "/etc/ssh/sshd_config");
+    for want in [
+        "PasswordAuthentication yes",
+        "ChallengeResponseAuthentication yes",
+        "ClientAliveInterval 180",
+    ] {
+        assert_eq!(
+            sshd.lines().filter(|l| *l == want).count(),
+            1,
+            "{want} in:\n{sshd}"
+        );
+    }
+
+    // Host keys of the configured type, and the fabric got their fingerprint.
+    let host_keys = r.ev("first", "host_keys");
+    assert_eq!(
+        host_keys.lines().collect::<Vec<_>>(),
+        ["ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"]
+    );
+    let fp = r.ev("first", "fingerprints");
+    let fp = fp.split_whitespace().nth(1).unwrap_or("").replace(':', "");
+    let props = r.records("roleProperties");
+    assert_eq!(props.len(), 2, "{ctx}");
+    assert_eq!(props[0]["thumbprint"], fp.as_str());
+
+    assert_eq!(r.ev("first", "hostname").trim(), "web-01.contoso.internal");
+    let saved = r.file("first", "/var/lib/waagent/ovf-env.xml");
+    assert!(saved.contains("<UserName>azureuser</UserName>"));
+    assert!(
+        !saved.contains("Sup3r"),
+        "the saved ovf-env.xml has the password:\n{saved}"
+    );
+    assert_eq!(
+        mode_of(&r, "first", "/var/lib/waagent/ovf-env.xml"),
+        "600 root root"
+    );
+    assert_eq!(mode_of(&r, "first", "/var/lib/waagent"), "700 root root");
+    assert_eq!(r.file("first", "/var/lib/waagent/provisioned"), INSTANCE_ID);
+    assert_eq!(
+        r.file("first", "/var/tmp/custom-data-ran").trim(),
+        "hello from custom data"
+    );
+
+    // The reports: NotReady/Provisioning then Ready, for incarnation 1 of the
+    // simulator's container and instance — on the first boot and again for
+    // the captured image, never on the reboot.
+    let reports = r.records("health");
+    assert_eq!(
+        states(&reports),
+        [
+            "NotReady/Provisioning",
+            "Ready",
+            "NotReady/Provisioning",
+            "Ready"
+        ],
+        "{ctx}"
+    );
+    let sim = waagent::sim::SimConfig::default();
+    for h in &reports {
+        assert_eq!(h["incarnation"], "1");
+        assert_eq!(h["container"], sim.container_id.as_str());
+        assert_eq!(h["instance"], sim.instance_id.as_str());
+    }
+    assert_eq!(reports[0]["description"], "Starting");
+
+    // --- reboot: nothing reported (above), nothing written ---
+    assert_eq!(r.ev("reboot", "daemon.rc").trim(), "0");
+    assert_eq!(
+        r.ev("reboot", "changed"),
+        "",
+        "files changed by the second start\n{ctx}"
+    );
+    for f in [
+        "passwd",
+        "hash",
+        "host_keys",
+        "fingerprints",
+        "_home_azureuser_.ssh_authorized_keys",
+        "_etc_sudoers.d_waagent",
+    ] {
+        assert_eq!(r.ev("first", f), r.ev("reboot", f), "{f} changed on reboot");
+    }
+
+    // --- captured image: provisioned again, keys not duplicated ---
+    assert_eq!(
+        r.file("captured", "/var/lib/waagent/provisioned"),
+        "04030201-0605-0807-0910-111213141516"
+    );
+    assert_eq!(
+        r.file("captured", "/home/azureuser/.ssh/authorized_keys"),
+        keys
+    );
+    assert_eq!(
+        r.file("captured", "/etc/sudoers.d/waagent"),
+        "azureuser ALL=(ALL) ALL\n"
+    );
+
+    // --- deprovision+user undoes it ---
+    assert_eq!(
+        r.ev("deprovision", "rc").trim(),
+        "0",
+        "{}",
+        r.ev("deprovision", "out")
+    );
+    assert_eq!(r.ev("deprovision", "passwd"), "");
+    assert_eq!(
+        r.ev("deprovision", "users"),
+        r.ev("first", "users")
+            .lines()
+            .filter(|l| !l.starts_with("azureuser:"))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+    );
+    assert_eq!(r.file("deprovision", "/etc/sudoers.d/waagent"), "");
+    assert_eq!(r.ev("deprovision", "lib"), "");
+    assert_eq!(r.ev("deprovision", "host_keys"), "");
+    assert_eq!(
+        r.ev("deprovision", "hostname").trim(),
+        "localhost.localdomain"
+    );
+    assert!(r
+        .ev("deprovision", "out")
+        .contains("WARNING! azureuser account and entire home directory will be deleted."));
+}
+
+/// Each bad input ends in NotReady/ProvisioningFailed naming the cause,
+/// with no user made and `provisioned` not written.
+#[test]
+fn bad_input_fails_provisioning_with_its_reason() {
+    if sandbox::skip("bad_input_fails_provisioning_with_its_reason") {
+        return;
+    }
+    let data = Path::new(MANIFEST).join("test-data/ovf");
+    let full = std::fs::read_to_string(data.join("full.xml")).unwrap();
+    let huge = full.replace(
+        "IyEvYmluL3NoCmVjaG8gJ2hlbGxvIGZyb20gY3VzdG9tIGRhdGEnID4gL3Zhci90bXAvY3VzdG9tLWRhdGEtcmFuCg==",
+        &"QUFB".repeat(80_000),
+    );
+    let system_user = full
+        .replace(
+            "<UserName>azureuser</UserName>",
+            "<UserName>daemon</UserName>",
+        )
+        .replace("$HOME/azureuser/", "$HOME/daemon/")
+        .replace("/home/azureuser/", "/home/daemon/");
+    let bad_tp = full.replace(
+        "f00305206abf9dafcebfe9a1cb2e6b9fff18fc69",
+        "0000000000000000000000000000000000000001",
+    );
+    let cases: Vec<(String, String, &str)> = [
+        "bad-no-username.xml",
+        "bad-root.xml",
+        "bad-user-semicolon.xml",
+        "bad-user-dotdot.xml",
+        "bad-user-too-long.xml",
+        "bad-key-path.xml",
+        "bad-hostname.xml",
+        "bad-fingerprint.xml",
+        "bad-malformed.xml",
+    ]
+    .iter()
+    .map(|f| {
+        (
+            f.to_string(),
+            std::fs::read_to_string(data.join(f)).unwrap(),
+            "",
+        )
+    })
+    .chain([
+        ("huge custom data".to_string(), huge, "CustomData"),
+        (
+            "system user".to_string(),
+            system_user,
+            "refusing to provision the system account daemon",
+        ),
+        (
+            "no such certificate".to_string(),
+            bad_tp,
+            "no certificate with thumbprint 0000000000000000000000000000000000000001",
+        ),
+    ])
+    .collect();
+    let host_users: BTreeSet<String> = std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(':').next().map(str::to_string))
+        .collect();
+    for (name, xml, must_mention) in cases {
+        let r = run(&xml, CONF, "first");
+        let reports = r.records("health");
+        let last = reports
+            .last()
+            .unwrap_or_else(|| panic!("{name}: no report\n{}", r.context()));
+        assert_eq!(last["state"], "NotReady", "{name}");
+        assert_eq!(
+            last["subStatus"],
+            "ProvisioningFailed",
+            "{name}: {}",
+            r.context()
+        );
+        let description = last["description"].as_str().unwrap_or("");
+        assert!(
+            !description.is_empty() && !description.contains('\n'),
+            "{name}: {description:?}"
+        );
+        assert!(description.contains(must_mention), "{name}: {description}");
+        // The reason is in the log too, and no Ready was ever sent.
+        assert!(
+            r.log()
+                .contains(&format!("provisioning failed: {description}")),
+            "{name}"
+        );
+        assert!(!states(&reports).contains(&"Ready".to_string()), "{name}");
+        // Nobody new in /etc/passwd; nothing marked provisioned.
+        let users: BTreeSet<String> = r
+            .ev("first", "users")
+            .lines()
+            .filter_map(|l| l.split(':').next().map(str::to_string))
+            .collect();
+        let new: Vec<_> = users.difference(&host_users).collect();
+        assert!(new.is_empty(), "{name}: users made: {new:?}");
+        assert_eq!(
+            r.file("first", "/var/lib/waagent/provisioned"),
+            "",
+            "{name}"
+        );
+        assert_eq!(r.ev("first", "daemon.rc").trim(), "0", "{name}");
+        eprintln!("{name}: {description}");
+    }
+}
