@@ -31,11 +31,17 @@ const INLINE_KEY: &str =
 const DRIVER: &str = r#"#!/bin/sh
 set -u
 cd /work
-./fabric-sim --wire 168.63.129.16:80 --plugin 168.63.129.16:32526 --imds 169.254.169.254:80 \
-    --tenant-cert /work/tenant.crt:/work/tenant.key \
-    --imds-key "/home/azureuser/.ssh/authorized_keys=$IMDS_KEY" \
-    --record /work/fabric.jsonl > /work/fabric.log 2>&1 &
-i=0; until grep -q 'fabric-sim:' /work/fabric.log 2>/dev/null; do i=$((i+1)); [ $i -gt 100 ] && exit 90; sleep 0.05; done
+# start_sim LOG [ARGS…]: the fabric on the platform addresses; $sim is its pid.
+start_sim() {
+    log=$1; shift
+    ./fabric-sim --wire 168.63.129.16:80 --plugin 168.63.129.16:32526 --imds 169.254.169.254:80 \
+        --record /work/fabric.jsonl "$@" > "$log" 2>&1 &
+    sim=$!
+    i=0; until grep -q 'fabric-sim:' "$log" 2>/dev/null; do i=$((i+1)); [ $i -gt 100 ] && exit 90; sleep 0.05; done
+}
+stop_sim() { kill $sim; wait $sim 2>/dev/null; }
+start_sim /work/fabric.log --tenant-cert /work/tenant.crt:/work/tenant.key \
+    --imds-key "/home/azureuser/.ssh/authorized_keys=$IMDS_KEY"
 
 # Final reports so far: Ready or ProvisioningFailed.
 reports() { grep '"kind":"health"' /work/fabric.jsonl 2>/dev/null | grep -c '"state":"Ready"\|ProvisioningFailed'; }
@@ -73,8 +79,22 @@ evidence() {
     cut -d: -f1,3 /etc/passwd > $e/users
 }
 
-mkdir -p /work/ev/first /work/ev/reboot /work/ev/captured /work/ev/deprovision
+mkdir -p /work/ev/first /work/ev/reboot /work/ev/captured /work/ev/deprovision /work/ev/retry
 cut -d: -f1,3 /etc/passwd > /work/ev/users_before
+
+if [ "$PHASES" = retry ]; then
+    # The fabric first sends no certificates (the key's thumbprint names
+    # nothing): provisioning fails. The next start, with them, succeeds.
+    stop_sim
+    start_sim /work/fabric1.log
+    run_daemon first 1
+    evidence first
+    stop_sim
+    start_sim /work/fabric2.log --tenant-cert /work/tenant.crt:/work/tenant.key
+    run_daemon retry 2
+    evidence retry
+    exit 0
+fi
 
 run_daemon first 1
 evidence first
@@ -515,4 +535,43 @@ fn bad_input_fails_provisioning_with_its_reason() {
         assert_eq!(r.ev("first", "daemon.rc").trim(), "0", "{name}");
         eprintln!("{name}: {description}");
     }
+}
+
+/// A failed provisioning leaves nothing half-done, so the next start simply
+/// provisions.
+#[test]
+fn a_later_start_retries_cleanly_after_a_failure() {
+    if sandbox::skip("a_later_start_retries_cleanly_after_a_failure") {
+        return;
+    }
+    let full = std::fs::read_to_string(Path::new(MANIFEST).join("test-data/ovf/full.xml")).unwrap();
+    let r = run(&full, CONF, "retry");
+    assert!(r.output.status.success(), "{}", r.context());
+    let reports = r.records("health");
+    assert_eq!(
+        states(&reports),
+        [
+            "NotReady/Provisioning",
+            "NotReady/ProvisioningFailed",
+            "NotReady/Provisioning",
+            "Ready"
+        ],
+        "{}",
+        r.context()
+    );
+    assert!(reports[1]["description"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("no certificate with thumbprint F00305206ABF9DAFCEBFE9A1CB2E6B9FFF18FC69"));
+    assert_eq!(r.ev("first", "passwd"), "");
+    assert_eq!(r.file("first", "/var/lib/waagent/provisioned"), "");
+    assert!(r.ev("retry", "passwd").starts_with("azureuser:x:"));
+    assert_eq!(r.file("retry", "/var/lib/waagent/provisioned"), INSTANCE_ID);
+    assert_eq!(
+        // The certificate's key and the inline one (this fabric's IMDS has none).
+        r.file("retry", "/home/azureuser/.ssh/authorized_keys")
+            .lines()
+            .count(),
+        2
+    );
 }
