@@ -82,6 +82,20 @@ evidence() {
 mkdir -p /work/ev/first /work/ev/reboot /work/ev/captured /work/ev/deprovision /work/ev/retry
 cut -d: -f1,3 /etc/passwd > /work/ev/users_before
 
+if [ "$PHASES" = crash ]; then
+    # The daemon kills itself with SIGKILL at $CRASH_AT; the next start must
+    # converge to the same VM as an uninterrupted one.
+    WAAGENT_RS_TEST_CRASH_AT=$CRASH_AT timeout 30 ./waagent -daemon -configuration-path:/work/waagent.conf
+    echo $? > /work/ev/crash.rc
+    ls -a /var/lib/waagent > /work/ev/lib_after_crash 2>/dev/null
+    run_daemon first 1
+    evidence first
+    grep -c '^azureuser:' /etc/passwd > /work/ev/first/passwd_count
+    cat /var/lib/waagent/waagent-rs.journal > /work/ev/first/journal 2>/dev/null
+    ls -a /var/lib/waagent > /work/ev/first/lib_all
+    exit 0
+fi
+
 if [ "$PHASES" = retry ]; then
     # The fabric first sends no certificates (the key's thumbprint names
     # nothing): provisioning fails. The next start, with them, succeeds.
@@ -175,6 +189,10 @@ fn bin(name: &str) -> PathBuf {
 
 /// Runs the driver in a fresh sandbox with `ovf_xml` on the DVD.
 fn run(ovf_xml: &str, conf: &str, phases: &str) -> Run {
+    run_with(ovf_xml, conf, phases, "")
+}
+
+fn run_with(ovf_xml: &str, conf: &str, phases: &str, crash_at: &str) -> Run {
     let dir = tempfile::tempdir().expect("temporary directory");
     let d = dir.path();
     for b in ["waagent", "fabric-sim"] {
@@ -204,6 +222,7 @@ fn run(ovf_xml: &str, conf: &str, phases: &str) -> Run {
             "env",
             &format!("PHASES={phases}"),
             &format!("IMDS_KEY={IMDS_KEY}"),
+            &format!("CRASH_AT={crash_at}"),
             "/work/driver.sh",
         ],
     );
@@ -574,4 +593,76 @@ fn a_later_start_retries_cleanly_after_a_failure() {
             .count(),
         2
     );
+}
+
+/// SIGKILL at every state and every provisioning step, then a normal start:
+/// the VM converges to what an uninterrupted first boot makes — one user,
+/// one sudoers line, each key once, no temporary file left — and Ready is
+/// reported exactly once.
+#[test]
+fn killed_at_any_step_the_next_start_converges() {
+    if sandbox::skip("killed_at_any_step_the_next_start_converges") {
+        return;
+    }
+    let full = std::fs::read_to_string(Path::new(MANIFEST).join("test-data/ovf/full.xml")).unwrap();
+    let mut points: Vec<String> = ["Boot", "ReadMedia", "Connect", "ReportStarting", "Plan"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    points.extend(
+        waagent::daemon::Step::ALL
+            .iter()
+            .map(|s| format!("Provision:{s:?}")),
+    );
+    points.extend(
+        ["MarkProvisioned", "ReportReady", "Steady"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    for point in &points {
+        let r = run_with(&full, CONF, "crash", point);
+        let ctx = format!("{point}: {}", r.context());
+        assert_eq!(r.ev("", "crash.rc").trim(), "137", "{ctx}");
+        assert!(
+            r.log().contains(&format!("killing myself at {point}")),
+            "{ctx}"
+        );
+        assert_eq!(r.ev("first", "daemon.rc").trim(), "0", "{ctx}");
+        assert_eq!(r.ev("first", "passwd_count").trim(), "1", "{ctx}");
+        assert!(
+            password::verify(FULL_PASSWORD, r.ev("first", "hash").trim()),
+            "{ctx}"
+        );
+        assert_eq!(
+            r.file("first", "/etc/sudoers.d/waagent"),
+            "azureuser ALL=(ALL) ALL\n",
+            "{ctx}"
+        );
+        let keys = r.file("first", "/home/azureuser/.ssh/authorized_keys");
+        assert_eq!(keys.lines().count(), 3, "{ctx}\n{keys}");
+        assert_eq!(
+            mode_of(&r, "first", "/home/azureuser/.ssh/authorized_keys"),
+            "600 azureuser azureuser"
+        );
+        assert_eq!(
+            r.file("first", "/var/lib/waagent/provisioned"),
+            INSTANCE_ID,
+            "{ctx}"
+        );
+        let lib = r.ev("first", "lib_all");
+        assert!(
+            !lib.lines()
+                .any(|l| l.ends_with(".tmp") || l.starts_with(".waagent-crypto")),
+            "{ctx}\n{lib}"
+        );
+        let journal: Value = serde_json::from_str(&r.ev("first", "journal")).unwrap_or_default();
+        assert_eq!(journal["stepsDone"], serde_json::json!([]), "{ctx}");
+        assert_eq!(journal["readyReported"], "1", "{ctx}");
+        let finals: Vec<String> = states(&r.records("health"))
+            .into_iter()
+            .filter(|s| !s.ends_with("/Provisioning"))
+            .collect();
+        assert_eq!(finals, ["Ready"], "{ctx}");
+        eprintln!("{point}: converged");
+    }
 }

@@ -13,6 +13,7 @@
 //! `<lib>/provisioned` naming this VM goes from Boot straight to Steady and
 //! reports nothing; a captured image (another instance id) provisions again.
 
+mod journal;
 mod signals;
 
 use std::path::{Path, PathBuf};
@@ -29,12 +30,17 @@ use crate::wire::endpoint::{self, Endpoint};
 use crate::wire::imds;
 use crate::wire::reports::{Health, SubStatus};
 
+pub use journal::Journal;
 pub use signals::{install_handlers, stop_requested};
 
 /// `<lib>/provisioned`: provisioning finished; holds the VM's instance id.
 pub const PROVISIONED_FILE: &str = "provisioned";
 /// `<lib>/disable_agent`: ovf-env said `ProvisionGuestAgent=false` (§8.3).
 pub const DISABLE_AGENT_FILE: &str = "disable_agent";
+/// Test hook: `WAAGENT_RS_TEST_CRASH_AT=<State>` or `Provision:<Step>` makes
+/// the daemon SIGKILL itself on entering that state, so crash-safety tests
+/// can stop it at every step. Unset in production.
+pub const CRASH_HOOK_ENV: &str = "WAAGENT_RS_TEST_CRASH_AT";
 /// cloud-init gets this long to deliver ovf-env.xml and the host key (§9.3).
 const CLOUD_INIT_WAIT: Duration = Duration::from_secs(1800);
 
@@ -213,6 +219,15 @@ pub enum State {
 }
 
 impl State {
+    /// Where the crash hook can stop: the state's name, with the step for
+    /// Provision (`Provision:User`).
+    pub fn crash_point(&self) -> String {
+        match self {
+            State::Provision { step, .. } => format!("Provision:{step:?}"),
+            other => other.name().to_string(),
+        }
+    }
+
     /// The variant's name, for the log.
     pub fn name(&self) -> &'static str {
         match self {
@@ -241,6 +256,7 @@ pub struct Daemon {
     client: Option<WireClient>,
     imds_base: String,
     timing: Timing,
+    journal: Option<Journal>,
 }
 
 impl Daemon {
@@ -256,13 +272,26 @@ impl Daemon {
             client: None,
             imds_base,
             timing,
+            journal: None,
         }
     }
 
     /// Runs from Boot until stopped; returns the exit code.
     pub fn run(&mut self) -> i32 {
+        let crash_at = std::env::var(CRASH_HOOK_ENV).ok();
         let mut state = State::Boot;
         loop {
+            if crash_at.as_deref() == Some(state.crash_point().as_str()) {
+                log::warn!(
+                    "test hook {CRASH_HOOK_ENV}: killing myself at {}",
+                    state.crash_point()
+                );
+                log::logger().flush();
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::getpid(),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
             if let State::Stopped(code) = state {
                 log::info!("daemon stopped");
                 return code;
@@ -284,6 +313,9 @@ impl Daemon {
                     log::error!("cannot create Lib.Dir {}: {e}", self.lib.display());
                     return State::Stopped(1);
                 }
+                let journal = Journal::open(&self.lib);
+                let ready_reported = journal.entry().ready_reported.is_some();
+                self.journal = Some(journal);
                 let mode = self.mode();
                 log::info!("provisioning agent: {mode:?}");
                 if mode == Mode::Disabled {
@@ -297,10 +329,19 @@ impl Daemon {
                     let same = saved.is_empty()
                         || current.is_none()
                         || current.as_deref() == Some(saved.as_str());
-                    if same {
+                    if same && ready_reported {
                         log::info!("already provisioned; nothing to report");
                         return State::Steady {
                             next_poll: Instant::now(),
+                        };
+                    }
+                    if same {
+                        // Killed between writing `provisioned` and the Ready
+                        // report (or upgraded from waagent): report it now.
+                        log::info!("provisioned, but no Ready report is journalled; reporting it");
+                        return State::Connect {
+                            job: Job::ReportOnly,
+                            attempt: 0,
                         };
                     }
                     log::info!(
@@ -417,6 +458,10 @@ impl Daemon {
             }
 
             State::Plan { ovf, goal } => match self.plan(ovf) {
+                Ok(plan) if self.begin_journal(&plan).is_err() => State::ReportFailed {
+                    goal,
+                    reason: format!("cannot write the journal in {}", self.lib.display()),
+                },
                 Ok(plan) => State::Provision {
                     plan: Box::new(plan),
                     goal,
@@ -430,12 +475,32 @@ impl Daemon {
                 goal,
                 step,
             } => {
-                log::info!("provisioning: {}", step.describe());
-                if let Err(e) = self.provision_step(step, &mut plan) {
-                    return State::ReportFailed {
-                        goal,
-                        reason: format!("{}: {e}", step.describe()),
+                let key = format!("{step:?}");
+                // A step a killed daemon finished is not redone. HostKeys
+                // still runs its check, as Plan needs its fingerprint.
+                let done = self.journal.as_ref().is_some_and(|j| j.step_done(&key));
+                if done && step != Step::HostKeys {
+                    log::info!(
+                        "provisioning: {} was done before a restart",
+                        step.describe()
+                    );
+                } else {
+                    log::info!("provisioning: {}", step.describe());
+                    let result = if done {
+                        host_key_fingerprint(&*self.os, &self.config)
+                            .map(|fp| plan.fingerprint = Some(fp))
+                    } else {
+                        self.provision_step(step, &mut plan)
                     };
+                    if let Err(e) = result {
+                        return State::ReportFailed {
+                            goal,
+                            reason: format!("{}: {e}", step.describe()),
+                        };
+                    }
+                    if let Some(Err(e)) = self.journal.as_mut().map(|j| j.record_step(&key)) {
+                        log::warn!("{e}");
+                    }
                 }
                 match step.next() {
                     Some(next) => State::Provision {
@@ -483,12 +548,20 @@ impl Daemon {
                         log::warn!("{e}");
                     }
                 }
+                if let Some(Err(e)) = self.journal.as_mut().map(Journal::clear_steps) {
+                    log::warn!("{e}");
+                }
                 log::info!("provisioning complete");
                 State::ReportReady { goal, fingerprint }
             }
 
             State::ReportReady { goal, fingerprint } => {
-                self.report(&goal, &Health::Ready);
+                if self.report(&goal, &Health::Ready) {
+                    let inc = goal.goal_state.incarnation.clone();
+                    if let Some(Err(e)) = self.journal.as_mut().map(|j| j.record_ready(&inc)) {
+                        log::warn!("{e}");
+                    }
+                }
                 if let (Some(fp), Some(client), Ok(target)) =
                     (&fingerprint, &self.client, goal.report_target())
                 {
@@ -503,6 +576,10 @@ impl Daemon {
 
             State::ReportFailed { goal, reason } => {
                 log::error!("provisioning failed: {reason}");
+                // The next start redoes everything: what failed may be input.
+                if let Some(Err(e)) = self.journal.as_mut().map(Journal::clear_steps) {
+                    log::warn!("{e}");
+                }
                 self.report(
                     &goal,
                     &Health::NotReady {
@@ -592,6 +669,7 @@ impl Daemon {
                     "SharedConfig.xml",
                     "Certificates.xml",
                     PROVISIONED_FILE,
+                    journal::FILE,
                 ]
                 .contains(&name.as_str());
             if stale {
@@ -671,14 +749,20 @@ impl Daemon {
 
     /// Sends a health report; a failure is logged, not fatal (the client
     /// already retried for minutes, and `provisioned` is on disk).
-    fn report(&self, goal: &FullGoalState, health: &Health) {
+    fn report(&self, goal: &FullGoalState, health: &Health) -> bool {
         let (Some(client), Ok(target)) = (&self.client, goal.report_target()) else {
             log::error!("cannot report {health:?}: no goal state to report on");
-            return;
+            return false;
         };
         match client.report_health(&target, health) {
-            Ok(()) => log::info!("reported {}", describe_health(health)),
-            Err(e) => log::error!("cannot report {}: {e}", describe_health(health)),
+            Ok(()) => {
+                log::info!("reported {}", describe_health(health));
+                true
+            }
+            Err(e) => {
+                log::error!("cannot report {}: {e}", describe_health(health));
+                false
+            }
         }
     }
 
@@ -710,6 +794,14 @@ impl Daemon {
             key_pairs,
             fingerprint: None,
         })
+    }
+
+    fn begin_journal(&mut self, plan: &Plan) -> Result<(), String> {
+        let what = format!("{}@{}", plan.ovf.user_name, plan.ovf.host_name);
+        match self.journal.as_mut() {
+            Some(j) => j.begin(&what),
+            None => Ok(()),
+        }
     }
 
     /// IMDS `compute.publicKeys`; a VM without IMDS simply has none.
