@@ -203,6 +203,17 @@ fn daemon_reports_ready_and_stops_cleanly_on_sigterm() {
         sim.requests_to("comp=goalstate").len() > polls
     });
 
+    // The Extension state reports the agent's own status to the status blob
+    // (through the HostGAPlugin first).
+    wait_for("a status upload", || !sim.status_uploads().is_empty());
+    let upload = &sim.status_uploads()[0];
+    assert_eq!(upload.via, waagent::sim::Service::HostPlugin);
+    assert_eq!(upload.blob_url, sim.status_blob_url());
+    let status: serde_json::Value = serde_json::from_slice(&upload.content).unwrap();
+    assert_eq!(status["version"], "1.1");
+    assert_eq!(status["aggregateStatus"]["guestAgentStatus"]["status"], "Ready");
+    assert_eq!(status["aggregateStatus"]["handlerAggregateStatus"], serde_json::json!([]));
+
     let asked = Instant::now();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon.id() as i32),

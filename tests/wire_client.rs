@@ -552,3 +552,61 @@ fn hostplugin_stale_container_refreshes_the_goal_state_once() {
     assert_eq!(sim.requests_to("/status").len(), 2);
     assert_eq!(sim.status_uploads().len(), 1);
 }
+
+#[test]
+fn status_falls_back_to_storage_and_page_blobs_are_padded() {
+    use waagent::wire::docs::{StatusBlobType, StatusUploadBlob};
+    let sim = FabricSim::start(SimConfig::default()).unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    let mut c = client(&sim, lib.path());
+    c.update_goal_state(false).unwrap().unwrap();
+    let content = br#"{"version":"1.1"}"#;
+
+    // The HostGAPlugin fails: the block blob goes straight to storage.
+    sim.inject("/status", vec![Fault::Status(500); 3]);
+    let block = StatusUploadBlob {
+        url: sim.status_blob_url(),
+        blob_type: StatusBlobType::BlockBlob,
+    };
+    c.upload_status(&block, content).unwrap();
+    let uploads = sim.status_uploads();
+    assert_eq!(uploads.len(), 1);
+    assert_eq!(
+        (uploads[0].via, uploads[0].content.as_slice()),
+        (Service::Wire, &content[..])
+    );
+    let put = sim
+        .requests()
+        .into_iter()
+        .rfind(|r| r.request.method == "PUT")
+        .unwrap()
+        .request;
+    assert_eq!(put.header("x-ms-blob-type"), Some("BlockBlob"));
+    assert_eq!(put.header("x-ms-version"), Some("2014-02-14"));
+    assert!(put
+        .header("x-ms-date")
+        .is_some_and(|d| d.ends_with('Z') && d.len() == 20));
+
+    // A page blob: created at the padded size, then one zero-padded page write.
+    let page = StatusUploadBlob {
+        url: sim.status_blob_url(),
+        blob_type: StatusBlobType::PageBlob,
+    };
+    c.upload_status(&page, content).unwrap();
+    let puts: Vec<_> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.request.method == "PUT")
+        .map(|r| r.request)
+        .collect();
+    let (create, write) = (&puts[puts.len() - 2], &puts[puts.len() - 1]);
+    assert_eq!(create.header("x-ms-blob-type"), Some("PageBlob"));
+    assert_eq!(create.header("x-ms-blob-content-length"), Some("512"));
+    assert!(create.body.is_empty());
+    assert!(write.target.ends_with("&comp=page"), "{}", write.target);
+    assert_eq!(write.header("x-ms-range"), Some("bytes=0-511"));
+    assert_eq!(write.header("x-ms-page-write"), Some("update"));
+    assert_eq!(write.body.len(), 512);
+    assert_eq!(&write.body[..content.len()], content);
+    assert!(write.body[content.len()..].iter().all(|b| *b == 0));
+}

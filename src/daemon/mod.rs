@@ -26,9 +26,11 @@ use crate::ovf::{self, OvfEnv};
 use crate::provision::{custom_data, keys, media, password, sshd};
 use crate::wire::client::{ClientOptions, FullGoalState, WireClient};
 use crate::wire::crypto::Openssl;
+use crate::wire::docs::{ExtensionsConfig, StatusUploadBlob};
 use crate::wire::endpoint::{self, Endpoint};
 use crate::wire::imds;
 use crate::wire::reports::{Health, SubStatus};
+use crate::wire::status::{aggregate_status, AgentStatus};
 
 pub use journal::Journal;
 pub use signals::{install_handlers, stop_requested};
@@ -215,6 +217,11 @@ pub enum State {
     Steady {
         next_poll: Instant,
     },
+    /// Act on the extensions goal state: with no handlers yet, report the
+    /// agent's own status (Ready) to the status blob.
+    Extension {
+        next_poll: Instant,
+    },
     Stopped(i32),
 }
 
@@ -243,6 +250,7 @@ impl State {
             State::ReportReady { .. } => "ReportReady",
             State::ReportFailed { .. } => "ReportFailed",
             State::Steady { .. } => "Steady",
+            State::Extension { .. } => "Extension",
             State::Stopped(_) => "Stopped",
         }
     }
@@ -257,6 +265,10 @@ pub struct Daemon {
     imds_base: String,
     timing: Timing,
     journal: Option<Journal>,
+    /// From the newest ExtensionsConfig: where status goes, and which
+    /// extensions goal state it answers.
+    status_blob: Option<StatusUploadBlob>,
+    in_svd_seq_no: Option<u64>,
 }
 
 impl Daemon {
@@ -273,6 +285,8 @@ impl Daemon {
             imds_base,
             timing,
             journal: None,
+            status_blob: None,
+            in_svd_seq_no: None,
         }
     }
 
@@ -598,9 +612,17 @@ impl Daemon {
                     return State::Stopped(0);
                 }
                 self.poll_goal_state();
-                State::Steady {
-                    next_poll: Instant::now() + self.poll_period(),
+                let next_poll = Instant::now() + self.poll_period();
+                if self.status_blob.is_some() && !self.lib.join(DISABLE_AGENT_FILE).exists() {
+                    State::Extension { next_poll }
+                } else {
+                    State::Steady { next_poll }
                 }
+            }
+
+            State::Extension { next_poll } => {
+                self.upload_status();
+                State::Steady { next_poll }
             }
 
             State::Stopped(code) => State::Stopped(code),
@@ -941,8 +963,8 @@ impl Daemon {
         }
     }
 
-    /// Steady state: look for a new incarnation (the Extension state of a
-    /// later version takes it from here).
+    /// Steady state: look for a new incarnation, and keep what the
+    /// Extension state needs from its ExtensionsConfig.
     fn poll_goal_state(&mut self) {
         if self.client.is_none() {
             match self.connect_quietly() {
@@ -957,9 +979,53 @@ impl Daemon {
             return;
         };
         match client.update_goal_state(false) {
-            Ok(Some(g)) => log::info!("new goal state: incarnation {}", g.goal_state.incarnation),
+            Ok(Some(g)) => {
+                log::info!("new goal state: incarnation {}", g.goal_state.incarnation);
+                self.remember_extensions(g.extensions_config.as_ref());
+            }
+            Ok(None) if self.status_blob.is_none() => {
+                // A restart: the incarnation is the saved one; read its
+                // ExtensionsConfig from Lib.Dir rather than fetch it again.
+                let saved = client.saved_incarnation().and_then(|inc| {
+                    std::fs::read_to_string(self.lib.join(format!("ExtensionsConfig.{inc}.xml")))
+                        .ok()
+                });
+                if let Some(text) = saved {
+                    match ExtensionsConfig::parse(&text) {
+                        Ok(ec) => self.remember_extensions(Some(&ec)),
+                        Err(e) => log::warn!("saved {e}"),
+                    }
+                }
+            }
             Ok(None) => {}
             Err(e) => log::warn!("goal state poll: {e}"),
+        }
+    }
+
+    fn remember_extensions(&mut self, ec: Option<&ExtensionsConfig>) {
+        self.status_blob = ec.and_then(|e| e.status_upload_blob.clone());
+        self.in_svd_seq_no = ec
+            .and_then(|e| e.in_vm_goal_state_metadata.as_ref())
+            .and_then(|m| m.in_svd_seq_no);
+    }
+
+    /// The agent's status to the status blob; a failure is logged and the
+    /// next period tries again.
+    fn upload_status(&mut self) {
+        let (Some(blob), Some(client)) = (self.status_blob.clone(), self.client.as_mut()) else {
+            return;
+        };
+        let distro = &self.os.env().distro;
+        let agent = AgentStatus {
+            os_name: distro.id.clone(),
+            os_version: distro.version.clone(),
+            computer_name: self.os.hostname().unwrap_or_default(),
+            in_svd_seq_no: self.in_svd_seq_no,
+        };
+        let body = aggregate_status(&agent, std::time::SystemTime::now());
+        match client.upload_status(&blob, body.as_bytes()) {
+            Ok(()) => log::debug!("status uploaded"),
+            Err(e) => log::warn!("cannot upload the status blob: {e}"),
         }
     }
 

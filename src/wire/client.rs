@@ -16,7 +16,8 @@ use crate::fsutil;
 use crate::http::{self, HttpError, Request, Response};
 use crate::wire::crypto::{self, Certificate, CryptoError, Openssl, TransportCert};
 use crate::wire::docs::{
-    CertificatesDoc, ExtensionsConfig, GoalState, HostingEnvironmentConfig, SharedConfig, Versions,
+    CertificatesDoc, ExtensionsConfig, GoalState, HostingEnvironmentConfig, SharedConfig,
+    StatusBlobType, StatusUploadBlob, Versions,
 };
 use crate::wire::endpoint::Endpoint;
 use crate::wire::reports::{self, Health, ReportTarget};
@@ -746,6 +747,88 @@ impl WireClient {
         }
         // The plugin answers 400 while its cache warms up (§4.3).
         Ok(self.plugin_call("GET", &url, &extra, None, &[400])?.body)
+    }
+
+    /// Uploads the status blob (§12): through the HostGAPlugin first, as the
+    /// current agent does (it works where NSGs block storage), then directly
+    /// to storage. A page blob goes directly.
+    pub fn upload_status(
+        &mut self,
+        blob: &StatusUploadBlob,
+        content: &[u8],
+    ) -> Result<(), WireError> {
+        if blob.blob_type == StatusBlobType::BlockBlob {
+            match self.put_status(&blob.url, content) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    log::info!("status through the HostGAPlugin failed ({e}); uploading directly")
+                }
+            }
+        }
+        self.put_blob_directly(blob, content)
+    }
+
+    /// Storage requests carry its API version and a date (in waagent's
+    /// format, which SAS authentication accepts).
+    fn storage_headers(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("x-ms-version", STORAGE_API_VERSION.to_string()),
+            (
+                "x-ms-date",
+                crate::wire::status::utc_timestamp(std::time::SystemTime::now()),
+            ),
+        ]
+    }
+
+    fn put_blob_directly(&self, blob: &StatusUploadBlob, content: &[u8]) -> Result<(), WireError> {
+        let put = |url: &str, extra: Vec<(&'static str, String)>, body: &[u8]| {
+            let mut headers = self.storage_headers();
+            headers.extend(extra);
+            self.execute(&Call {
+                method: "PUT",
+                url,
+                headers,
+                body: Some(body),
+                ok: &[201],
+                retry: &self.options.retry,
+                also_retry: &[],
+            })
+            .map(drop)
+        };
+        match blob.blob_type {
+            StatusBlobType::BlockBlob => put(
+                &blob.url,
+                vec![("x-ms-blob-type", "BlockBlob".into())],
+                content,
+            ),
+            StatusBlobType::PageBlob => {
+                // Pages are 512 bytes: create the blob at the padded size,
+                // then write the content zero-padded, at most 4 MiB a time.
+                let padded = content.len().div_ceil(512) * 512;
+                put(
+                    &blob.url,
+                    vec![
+                        ("x-ms-blob-type", "PageBlob".into()),
+                        ("x-ms-blob-content-length", padded.to_string()),
+                    ],
+                    &[],
+                )?;
+                let sep = if blob.url.contains('?') { '&' } else { '?' };
+                let page_url = format!("{}{sep}comp=page", blob.url);
+                for (i, chunk) in content.chunks(4 << 20).enumerate() {
+                    let start = i * (4 << 20);
+                    let mut body = chunk.to_vec();
+                    body.resize(chunk.len().div_ceil(512) * 512, 0);
+                    let range = format!("bytes={start}-{}", start + body.len() - 1);
+                    put(
+                        &page_url,
+                        vec![("x-ms-range", range), ("x-ms-page-write", "update".into())],
+                        &body,
+                    )?;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// `PUT /status`: upload the status blob (a block blob) through the host.

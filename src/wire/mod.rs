@@ -6,3 +6,4 @@ pub mod docs;
 pub mod endpoint;
 pub mod imds;
 pub mod reports;
+pub mod status;
