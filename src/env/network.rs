@@ -1,0 +1,417 @@
+//! The network pieces the agent keeps in place (§3.4, §15, §18.4 of the
+//! protocol notes): the host route to the WireServer, the udev rules that
+//! would rename `eth0` in a VM made from an image, and the DHCP client
+//! monitor that says when those routes must be put back.
+
+use std::fs;
+use std::net::Ipv4Addr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::fsutil;
+use crate::os::{Cmd, Env, Flavour, OsError, OsUtil};
+
+// ----- the route to the WireServer -----
+
+/// The default gateway with the lowest metric: `/proc/net/route` on Linux,
+/// `route -n get default` on FreeBSD (which has no /proc).
+pub fn default_gateway(env: &Env) -> Option<Ipv4Addr> {
+    if env.distro.flavour == Flavour::FreeBsd {
+        let out = env
+            .run_ok(Cmd::new("route").args(["-n", "get", "default"]))
+            .ok()?;
+        return out
+            .stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("gateway:"))
+            .and_then(|g| g.trim().parse().ok());
+    }
+    let text = fs::read_to_string(env.path("/proc/net/route")).ok()?;
+    proc_route_default_gateway(&text)
+}
+
+/// The gateway of the lowest-metric default route in `/proc/net/route`
+/// text, whose addresses are hexadecimal in host (little-endian) order.
+pub fn proc_route_default_gateway(text: &str) -> Option<Ipv4Addr> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() <= 7 || f[1] != "00000000" || f[7] != "00000000" {
+                return None;
+            }
+            // RTF_GATEWAY (0x2) must be set, or the "gateway" is 0.0.0.0.
+            let flags = u32::from_str_radix(f[3], 16).ok()?;
+            let gw = u32::from_str_radix(f[2], 16).ok()?;
+            if flags & 0x2 == 0 || gw == 0 {
+                return None;
+            }
+            let metric = f[6].parse::<u32>().unwrap_or(u32::MAX);
+            Some((metric, Ipv4Addr::from(gw.to_le_bytes())))
+        })
+        .min_by_key(|(metric, _)| *metric)
+        .map(|(_, gw)| gw)
+}
+
+/// What [`ensure_wire_server_route`] found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireServerRoute {
+    AlreadyPresent,
+    /// Added through this gateway.
+    Added(Ipv4Addr),
+    /// No default gateway to route through: nothing to do yet.
+    NoGateway,
+}
+
+/// Adds a host route to the WireServer through the default gateway when
+/// the table has none (§3.4): a DHCP client that ignored the classless
+/// static routes (option 121/249) leaves it out, and a restarted dhclient
+/// wipes what the agent added.
+pub fn ensure_wire_server_route(
+    os: &dyn OsUtil,
+    wire_server: Ipv4Addr,
+) -> Result<WireServerRoute, OsError> {
+    if os.has_route_to(wire_server)? {
+        return Ok(WireServerRoute::AlreadyPresent);
+    }
+    let Some(gw) = default_gateway(os.env()) else {
+        return Ok(WireServerRoute::NoGateway);
+    };
+    os.add_route(wire_server, gw)?;
+    Ok(WireServerRoute::Added(gw))
+}
+
+// ----- persistent-net udev rules -----
+
+/// The rules that pin interface names to MAC addresses (§18.4). A VM made
+/// from a captured image gets a new MAC, so with these rules its only NIC
+/// would come up as `eth1` and DHCP (configured for `eth0`) would not run.
+pub const PERSISTENT_NET_RULES: [&str; 2] = [
+    "/lib/udev/rules.d/75-persistent-net-generator.rules",
+    "/etc/udev/rules.d/70-persistent-net.rules",
+];
+
+/// Whether this flavour moves the rules away. Debian and Ubuntu do not
+/// (waagent leaves their rules alone); FreeBSD has no udev.
+pub fn moves_persistent_net_rules(flavour: Flavour) -> bool {
+    !matches!(
+        flavour,
+        Flavour::Debian | Flavour::Ubuntu | Flavour::FreeBsd
+    )
+}
+
+/// Moves the rules into Lib.Dir (env monitor, every
+/// `OS.RemovePersistentNetRulesPeriod`). A copy already in Lib.Dir is
+/// replaced by the newer one (udev regenerates `70-persistent-net.rules`);
+/// absent rules are skipped, so it is cheap to repeat. Returns the rules
+/// moved (their system paths).
+pub fn remove_persistent_net_rules(env: &Env) -> Result<Vec<PathBuf>, OsError> {
+    if !moves_persistent_net_rules(env.distro.flavour) {
+        return Ok(Vec::new());
+    }
+    let lib = &env.config.lib_dir;
+    let mut moved = Vec::new();
+    for rule in PERSISTENT_NET_RULES {
+        let src = env.path(rule);
+        if !src.is_file() {
+            continue;
+        }
+        move_file(&src, &lib.join(file_name(rule)))?;
+        moved.push(src);
+    }
+    Ok(moved)
+}
+
+/// Puts the rules back from Lib.Dir where the system has none (the undo of
+/// [`remove_persistent_net_rules`]; waagent's `restore_rules_files`).
+pub fn restore_persistent_net_rules(env: &Env) -> Result<Vec<PathBuf>, OsError> {
+    let lib = &env.config.lib_dir;
+    let mut restored = Vec::new();
+    for rule in PERSISTENT_NET_RULES {
+        let dest = env.path(rule);
+        let src = lib.join(file_name(rule));
+        if dest.is_file() || !src.is_file() {
+            continue;
+        }
+        move_file(&src, &dest)?;
+        restored.push(dest);
+    }
+    Ok(restored)
+}
+
+fn file_name(abs: &str) -> &str {
+    abs.rsplit('/').next().unwrap_or(abs)
+}
+
+/// `rename`, or copy-then-delete across file systems (`/lib` and
+/// `/var/lib` are often different ones). The copy is written atomically
+/// with the original's mode and replaces any older copy, as rename would.
+fn move_file(src: &Path, dest: &Path) -> Result<(), OsError> {
+    match fs::rename(src, dest) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            let data = fs::read(src).map_err(OsError::io(src))?;
+            let mode = fs::metadata(src).map_err(OsError::io(src))?.mode() & 0o7777;
+            fsutil::write_atomic(dest, &data, mode).map_err(OsError::io(dest))?;
+            fs::remove_file(src).map_err(OsError::io(src))
+        }
+        Err(e) => Err(OsError::Io {
+            path: src.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+// ----- DHCP client monitor -----
+
+/// Remembers the DHCP client's PID (§15): when it changes, the client has
+/// restarted, may have flushed the routes, and the caller re-adds them
+/// ([`ensure_wire_server_route`]). Checked every
+/// `OS.MonitorDhcpClientRestartPeriod`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DhcpClientMonitor {
+    pid: Option<u32>,
+}
+
+impl DhcpClientMonitor {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The PID last seen.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    /// Takes a new reading; true when the client restarted. The first PID
+    /// seen is only remembered, and a moment with no client running (the
+    /// restart in progress) keeps the old PID, as waagent does, so the
+    /// change is reported once the new client is there.
+    pub fn observe(&mut self, pid: Option<u32>) -> bool {
+        match (self.pid, pid) {
+            (None, p) => {
+                self.pid = p;
+                false
+            }
+            (Some(old), Some(new)) if old != new => {
+                self.pid = Some(new);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// [`observe`](Self::observe) with the PID from the flavour
+    /// (`pidof dhclient`, networkd's MainPID, `pgrep -n dhclient`, …).
+    pub fn check(&mut self, os: &dyn OsUtil) -> Result<bool, OsError> {
+        let pid = os.dhcp_client_pid()?;
+        Ok(self.observe(pid))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::os::{for_env, Distro, Output, RecordingRunner};
+    use std::rc::Rc;
+
+    const WIRE: Ipv4Addr = Ipv4Addr::new(168, 63, 129, 16);
+    const HEADER: &str =
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n";
+
+    fn env(root: &Path, flavour: Flavour, runner: Rc<RecordingRunner>) -> Env {
+        let mut config = Config::default();
+        config.lib_dir = root.join("var/lib/waagent");
+        fs::create_dir_all(&config.lib_dir).unwrap();
+        Env {
+            root: root.to_path_buf(),
+            runner,
+            config,
+            distro: Distro {
+                id: flavour.name().into(),
+                version: String::new(),
+                flavour,
+            },
+        }
+    }
+
+    fn write(root: &Path, abs: &str, text: &str) {
+        let p = root.join(abs.trim_start_matches('/'));
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, text).unwrap();
+    }
+
+    #[test]
+    fn gateway_of_the_lowest_metric_default_route() {
+        let text = format!(
+            "{HEADER}eth1\t00000000\t0101A8C0\t0003\t0\t0\t200\t00000000\t0\t0\t0\n\
+             eth0\t00000000\t0100000A\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
+             eth0\t0000000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n"
+        );
+        assert_eq!(
+            proc_route_default_gateway(&text),
+            Some(Ipv4Addr::new(10, 0, 0, 1))
+        );
+        // A default route straight out of an interface has no gateway.
+        let text = format!("{HEADER}ppp0\t00000000\t00000000\t0001\t0\t0\t0\t00000000\t0\t0\t0\n");
+        assert_eq!(proc_route_default_gateway(&text), None);
+        assert_eq!(proc_route_default_gateway(""), None);
+        assert_eq!(proc_route_default_gateway("x\ny z\n"), None);
+    }
+
+    #[test]
+    fn adds_the_wire_server_route_only_when_missing() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        let runner = Rc::new(RecordingRunner::new());
+        write(
+            root,
+            "/proc/net/route",
+            &format!("{HEADER}eth0\t00000000\t0100000A\t0003\t0\t0\t100\t00000000\t0\t0\t0\n"),
+        );
+        let os = for_env(env(root, Flavour::RedHat, runner.clone()));
+        assert_eq!(
+            ensure_wire_server_route(os.as_ref(), WIRE).unwrap(),
+            WireServerRoute::Added(Ipv4Addr::new(10, 0, 0, 1))
+        );
+        assert_eq!(
+            runner.lines(),
+            vec!["ip route add 168.63.129.16/32 via 10.0.0.1"]
+        );
+
+        write(
+            root,
+            "/proc/net/route",
+            &format!(
+                "{HEADER}eth0\t00000000\t0100000A\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
+                 eth0\t10813FA8\t0100000A\t0007\t0\t0\t0\tFFFFFFFF\t0\t0\t0\n"
+            ),
+        );
+        assert_eq!(
+            ensure_wire_server_route(os.as_ref(), WIRE).unwrap(),
+            WireServerRoute::AlreadyPresent
+        );
+        write(root, "/proc/net/route", HEADER);
+        assert_eq!(
+            ensure_wire_server_route(os.as_ref(), WIRE).unwrap(),
+            WireServerRoute::NoGateway
+        );
+        assert_eq!(runner.lines().len(), 1);
+    }
+
+    #[test]
+    fn freebsd_route_through_route_get_default() {
+        let d = tempfile::tempdir().unwrap();
+        let runner = Rc::new(RecordingRunner::new());
+        runner.push(
+            "netstat",
+            Output::ok("Destination Gateway Flags\ndefault 10.0.0.1 UGS\n"),
+        );
+        runner.push(
+            "route",
+            Output::ok(
+                "   route to: default\ndestination: default\n    gateway: 10.0.0.1\n  interface: hn0\n",
+            ),
+        );
+        let os = for_env(env(d.path(), Flavour::FreeBsd, runner.clone()));
+        assert_eq!(
+            ensure_wire_server_route(os.as_ref(), WIRE).unwrap(),
+            WireServerRoute::Added(Ipv4Addr::new(10, 0, 0, 1))
+        );
+        assert_eq!(
+            runner.lines(),
+            vec![
+                "netstat -rn -f inet",
+                "route -n get default",
+                "route add -host 168.63.129.16 10.0.0.1"
+            ]
+        );
+    }
+
+    #[test]
+    fn rules_move_to_lib_dir_and_back() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        let e = env(root, Flavour::RedHat, Rc::new(RecordingRunner::new()));
+        write(root, PERSISTENT_NET_RULES[0], "generator\n");
+        write(
+            root,
+            PERSISTENT_NET_RULES[1],
+            "SUBSYSTEM==\"net\", NAME=\"eth0\"\n",
+        );
+        write(
+            root,
+            "/var/lib/waagent/70-persistent-net.rules",
+            "stale copy\n",
+        );
+        let moved = remove_persistent_net_rules(&e).unwrap();
+        assert_eq!(moved.len(), 2);
+        assert!(!e.path(PERSISTENT_NET_RULES[1]).exists());
+        let lib = &e.config.lib_dir;
+        assert_eq!(
+            fs::read_to_string(lib.join("70-persistent-net.rules")).unwrap(),
+            "SUBSYSTEM==\"net\", NAME=\"eth0\"\n"
+        );
+        assert_eq!(
+            fs::read_to_string(lib.join("75-persistent-net-generator.rules")).unwrap(),
+            "generator\n"
+        );
+        assert!(remove_persistent_net_rules(&e).unwrap().is_empty());
+
+        // Restore puts back only what the system lacks.
+        write(root, PERSISTENT_NET_RULES[1], "regenerated\n");
+        let restored = restore_persistent_net_rules(&e).unwrap();
+        assert_eq!(restored, vec![e.path(PERSISTENT_NET_RULES[0])]);
+        assert_eq!(
+            fs::read_to_string(e.path(PERSISTENT_NET_RULES[1])).unwrap(),
+            "regenerated\n"
+        );
+        assert!(restore_persistent_net_rules(&e).unwrap().is_empty());
+    }
+
+    #[test]
+    fn debian_ubuntu_and_freebsd_keep_their_rules() {
+        for flavour in [Flavour::Debian, Flavour::Ubuntu, Flavour::FreeBsd] {
+            let d = tempfile::tempdir().unwrap();
+            let e = env(d.path(), flavour, Rc::new(RecordingRunner::new()));
+            write(d.path(), PERSISTENT_NET_RULES[1], "x\n");
+            assert!(remove_persistent_net_rules(&e).unwrap().is_empty());
+            assert!(e.path(PERSISTENT_NET_RULES[1]).exists());
+        }
+        for flavour in [
+            Flavour::Default,
+            Flavour::RedHat,
+            Flavour::Suse,
+            Flavour::CoreOs,
+        ] {
+            assert!(moves_persistent_net_rules(flavour), "{flavour}");
+        }
+    }
+
+    #[test]
+    fn dhcp_monitor_reports_a_new_pid_once() {
+        let mut m = DhcpClientMonitor::new();
+        assert!(!m.observe(None));
+        assert!(!m.observe(Some(100))); // first sighting
+        assert!(!m.observe(Some(100)));
+        assert!(!m.observe(None)); // restarting: keep 100
+        assert_eq!(m.pid(), Some(100));
+        assert!(m.observe(Some(200)));
+        assert!(!m.observe(Some(200)));
+    }
+
+    #[test]
+    fn dhcp_monitor_asks_the_flavour() {
+        let d = tempfile::tempdir().unwrap();
+        let runner = Rc::new(RecordingRunner::new());
+        runner.push("pidof", Output::ok("812\n"));
+        runner.push("pidof", Output::ok("955 812\n"));
+        let os = for_env(env(d.path(), Flavour::RedHat, runner.clone()));
+        let mut m = DhcpClientMonitor::new();
+        assert!(!m.check(os.as_ref()).unwrap());
+        assert!(m.check(os.as_ref()).unwrap());
+        assert_eq!(m.pid(), Some(955));
+        assert_eq!(runner.lines(), vec!["pidof dhclient", "pidof dhclient"]);
+    }
+}
