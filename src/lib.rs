@@ -9,6 +9,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod deprovision;
+pub mod env;
 pub mod fsutil;
 pub mod http;
 pub mod log;

@@ -4,7 +4,10 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use super::{linux, positional, Cmd, Env, Flavour, InitSystem, OsError, OsUtil, SERVICE_NAME};
+use super::{
+    linux, parse_mount_table, positional, Cmd, Env, Flavour, InitSystem, MountEntry, OsError,
+    OsUtil, PartitionTable, Probe, SERVICE_NAME,
+};
 
 /// Declares a flavour struct holding its [`Env`], with the given overrides.
 macro_rules! flavour {
@@ -356,8 +359,238 @@ flavour!(
             }
             self.env.run_ok(Cmd::new("swapon").arg(format!("/dev/{md}"))).map(drop)
         }
+
+        // ----- the resource disk (§19.2) -----
+
+        fn resource_disk(&self) -> Result<PathBuf, OsError> {
+            let env = &self.env;
+            let pnp = env.run_ok(Cmd::new("sysctl").arg("dev.storvsc"))?;
+            if let Some(unit) = storvsc_resource_unit(&pnp.stdout) {
+                let buses = env.run_ok(Cmd::new("camcontrol").args(["devlist", "-b"]))?;
+                if let Some(bus) = scbus_of(&buses.stdout, &unit) {
+                    let devs = env.run_ok(Cmd::new("camcontrol").arg("devlist"))?;
+                    if let Some(da) = da_on_bus(&devs.stdout, &bus) {
+                        return Ok(Path::new("/dev").join(da));
+                    }
+                }
+            }
+            // Where the resource disk sits when the storvsc unit says nothing.
+            for addr in ["2:1:0", "3:1:0"] {
+                let out = env.runner.run(&Cmd::new("camcontrol").args(["periphlist", addr]));
+                if let Some(da) = out.ok().filter(|o| o.success()).and_then(|o| da_in_periphlist(&o.stdout)) {
+                    return Ok(Path::new("/dev").join(da));
+                }
+            }
+            Err(OsError::Invalid(
+                "no resource disk: no storvsc device 00000000-0001-… and nothing at SCSI 2:1:0 or 3:1:0".into(),
+            ))
+        }
+
+        fn mounts(&self) -> Result<Vec<MountEntry>, OsError> {
+            let out = self.env.run_ok(Cmd::new("mount").arg("-p"))?;
+            Ok(parse_mount_table(&out.stdout))
+        }
+
+        fn probe(&self, device: &Path) -> Result<Probe, OsError> {
+            let dev = positional("device", &device.to_string_lossy())?.to_string();
+            let fstyp = Cmd::new("fstyp").arg(dev.clone());
+            let out = self.env.runner.run(&fstyp).map_err(OsError::Run)?;
+            let fs = if out.success() {
+                Some(out.stdout.trim().to_string()).filter(|t| !t.is_empty())
+            } else if out.stderr.contains("not recognized") {
+                None
+            } else {
+                return Err(OsError::Run(super::RunError::Failed { cmd: fstyp.display(), output: out }));
+            };
+            let table = self
+                .env
+                .runner
+                .run(&Cmd::new("gpart").args(["show", "-p", geom_name(device)]))
+                .ok()
+                .filter(|o| o.success())
+                .and_then(|o| gpart_show(&o.stdout).0);
+            Ok(Probe { fs, table })
+        }
+
+        fn disk_size(&self, disk: &Path) -> Option<u64> {
+            let out = self.env.run_ok(Cmd::new("diskinfo").arg(geom_name(disk))).ok()?;
+            out.stdout.split_whitespace().nth(2)?.parse().ok()
+        }
+
+        fn first_partition(&self, disk: &Path) -> Option<PathBuf> {
+            let out = self.env.run_ok(Cmd::new("gpart").args(["show", "-p", geom_name(disk)])).ok()?;
+            gpart_show(&out.stdout).1.map(|p| Path::new("/dev").join(p))
+        }
+
+        fn create_partition(&self, disk: &Path, table: PartitionTable) -> Result<(), OsError> {
+            let geom = positional("disk", geom_name(disk))?;
+            let (scheme, kind) = match table {
+                PartitionTable::Dos => ("MBR", "freebsd"),
+                PartitionTable::Gpt => ("GPT", "freebsd-ufs"),
+            };
+            self.env.run_ok(Cmd::new("gpart").args(["create", "-s", scheme, geom]))?;
+            self.env.run_ok(Cmd::new("gpart").args(["add", "-t", kind, geom])).map(drop)
+        }
+
+        fn announce_partition(&self, _disk: &Path) -> Result<(), OsError> {
+            // GEOM sees a new partition at once.
+            Ok(())
+        }
+
+        fn set_linux_partition_type(&self, _disk: &Path) -> Result<(), OsError> {
+            // mount -t ufs does not read the MBR type.
+            Ok(())
+        }
+
+        fn disable_copy_on_write(&self, _file: &Path) -> Result<(), OsError> {
+            Ok(())
+        }
+
+        fn active_swap_files(&self) -> Result<Vec<PathBuf>, OsError> {
+            Ok(self.swap_md_units()?.into_iter().map(|(_, _, file)| file).collect())
+        }
+
+        fn swap_off(&self, file: &Path) -> Result<(), OsError> {
+            for (unit, dev, f) in self.swap_md_units()? {
+                if f == file {
+                    self.env.run_ok(Cmd::new("swapoff").arg(dev))?;
+                    self.env.run_ok(Cmd::new("mdconfig").args(["-d", "-u", &unit]))?;
+                }
+            }
+            Ok(())
+        }
+
+        fn swap_on_encrypted(&self, file: &Path) -> Result<(), OsError> {
+            let out = self.env.run_ok(
+                Cmd::new("mdconfig").args(["-a", "-t", "vnode", "-f"]).arg(file.to_string_lossy()),
+            )?;
+            let md = out.stdout.trim();
+            if !md.starts_with("md") || md.contains('/') {
+                return Err(OsError::Invalid(format!("mdconfig printed {md:?}, expected an md device")));
+            }
+            let dev = format!("/dev/{md}");
+            self.env.run_ok(Cmd::new("chmod").args(["0600", &dev]))?;
+            // -n: already loaded (or built in) is fine; geli says if one is missing.
+            for m in ["aesni", "cryptodev", "geom_eli"] {
+                let _ = self.env.runner.run(&Cmd::new("kldload").args(["-n", m]));
+            }
+            self.env.run_ok(Cmd::new("geli").args(["onetime", "-e", "AES-XTS", "-l", "256", "-d", &dev]))?;
+            self.env.run_ok(Cmd::new("swapon").arg(format!("{dev}.eli"))).map(drop)
+        }
     }
 );
+
+impl FreeBsd {
+    /// Active swap devices backed by files: (md unit number, swap device
+    /// `/dev/mdN` or `/dev/mdN.eli`, backing file).
+    fn swap_md_units(&self) -> Result<Vec<(String, String, PathBuf)>, OsError> {
+        let swaps = self.env.run_ok(Cmd::new("swapctl").arg("-l"))?;
+        let mds = self.env.run_ok(Cmd::new("mdconfig").args(["-l", "-v"]))?;
+        let files: Vec<(&str, &str)> = mds
+            .stdout
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 4 && f[1] == "vnode").then(|| (f[0], f[3]))
+            })
+            .collect();
+        Ok(swaps
+            .stdout
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter_map(|dev| {
+                let md = dev.strip_prefix("/dev/")?;
+                let md = md.strip_suffix(".eli").unwrap_or(md);
+                let (_, file) = files.iter().find(|(m, _)| *m == md)?;
+                Some((
+                    md.trim_start_matches("md").to_string(),
+                    dev.to_string(),
+                    PathBuf::from(file),
+                ))
+            })
+            .collect())
+    }
+}
+
+/// A GEOM name: `/dev/da1` → `da1`.
+fn geom_name(dev: &Path) -> &str {
+    dev.to_str()
+        .map(|s| s.strip_prefix("/dev/").unwrap_or(s))
+        .unwrap_or_default()
+}
+
+/// `sysctl dev.storvsc`: the unit whose `%pnpinfo` has `deviceid=00000000-0001-…`.
+fn storvsc_resource_unit(text: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix("dev.storvsc.")?;
+        let (unit, info) = rest.split_once(".%pnpinfo:")?;
+        info.split_whitespace()
+            .any(|w| {
+                w.to_ascii_lowercase()
+                    .starts_with("deviceid=00000000-0001-")
+            })
+            .then(|| unit.to_string())
+    })
+}
+
+/// `camcontrol devlist -b`: the bus (`scbus3`) on `blkvsc{unit}` or `storvsc{unit}`.
+fn scbus_of(text: &str, unit: &str) -> Option<String> {
+    for driver in ["blkvsc", "storvsc"] {
+        let want = format!("{driver}{unit}");
+        if let Some(bus) = text.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 3 && f[1] == "on" && f[2] == want).then(|| f[0].to_string())
+        }) {
+            return Some(bus);
+        }
+    }
+    None
+}
+
+/// `camcontrol devlist`: the `daN` of the device on `bus`.
+fn da_on_bus(text: &str, bus: &str) -> Option<String> {
+    text.lines()
+        .filter(|l| l.split_whitespace().any(|w| w == bus))
+        .find_map(|l| {
+            let inner = l.rsplit_once('(')?.1.split_once(')')?.0;
+            inner
+                .split(',')
+                .map(str::trim)
+                .find(|n| is_da(n))
+                .map(str::to_string)
+        })
+}
+
+/// `camcontrol periphlist 2:1:0`: the `daN` among the peripherals.
+fn da_in_periphlist(text: &str) -> Option<String> {
+    text.lines()
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .find(|n| is_da(n))
+        .map(str::to_string)
+}
+
+fn is_da(name: &str) -> bool {
+    name.strip_prefix("da")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// `gpart show -p DISK`: (scheme, first partition that is not Microsoft's
+/// reserved one). Azure's GPT resource disks start with that one, so their
+/// data partition is `p2`; MBR disks have `s1`.
+fn gpart_show(text: &str) -> (Option<String>, Option<String>) {
+    let mut scheme = None;
+    let mut part = None;
+    for l in text.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.first() == Some(&"=>") {
+            scheme = f.get(4).map(|s| s.to_string());
+        } else if f.len() >= 4 && f[2] != "-" && f[3] != "ms-reserved" && part.is_none() {
+            part = Some(f[2].to_string());
+        }
+    }
+    (scheme, part)
+}
 
 fn networkd_pid_cmd() -> Cmd {
     Cmd::new("systemctl").args(["show", "-p", "MainPID", "--value", "systemd-networkd"])

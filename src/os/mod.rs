@@ -64,6 +64,23 @@ impl Env {
         self.root.join(abs.trim_start_matches('/'))
     }
 
+    /// `abs` with every symlink resolved, as a path of the system (not under
+    /// the root): `/dev/disk/azure/resource` becomes `/dev/sdb`. Unchanged
+    /// when it cannot be resolved (it does not exist, or leads outside).
+    pub fn canonical(&self, abs: &Path) -> PathBuf {
+        let under = self.path(&abs.to_string_lossy());
+        let (Ok(real), Ok(root)) = (
+            std::fs::canonicalize(&under),
+            std::fs::canonicalize(&self.root),
+        ) else {
+            return abs.to_path_buf();
+        };
+        match real.strip_prefix(&root) {
+            Ok(rel) => Path::new("/").join(rel),
+            Err(_) => abs.to_path_buf(),
+        }
+    }
+
     pub fn run_ok(&self, cmd: Cmd) -> Result<Output, OsError> {
         self.runner.run_ok(&cmd).map_err(OsError::Run)
     }
@@ -132,6 +149,33 @@ pub(crate) fn positional<'a>(what: &str, v: &'a str) -> Result<&'a str, OsError>
         return Err(OsError::Invalid(format!("refusing {what} {v:?}")));
     }
     Ok(v)
+}
+
+/// One line of the mount table (`/proc/mounts`, FreeBSD `mount -p`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// What is mounted, as the table shows it (`/dev/sdb1`, `tmpfs`).
+    pub source: String,
+    pub target: PathBuf,
+    pub fstype: String,
+    pub options: String,
+}
+
+/// What a look at a block device's first bytes found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Probe {
+    /// A file system or other content (`ext4`, `ntfs`, `swap`, `LVM2_member`).
+    pub fs: Option<String>,
+    /// A partition table on the device itself (`dos`/`gpt`; FreeBSD `MBR`/`GPT`).
+    pub table: Option<String>,
+}
+
+/// The partition table the agent writes on a blank resource disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionTable {
+    /// MBR, what Azure delivers the disk with (up to 2 TiB).
+    Dos,
+    Gpt,
 }
 
 /// Every system action the agent performs. Default methods are generic Linux.
@@ -446,4 +490,274 @@ pub trait OsUtil {
         self.env().run_ok(Cmd::new("mkswap").arg(f.clone()))?;
         self.env().run_ok(Cmd::new("swapon").arg(f)).map(drop)
     }
+
+    // ----- the resource disk (§19) -----
+
+    /// The resource disk: the Hyper-V storage device whose VMBus id is
+    /// `{00000000-0001-…}` (IDE port 1, what udev names
+    /// `/dev/disk/azure/resource`), else that link when udev made it.
+    fn resource_disk(&self) -> Result<PathBuf, OsError> {
+        let env = self.env();
+        if let Some(name) = vmbus_resource_block(&env.path("/sys/bus/vmbus/devices")) {
+            return Ok(Path::new("/dev").join(name));
+        }
+        let link = Path::new("/dev/disk/azure/resource");
+        if env.path("/dev/disk/azure/resource").exists() {
+            return Ok(env.canonical(link));
+        }
+        Err(OsError::Invalid(
+            "no resource disk: no VMBus device 00000000-0001-… has a block device, and /dev/disk/azure/resource does not exist".into(),
+        ))
+    }
+
+    /// The mount table.
+    fn mounts(&self) -> Result<Vec<MountEntry>, OsError> {
+        let p = self.env().path("/proc/mounts");
+        let text = std::fs::read_to_string(&p).map_err(OsError::io(&p))?;
+        Ok(parse_mount_table(&text))
+    }
+
+    /// What `device` holds, by a low-level probe (`blkid -p`: the device's
+    /// bytes, never blkid's cache, which can be stale after a mkfs).
+    fn probe(&self, device: &Path) -> Result<Probe, OsError> {
+        let env = self.env();
+        if !env.path(&device.to_string_lossy()).exists() {
+            return Err(OsError::Invalid(format!(
+                "{} does not exist",
+                device.display()
+            )));
+        }
+        let cmd = Cmd::new("blkid")
+            .args(["-p", "-o", "export"])
+            .arg(positional("device", &device.to_string_lossy())?);
+        let out = env.runner.run(&cmd).map_err(OsError::Run)?;
+        match out.code {
+            // 2: nothing recognised (a blank device).
+            0 | 2 => Ok(parse_blkid_export(&out.stdout)),
+            _ => Err(OsError::Run(RunError::Failed {
+                cmd: cmd.display(),
+                output: out,
+            })),
+        }
+    }
+
+    /// The size of `disk` in bytes, if the system says.
+    fn disk_size(&self, disk: &Path) -> Option<u64> {
+        let name = disk.file_name()?.to_string_lossy().into_owned();
+        let p = self.env().path(&format!("/sys/class/block/{name}/size"));
+        let sectors: u64 = std::fs::read_to_string(p).ok()?.trim().parse().ok()?;
+        sectors.checked_mul(512)
+    }
+
+    /// Partition 1 of `disk` as the kernel knows it (sysfs names it as /dev
+    /// does: `sdb1`, `nvme0n1p1`, `loop0p1`).
+    fn first_partition(&self, disk: &Path) -> Option<PathBuf> {
+        let name = disk.file_name()?.to_string_lossy().into_owned();
+        sysfs_partition(&self.env().path(&format!("/sys/class/block/{name}")), 1)
+            .map(|p| Path::new("/dev").join(p))
+    }
+
+    /// Writes a new partition table on a blank `disk` with one partition over
+    /// all of it. sfdisk (util-linux, on every distro, scriptable through
+    /// standard input) rather than parted, which minimal images lack.
+    fn create_partition(&self, disk: &Path, table: PartitionTable) -> Result<(), OsError> {
+        let script = match table {
+            PartitionTable::Dos => "label: dos\ntype=83\n",
+            // Linux file system data.
+            PartitionTable::Gpt => "label: gpt\ntype=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n",
+        };
+        let cmd = Cmd::new("sfdisk")
+            .arg("--quiet")
+            .arg(positional("disk", &disk.to_string_lossy())?)
+            .stdin(script);
+        self.env().run_ok(cmd).map(drop)
+    }
+
+    /// Tells the kernel about partition 1 when re-reading the table did not
+    /// (a kernel without that table type's parser, a disk busy elsewhere).
+    fn announce_partition(&self, disk: &Path) -> Result<(), OsError> {
+        let cmd = Cmd::new("partx")
+            .args(["--add", "--nr", "1"])
+            .arg(positional("disk", &disk.to_string_lossy())?);
+        self.env().run_ok(cmd).map(drop)
+    }
+
+    /// Marks MBR partition 1 as Linux (83) after replacing the NTFS Azure
+    /// put there. Only the type byte changes, so the kernel is not told
+    /// (a re-read would drop the partition for a moment).
+    fn set_linux_partition_type(&self, disk: &Path) -> Result<(), OsError> {
+        let cmd = Cmd::new("sfdisk")
+            .args(["--no-tell-kernel", "--part-type"])
+            .arg(positional("disk", &disk.to_string_lossy())?)
+            .args(["1", "83"]);
+        self.env().run_ok(cmd).map(drop)
+    }
+
+    /// Makes a new, still empty file no-copy-on-write: btrfs swaps only to
+    /// such files.
+    fn disable_copy_on_write(&self, file: &Path) -> Result<(), OsError> {
+        self.env()
+            .run_ok(Cmd::new("chattr").arg("+C").arg(file.to_string_lossy()))
+            .map(drop)
+    }
+
+    /// Files in use as swap now.
+    fn active_swap_files(&self) -> Result<Vec<PathBuf>, OsError> {
+        let p = self.env().path("/proc/swaps");
+        let text = std::fs::read_to_string(&p).map_err(OsError::io(&p))?;
+        Ok(parse_proc_swaps(&text))
+    }
+
+    /// Stops swapping to `file`.
+    fn swap_off(&self, file: &Path) -> Result<(), OsError> {
+        self.env()
+            .run_ok(Cmd::new("swapoff").arg(file.to_string_lossy()))
+            .map(drop)
+    }
+
+    /// Swap to `file` through a one-time random key
+    /// (`ResourceDisk.EnableSwapEncryption`, FreeBSD's `geli onetime`).
+    fn swap_on_encrypted(&self, _file: &Path) -> Result<(), OsError> {
+        Err(OsError::Invalid(
+            "ResourceDisk.EnableSwapEncryption is supported on FreeBSD only; no swap enabled"
+                .into(),
+        ))
+    }
+}
+
+// ----- reading the system's disk tables (pure, shared by the flavours) -----
+
+/// The block device (`sdb`) under the VMBus device whose id is
+/// `{00000000-0001-…}`: IDE controller 0, port 1, the resource disk on every
+/// generation-1 VM.
+fn vmbus_resource_block(devices: &Path) -> Option<String> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(devices)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    dirs.sort();
+    dirs.into_iter().find_map(|dir| {
+        let id = std::fs::read_to_string(dir.join("device_id")).ok()?;
+        let id = id.trim().trim_start_matches('{');
+        if !id.to_ascii_lowercase().starts_with("00000000-0001-") {
+            return None;
+        }
+        find_block_name(&dir, 6)
+    })
+}
+
+/// Searches `dir` (not through symlinks: sysfs is full of loops) for a
+/// `block` directory and returns its first entry; old kernels name the
+/// directory `block:sdb` instead.
+fn find_block_name(dir: &Path, depth: u32) -> Option<String> {
+    let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(dir).ok()?.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in &entries {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(dev) = name.strip_prefix("block:") {
+            return Some(dev.to_string());
+        }
+        if name == "block" {
+            let mut devs: Vec<String> = std::fs::read_dir(e.path())
+                .ok()?
+                .flatten()
+                .map(|d| d.file_name().to_string_lossy().into_owned())
+                .collect();
+            devs.sort();
+            if let Some(d) = devs.into_iter().next() {
+                return Some(d);
+            }
+        }
+    }
+    if depth == 0 {
+        return None;
+    }
+    entries
+        .iter()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .find_map(|e| find_block_name(&e.path(), depth - 1))
+}
+
+/// The sysfs name of partition `nr` of the disk whose sysfs directory is `disk`.
+fn sysfs_partition(disk: &Path, nr: u32) -> Option<String> {
+    let mut names: Vec<String> = std::fs::read_dir(disk)
+        .ok()?
+        .flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("partition"))
+                .is_ok_and(|n| n.trim().parse() == Ok(nr))
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names.into_iter().next()
+}
+
+/// `/proc/mounts` or FreeBSD's `mount -p`: source, target, type, options.
+pub(crate) fn parse_mount_table(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (source, target, fstype) = (f.next()?, f.next()?, f.next()?);
+            if source.starts_with('#') {
+                return None;
+            }
+            Some(MountEntry {
+                source: unescape_octal(source),
+                target: PathBuf::from(unescape_octal(target)),
+                fstype: fstype.to_string(),
+                options: f.next().unwrap_or_default().to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The files in `/proc/swaps` (partitions left out).
+pub(crate) fn parse_proc_swaps(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (name, kind) = (f.next()?, f.next()?);
+            (kind == "file").then(|| PathBuf::from(unescape_octal(name)))
+        })
+        .collect()
+}
+
+/// `blkid -p -o export`: `TYPE=` is the content, `PTTYPE=` a partition table.
+pub(crate) fn parse_blkid_export(text: &str) -> Probe {
+    let mut p = Probe::default();
+    for line in text.lines() {
+        match line.split_once('=') {
+            Some(("TYPE", v)) if !v.is_empty() => p.fs = Some(v.to_string()),
+            Some(("PTTYPE", v)) if !v.is_empty() => p.table = Some(v.to_string()),
+            _ => {}
+        }
+    }
+    p
+}
+
+/// Undoes the kernel's `\040`-style escapes of spaces, tabs, newlines and
+/// backslashes in mount and swap tables.
+fn unescape_octal(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], octal) {
+            (b'\\', Some(d)) => {
+                let v = d.iter().fold(0u32, |a, c| a * 8 + u32::from(c - b'0'));
+                out.push(u8::try_from(v).unwrap_or(b'?'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

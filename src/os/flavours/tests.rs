@@ -672,3 +672,110 @@ fn instance_id_interface_and_cloud_init() {
         ]
     );
 }
+
+#[test]
+fn resource_disk_tables_on_linux() {
+    let f = fixture(Flavour::Default, "1", true);
+    f.write(
+        "/proc/mounts",
+        "/dev/sda1 / ext4 rw 0 0\n/dev/sdb1 /mnt/my\\040disk ext4 rw,noatime 0 0\n",
+    );
+    let m = f.os.mounts().unwrap();
+    assert_eq!(m[1].target, Path::new("/mnt/my disk"));
+    assert_eq!(
+        (m[1].fstype.as_str(), m[1].options.as_str()),
+        ("ext4", "rw,noatime")
+    );
+    f.write(
+        "/proc/swaps",
+        "Filename\tType\tSize\tUsed\tPriority\n/dev/zram0 partition 100 0 100\n/mnt/resource/swapfile file 2044 0 -2\n",
+    );
+    assert_eq!(
+        f.os.active_swap_files().unwrap(),
+        [PathBuf::from("/mnt/resource/swapfile")]
+    );
+
+    // Partitions by sysfs number, named as the kernel names them.
+    f.write("/sys/class/block/loop3/loop3p1/partition", "1\n");
+    f.write("/sys/class/block/loop3/loop3p2/partition", "2\n");
+    f.write("/sys/class/block/loop3/size", "1048576\n");
+    assert_eq!(
+        f.os.first_partition(Path::new("/dev/loop3")),
+        Some(PathBuf::from("/dev/loop3p1"))
+    );
+    assert_eq!(f.os.first_partition(Path::new("/dev/sdc")), None);
+    assert_eq!(f.os.disk_size(Path::new("/dev/loop3")), Some(512 << 20));
+
+    // blkid: 2 is "nothing there", anything else non-zero an error.
+    f.write("/dev/sdb", "");
+    f.runner.push("blkid", Output::failed(2, ""));
+    assert_eq!(
+        f.os.probe(Path::new("/dev/sdb")).unwrap(),
+        super::super::Probe::default()
+    );
+    f.runner.push(
+        "blkid",
+        Output::ok("DEVNAME=/dev/sdb\nPTUUID=1\nPTTYPE=gpt\n"),
+    );
+    assert_eq!(
+        f.os.probe(Path::new("/dev/sdb")).unwrap().table.as_deref(),
+        Some("gpt")
+    );
+    f.runner
+        .push("blkid", Output::failed(8, "ambivalent result"));
+    assert!(f.os.probe(Path::new("/dev/sdb")).is_err());
+    assert!(f.os.probe(Path::new("/dev/nothing")).is_err());
+
+    f.os.create_partition(Path::new("/dev/sdb"), super::super::PartitionTable::Gpt)
+        .unwrap();
+    f.os.announce_partition(Path::new("/dev/sdb")).unwrap();
+    f.os.swap_off(Path::new("/mnt/resource/swapfile")).unwrap();
+    assert!(f
+        .os
+        .create_partition(Path::new("-x"), super::super::PartitionTable::Dos)
+        .is_err());
+    assert_eq!(
+        f.take(),
+        [
+            "blkid -p -o export /dev/sdb",
+            "blkid -p -o export /dev/sdb",
+            "blkid -p -o export /dev/sdb",
+            "sfdisk --quiet /dev/sdb",
+            "partx --add --nr 1 /dev/sdb",
+            "swapoff /mnt/resource/swapfile"
+        ]
+    );
+    assert_eq!(
+        f.runner.calls()[3].stdin.as_deref(),
+        Some(&b"label: gpt\ntype=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n"[..])
+    );
+}
+
+#[test]
+fn resource_disk_probe_on_freebsd() {
+    let f = fixture(Flavour::FreeBsd, "13", false);
+    f.runner.push("fstyp", Output::ok("ufs\n"));
+    f.runner
+        .push("gpart", Output::failed(1, "gpart: No such geom: da1s1."));
+    let p = f.os.probe(Path::new("/dev/da1s1")).unwrap();
+    assert_eq!((p.fs.as_deref(), p.table), (Some("ufs"), None));
+    f.runner.push(
+        "fstyp",
+        Output::failed(1, "fstyp: /dev/da1: Device not configured"),
+    );
+    assert!(f.os.probe(Path::new("/dev/da1")).is_err());
+    f.runner.push(
+        "mount",
+        Output::ok("/dev/da1s1\t/mnt/resource\tufs\trw\t2 2\n"),
+    );
+    assert_eq!(f.os.mounts().unwrap()[0].source, "/dev/da1s1");
+    assert_eq!(
+        f.take(),
+        [
+            "fstyp /dev/da1s1",
+            "gpart show -p da1s1",
+            "fstyp /dev/da1",
+            "mount -p"
+        ]
+    );
+}
