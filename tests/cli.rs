@@ -211,8 +211,14 @@ fn daemon_reports_ready_and_stops_cleanly_on_sigterm() {
     assert_eq!(upload.blob_url, sim.status_blob_url());
     let status: serde_json::Value = serde_json::from_slice(&upload.content).unwrap();
     assert_eq!(status["version"], "1.1");
-    assert_eq!(status["aggregateStatus"]["guestAgentStatus"]["status"], "Ready");
-    assert_eq!(status["aggregateStatus"]["handlerAggregateStatus"], serde_json::json!([]));
+    assert_eq!(
+        status["aggregateStatus"]["guestAgentStatus"]["status"],
+        "Ready"
+    );
+    assert_eq!(
+        status["aggregateStatus"]["handlerAggregateStatus"],
+        serde_json::json!([])
+    );
 
     let asked = Instant::now();
     nix::sys::signal::kill(

@@ -43,8 +43,6 @@ pub const DISABLE_AGENT_FILE: &str = "disable_agent";
 /// the daemon SIGKILL itself on entering that state, so crash-safety tests
 /// can stop it at every step. Unset in production.
 pub const CRASH_HOOK_ENV: &str = "WAAGENT_RS_TEST_CRASH_AT";
-/// cloud-init gets this long to deliver ovf-env.xml and the host key (§9.3).
-const CLOUD_INIT_WAIT: Duration = Duration::from_secs(1800);
 
 /// Waits and retry budgets; tests shorten them.
 #[derive(Debug, Clone)]
@@ -56,6 +54,11 @@ pub struct Timing {
     /// IMDS is asked this often, this patiently, for SSH keys.
     pub imds_tries: u32,
     pub imds_timeout_secs: u64,
+    /// The steady-state period; `None`: `Extensions.GoalStatePeriod`.
+    pub poll_period: Option<Duration>,
+    /// How often, and how long, to look for what cloud-init makes (§9.3).
+    pub cloud_init_poll: Duration,
+    pub cloud_init_wait: Duration,
 }
 
 impl Default for Timing {
@@ -66,6 +69,9 @@ impl Default for Timing {
             client: ClientOptions::default(),
             imds_tries: 3,
             imds_timeout_secs: 3,
+            poll_period: None,
+            cloud_init_poll: Duration::from_secs(1),
+            cloud_init_wait: Duration::from_secs(1800),
         }
     }
 }
@@ -401,14 +407,14 @@ impl Daemon {
                         attempt: 0,
                     };
                 }
-                if since.elapsed() > CLOUD_INIT_WAIT {
+                if since.elapsed() > self.timing.cloud_init_wait {
                     let reason = format!("cloud-init did not provide {} in time", path.display());
                     return State::Connect {
                         job: Job::Fail(reason),
                         attempt: 0,
                     };
                 }
-                signals::sleep(Duration::from_secs(1));
+                signals::sleep(self.timing.cloud_init_poll);
                 State::WaitForCloudInit { since }
             }
 
@@ -537,8 +543,8 @@ impl Daemon {
                         fingerprint: Some(fp),
                         disable_agent: false,
                     },
-                    Err(_) if since.elapsed() < CLOUD_INIT_WAIT => {
-                        signals::sleep(Duration::from_secs(1));
+                    Err(_) if since.elapsed() < self.timing.cloud_init_wait => {
+                        signals::sleep(self.timing.cloud_init_poll);
                         State::WaitForHostKey { goal, since }
                     }
                     Err(e) => State::ReportFailed {
@@ -629,6 +635,11 @@ impl Daemon {
         }
     }
 
+    /// The Lib.Dir this daemon works in.
+    pub fn lib_dir(&self) -> &Path {
+        &self.lib
+    }
+
     /// Who provisions (§9.3): `Provisioning.Agent`, or the 2.2.x switches
     /// when only they are set, or — for `auto` — cloud-init if it is enabled.
     pub fn mode(&self) -> Mode {
@@ -658,7 +669,9 @@ impl Daemon {
     }
 
     fn poll_period(&self) -> Duration {
-        Duration::from_secs(self.config.goal_state_period.max(1))
+        self.timing
+            .poll_period
+            .unwrap_or_else(|| Duration::from_secs(self.config.goal_state_period.max(1)))
     }
 
     fn read_lib(&self, name: &str) -> Option<String> {
@@ -1072,3 +1085,6 @@ pub fn host_key_fingerprint(os: &dyn OsUtil, config: &Config) -> Result<String, 
         .map(|f| f.replace(':', ""))
         .ok_or_else(|| format!("ssh-keygen printed no fingerprint for {}", path.display()))
 }
+
+#[cfg(test)]
+mod tests;

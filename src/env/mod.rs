@@ -4,4 +4,9 @@
 //! that is already right. Failures are reported to the caller, which logs them
 //! and carries on: a VM without these still provisions.
 
+pub mod console;
+pub mod kernel;
+pub mod network;
+pub mod rdma;
 pub mod resource_disk;
+pub mod scvmm;
