@@ -2,7 +2,6 @@
 //! 1 failure (including "not implemented yet"), 2 usage error.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use crate::cli::{self, Command, Invocation};
 use crate::config::Config;
@@ -79,6 +78,7 @@ pub fn main(args: &[String]) -> i32 {
     match inv.command {
         Command::Start => start(&inv, &config_path),
         Command::Daemon => daemon(config),
+        Command::SerialConsole => serial_console(config),
         Command::Deprovision => deprovision(config, false, inv.force),
         Command::DeprovisionUser => deprovision(config, true, inv.force),
         Command::RegisterService => register_service(Env::system(config)),
@@ -127,27 +127,15 @@ fn start(inv: &Invocation, config_path: &Path) -> i32 {
             return EXIT_FAILURE;
         }
     };
-    let mut cmd = std::process::Command::new(&exe);
-    cmd.arg("-daemon")
+    let mut cmd = os::Cmd::new(exe.to_string_lossy())
+        .arg("-daemon")
         .arg(format!("-configuration-path:{}", config_path.display()));
     if inv.verbose {
-        cmd.arg("-verbose");
+        cmd = cmd.arg("-verbose");
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: setsid is async-signal-safe; it detaches the daemon from our
-    // session so closing the terminal does not stop it.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            nix::unistd::setsid()
-                .map(drop)
-                .map_err(std::io::Error::from)
-        });
-    }
-    match cmd.spawn() {
-        Ok(child) => {
-            log::info!("started the daemon, pid {}", child.id());
+    match os::runner::spawn_detached(&cmd) {
+        Ok(pid) => {
+            log::info!("started the daemon, pid {pid}");
             EXIT_OK
         }
         Err(e) => {
@@ -202,6 +190,34 @@ fn deprovision(config: Config, with_user: bool, force: bool) -> i32 {
         EXIT_OK
     } else {
         EXIT_FAILURE
+    }
+}
+
+/// `-serialconsole`: kernel messages and a login on the serial console (the
+/// portal's serial console and boot diagnostics read it), from the next boot.
+fn serial_console(config: Config) -> i32 {
+    let env = Env::system(config);
+    match crate::env::console::enable_serial_console(&env) {
+        Ok(a) if !a.changed => {
+            println!(
+                "waagent: the serial console is already enabled in {}",
+                a.file.display()
+            );
+            EXIT_OK
+        }
+        Ok(a) => {
+            log::info!("serial console enabled in {}", a.file.display());
+            println!(
+                "waagent: serial console enabled in {}; it takes effect at the next boot",
+                a.file.display()
+            );
+            EXIT_OK
+        }
+        Err(e) => {
+            log::error!("cannot enable the serial console: {e}");
+            eprintln!("waagent: cannot enable the serial console: {e}");
+            EXIT_FAILURE
+        }
     }
 }
 

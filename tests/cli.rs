@@ -100,7 +100,6 @@ fn unimplemented_commands_say_so_and_fail() {
     let s = Sandbox::new("");
     for (flag, shown) in [
         ("-run-exthandlers", "-run-exthandlers"),
-        ("-serialconsole", "-serialconsole"),
         ("-collect-logs", "-collect-logs"),
     ] {
         let o = s.run(&[flag, "-force"]);
@@ -122,10 +121,10 @@ fn unimplemented_commands_say_so_and_fail() {
 #[test]
 fn verbose_logs_to_stdout_too() {
     let s = Sandbox::new("");
-    let o = s.run(&["-serialconsole", "-verbose"]);
+    let o = s.run(&["-collect-logs", "-verbose"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        stdout(&o).contains("[ERROR] -serialconsole is not implemented"),
+        stdout(&o).contains("[ERROR] -collect-logs is not implemented"),
         "{}",
         stdout(&o)
     );

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, ProvisioningAgent, SshHostKeyType};
+use crate::env::{kernel, network, resource_disk, scvmm};
 use crate::fsutil;
 use crate::os::{Cmd, Flavour, OsUtil};
 use crate::ovf::{self, OvfEnv};
@@ -275,6 +276,17 @@ pub struct Daemon {
     /// extensions goal state it answers.
     status_blob: Option<StatusUploadBlob>,
     in_svd_seq_no: Option<u64>,
+    monitors: Monitors,
+}
+
+/// The periodic checks of the steady state (§15), each with its own period.
+struct Monitors {
+    scsi_timeout: Option<kernel::RootDeviceScsiTimeout>,
+    dhcp: network::DhcpClientMonitor,
+    next_scsi: Instant,
+    next_net_rules: Instant,
+    next_dhcp: Instant,
+    next_hostname: Instant,
 }
 
 impl Daemon {
@@ -293,6 +305,14 @@ impl Daemon {
             journal: None,
             status_blob: None,
             in_svd_seq_no: None,
+            monitors: Monitors {
+                scsi_timeout: None,
+                dhcp: network::DhcpClientMonitor::new(),
+                next_scsi: Instant::now(),
+                next_net_rules: Instant::now(),
+                next_dhcp: Instant::now(),
+                next_hostname: Instant::now(),
+            },
         }
     }
 
@@ -332,6 +352,11 @@ impl Daemon {
                 if let Err(e) = fsutil::ensure_dir(&self.lib, 0o700) {
                     log::error!("cannot create Lib.Dir {}: {e}", self.lib.display());
                     return State::Stopped(1);
+                }
+                if self.manages_environment() {
+                    if let Some(handover) = self.prepare_environment() {
+                        return handover;
+                    }
                 }
                 let journal = Journal::open(&self.lib);
                 let ready_reported = journal.entry().ready_reported.is_some();
@@ -617,6 +642,9 @@ impl Daemon {
                 if !signals::sleep(wait) {
                     return State::Stopped(0);
                 }
+                if self.manages_environment() {
+                    self.run_monitors();
+                }
                 self.poll_goal_state();
                 let next_poll = Instant::now() + self.poll_period();
                 if self.status_blob.is_some() && !self.lib.join(DISABLE_AGENT_FILE).exists() {
@@ -665,6 +693,141 @@ impl Daemon {
             }
             ProvisioningAgent::Auto if self.os.is_cloud_init_enabled() => Mode::CloudInit,
             ProvisioningAgent::Auto => Mode::Waagent,
+        }
+    }
+
+    /// `Debug.WireServerAddress` means a simulator, not Azure: routes, udev
+    /// rules, disks and kernel settings of the machine are then left alone.
+    fn manages_environment(&self) -> bool {
+        self.config.debug_wireserver_address.is_none()
+    }
+
+    /// Boot-time environment (§9.1 steps 3–4, §18): entropy, SCVMM, NUMA and
+    /// the resource disk. Each failure is logged; provisioning goes on.
+    /// Returns a state when SCVMM takes the VM over.
+    fn prepare_environment(&mut self) -> Option<State> {
+        let env = self.os.env();
+        if let Some(n) = kernel::seed_entropy_from_hyperv(env) {
+            log::debug!("seeded /dev/random with {n} bytes from the Hyper-V OEM0 table");
+        }
+        if self.config.detect_scvmm_env {
+            if let Some(h) = scvmm::detect(&*self.os) {
+                log::info!(
+                    "SCVMM media in {}: handing the VM over to its agent",
+                    h.device.display()
+                );
+                if let Err(e) = crate::os::runner::spawn_detached(&h.install) {
+                    log::error!("cannot start the SCVMM installer: {e}");
+                } else {
+                    signals::sleep(h.exit_after);
+                    return Some(State::Stopped(0));
+                }
+            }
+        }
+        if let Some(release) = kernel::kernel_release(env) {
+            match kernel::disable_numa_if_needed(env, &release) {
+                Ok(kernel::NumaCheck::Disabled(a)) if a.changed => {
+                    log::warn!(
+                        "kernel {release} needs numa=off: added to {} for the next boot",
+                        a.file.display()
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => log::warn!("cannot add numa=off for kernel {release}: {e}"),
+            }
+        }
+        match resource_disk::activate(&*self.os, None) {
+            Ok(Some(report)) => log::info!("{report}"),
+            Ok(None) => {}
+            Err(e) => log::error!("{e}"),
+        }
+        self.monitors.scsi_timeout = kernel::RootDeviceScsiTimeout::from_config(self.os.env());
+        None
+    }
+
+    /// The steady state's periodic checks (§15, §18.3, §18.4, §18.7), each
+    /// when its period has passed.
+    fn run_monitors(&mut self) {
+        let now = Instant::now();
+        let c = &self.config;
+        let period = |secs: u64| Duration::from_secs(secs.max(1));
+        if now >= self.monitors.next_scsi {
+            self.monitors.next_scsi = now + period(c.root_device_scsi_timeout_period);
+            if let Some(t) = self.monitors.scsi_timeout.as_mut() {
+                let r = t.apply(self.os.env());
+                if !r.changed.is_empty() {
+                    log::info!("SCSI timeout set on {:?}", r.changed);
+                }
+            }
+        }
+        if now >= self.monitors.next_net_rules {
+            self.monitors.next_net_rules = now + period(c.remove_persistent_net_rules_period);
+            if network::moves_persistent_net_rules(self.os.flavour()) {
+                match network::remove_persistent_net_rules(self.os.env()) {
+                    Ok(moved) if !moved.is_empty() => {
+                        log::info!("moved persistent-net udev rules: {moved:?}")
+                    }
+                    Ok(_) => {}
+                    Err(e) => log::warn!("persistent-net udev rules: {e}"),
+                }
+            }
+        }
+        if now >= self.monitors.next_dhcp {
+            self.monitors.next_dhcp = now + period(c.monitor_dhcp_client_restart_period);
+            if let Ok(true) = self.monitors.dhcp.check(&*self.os) {
+                log::info!("the DHCP client restarted; checking the route to the WireServer");
+                self.ensure_route();
+            }
+        }
+        if c.monitor_host_name && now >= self.monitors.next_hostname {
+            self.monitors.next_hostname = now + period(c.monitor_host_name_period);
+            self.monitor_host_name();
+        }
+    }
+
+    /// The route to the WireServer, when DHCP left it out (§3.4).
+    fn ensure_route(&self) {
+        let ip = self
+            .client
+            .as_ref()
+            .and_then(|c| c.endpoint().host.parse().ok())
+            .unwrap_or(endpoint::WELL_KNOWN);
+        match network::ensure_wire_server_route(&*self.os, ip) {
+            Ok(network::WireServerRoute::Added(gw)) => log::info!("added a route to {ip} via {gw}"),
+            Ok(_) => {}
+            Err(e) => log::warn!("cannot add a route to {ip}: {e}"),
+        }
+    }
+
+    /// `Provisioning.MonitorHostName`: a host name changed by the user is
+    /// made persistent and published through DHCP (§18.7).
+    fn monitor_host_name(&self) {
+        let (Ok(current), Some(published)) =
+            (self.os.hostname(), self.read_lib("published_hostname"))
+        else {
+            return;
+        };
+        if current == published || current.is_empty() {
+            return;
+        }
+        log::info!("host name changed from {published} to {current}; publishing it");
+        let result =
+            self.os
+                .set_hostname(&current)
+                .and_then(|_| match self.os.primary_interface() {
+                    Some(i) => self
+                        .os
+                        .set_dhcp_hostname(&current, &i)
+                        .and_then(|_| self.os.publish_hostname(&i)),
+                    None => Ok(()),
+                });
+        match result {
+            Ok(()) => {
+                if let Err(e) = self.write_lib("published_hostname", &current, 0o644) {
+                    log::warn!("{e}");
+                }
+            }
+            Err(e) => log::warn!("cannot publish the host name {current}: {e}"),
         }
     }
 
@@ -779,6 +942,9 @@ impl Daemon {
             let _ = self.write_lib("Protocol", "WireProtocol", 0o644);
         }
         self.client = Some(client);
+        if source.is_some() && self.manages_environment() {
+            self.ensure_route();
+        }
         Ok(goal)
     }
 

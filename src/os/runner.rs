@@ -385,6 +385,23 @@ fn kill_group(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// Starts `cmd` in a new session with its standard streams on /dev/null and
+/// does not wait for it: for what must outlive the agent or its terminal
+/// (`-start`'s daemon, SCVMM's installer). Returns the child's pid.
+pub fn spawn_detached(cmd: &Cmd) -> io::Result<u32> {
+    let mut c = Command::new(&cmd.program);
+    c.args(cmd.args.iter().map(Arg::as_str))
+        .envs(cmd.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        c.pre_exec(|| nix::unistd::setsid().map(drop).map_err(io::Error::from));
+    }
+    c.spawn().map(|child| child.id())
+}
+
 /// A scripted answer for [`RecordingRunner`].
 pub type Responder = Box<dyn Fn(&Cmd) -> Option<Result<Output, RunError>>>;
 
