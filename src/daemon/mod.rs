@@ -40,6 +40,13 @@ pub use signals::{install_handlers, stop_requested};
 pub const PROVISIONED_FILE: &str = "provisioned";
 /// `<lib>/disable_agent`: ovf-env said `ProvisionGuestAgent=false` (§8.3).
 pub const DISABLE_AGENT_FILE: &str = "disable_agent";
+/// The wait before Connect's next attempt: the base delay doubling each
+/// attempt, at most six times the base (10 s … 60 s by default).
+pub fn connect_backoff(base: Duration, attempt: u32) -> Duration {
+    base.saturating_mul(1u32 << attempt.min(3))
+        .min(base.saturating_mul(6))
+}
+
 /// Test hook: `WAAGENT_RS_TEST_CRASH_AT=<State>` or `Provision:<Step>` makes
 /// the daemon SIGKILL itself on entering that state, so crash-safety tests
 /// can stop it at every step. Unset in production.
@@ -49,7 +56,8 @@ pub const CRASH_HOOK_ENV: &str = "WAAGENT_RS_TEST_CRASH_AT";
 #[derive(Debug, Clone)]
 pub struct Timing {
     pub media: media::MountRetry,
-    /// Pause between attempts to reach the fabric (waagent: 10 s, for an hour).
+    /// First pause between attempts to reach the fabric; it doubles up to
+    /// six times this (waagent waits a flat 10 s, for an hour).
     pub connect_delay: Duration,
     pub client: ClientOptions,
     /// IMDS is asked this often, this patiently, for SSH keys.
@@ -462,14 +470,15 @@ impl Daemon {
                     }
                 }
                 Err(e) => {
-                    // One line per attempt: each attempt already spent its own
-                    // retries inside the client.
+                    // Back off (the fabric may be busy for minutes at boot)
+                    // and say so once per step: each attempt already spent
+                    // its own quick retries inside the client.
+                    let wait = connect_backoff(self.timing.connect_delay, attempt);
                     log::warn!(
-                        "cannot reach the fabric (attempt {}): {e}; trying again in {:?}",
-                        attempt + 1,
-                        self.timing.connect_delay
+                        "cannot reach the fabric (attempt {}): {e}; trying again in {wait:?}",
+                        attempt + 1
                     );
-                    if !signals::sleep(self.timing.connect_delay) {
+                    if !signals::sleep(wait) {
                         return State::Stopped(0);
                     }
                     State::Connect {

@@ -482,3 +482,11 @@ fn mode_follows_the_agent_setting_and_the_old_switches() {
     );
     assert_eq!(mode_with("Provisioning.Agent=disabled\n"), Mode::Disabled);
 }
+
+#[test]
+fn connect_backs_off_to_a_ceiling() {
+    let waits: Vec<u64> = (0..6)
+        .map(|a| connect_backoff(Duration::from_secs(10), a).as_secs())
+        .collect();
+    assert_eq!(waits, [10, 20, 40, 60, 60, 60]);
+}

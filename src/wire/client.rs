@@ -352,7 +352,9 @@ impl WireClient {
                     last: Box::new(failure),
                 });
             }
-            log::warn!(
+            // Debug only: the caller logs the outcome once, so a fabric
+            // that is down for minutes does not flood the log.
+            log::debug!(
                 "{} {shown}: {failure}; retrying in {wait:?} (attempt {attempts} of {budget})",
                 call.method
             );
