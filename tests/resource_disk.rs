@@ -75,9 +75,11 @@ fn host(fs: &str) {
         scratch: dir.path().join("host-mount"),
     };
 
+    // The test binary runs again inside; its directory may not be visible
+    // there (a checkout under /tmp: the sandbox has a fresh /tmp), so bind it.
     let exe = std::env::current_exe().unwrap();
     let out = Sandbox::command(
-        &Options::default().bind(&dev, &dev),
+        &Options::default().bind(&dev, &dev).bind(&exe, &exe),
         &[
             &exe.to_string_lossy(),
             "--exact",
