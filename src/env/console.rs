@@ -27,10 +27,8 @@
 //! replaced atomically with its mode and owner kept.
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::fsutil::{self, Owner};
 use crate::os::{Cmd, Env, Flavour, OsError};
 
 /// What `-serialconsole` adds to the Linux kernel command line.
@@ -149,7 +147,7 @@ pub fn enable_serial_console(env: &Env) -> Result<Applied, OsError> {
             let new = loader_conf_serial_console(&old);
             let changed = new != old;
             if changed {
-                write_keeping_mode(&path, &new, 0o644)?;
+                crate::os::write_file(&path, &new, 0o644)?;
             }
             Ok(Applied {
                 file: path,
@@ -188,7 +186,7 @@ fn apply_kernel_args(env: &Env, config: BootConfig, args: &[&str]) -> Result<App
     if !applied.changed {
         return Ok(applied);
     }
-    write_keeping_mode(&path, &new, 0o644)?;
+    crate::os::write_file(&path, &new, 0o644)?;
     if let BootConfig::GrubDefault {
         regenerate, bls, ..
     } = config
@@ -466,27 +464,12 @@ fn read_optional(path: &Path) -> Result<Option<String>, OsError> {
     }
 }
 
-/// Replaces `path` atomically with `text`, keeping the mode and owner of the
-/// file it replaces (`new_mode` for a new file).
-fn write_keeping_mode(path: &Path, text: &str, new_mode: u32) -> Result<(), OsError> {
-    let (mode, owner) = match fs::metadata(path) {
-        Ok(md) => (
-            md.mode() & 0o7777,
-            Some(Owner {
-                uid: md.uid(),
-                gid: md.gid(),
-            }),
-        ),
-        Err(_) => (new_mode, None),
-    };
-    fsutil::write_atomic_owned(path, text.as_bytes(), mode, owner).map_err(OsError::io(path))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Config;
     use crate::os::{Distro, Output, RecordingRunner};
+    use std::os::unix::fs::MetadataExt;
     use std::os::unix::fs::PermissionsExt;
     use std::rc::Rc;
 

@@ -26,6 +26,8 @@ use std::rc::Rc;
 
 pub use distro::{detect, from_os_release, Distro, Flavour};
 pub use flavours::for_env;
+/// Atomic replacement of a system file that keeps its mode and owner.
+pub(crate) use linux::write_file;
 pub use linux::PasswdEntry;
 pub use runner::{Cmd, CommandRunner, Output, RecordingRunner, RunError, SystemRunner};
 
