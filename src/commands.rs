@@ -169,8 +169,28 @@ fn daemon(config: Config) -> i32 {
         env.distro.version,
         env.distro.flavour
     );
+    // minreq would apply http_proxy & co. to every request; the WireServer
+    // must be reached directly, so they are taken out of the environment and
+    // used, like HttpProxy.*, for storage only.
+    let env_proxy = crate::http::take_environment_proxy();
+    let mut timing = crate::daemon::Timing::default();
+    timing.client.storage_proxy = match (&config.http_proxy_host, config.http_proxy_port) {
+        (Some(host), Some(port)) => Some(format!("http://{host}:{port}")),
+        (Some(host), None) => {
+            log::warn!("HttpProxy.Host={host} without HttpProxy.Port: no proxy is used");
+            None
+        }
+        _ => env_proxy,
+    };
+    if let Some(p) = &timing.client.storage_proxy {
+        // Without credentials, which a proxy URL may carry.
+        log::info!(
+            "storage traffic goes through the proxy {}",
+            p.rsplit('@').next().unwrap_or("")
+        );
+    }
     let os = os::for_env(env);
-    crate::daemon::Daemon::new(config, os, crate::daemon::Timing::default()).run()
+    crate::daemon::Daemon::new(config, os, timing).run()
 }
 
 /// `-deprovision[+user]`: list, confirm (unless `-force`), do.

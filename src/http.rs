@@ -40,6 +40,32 @@ pub struct Request<'a> {
     pub timeout_secs: u64,
     /// Largest body accepted, at most [`MAX_RESPONSE_BYTES`].
     pub max_body: usize,
+    /// `http://host:port` of a proxy to tunnel through (storage only: the
+    /// WireServer, HostGAPlugin and IMDS are always reached directly).
+    pub proxy: Option<&'a str>,
+}
+
+/// The proxy variables minreq would otherwise apply to every request.
+const PROXY_VARIABLES: &[&str] = &[
+    "https_proxy",
+    "HTTPS_PROXY",
+    "http_proxy",
+    "all_proxy",
+    "ALL_PROXY",
+];
+
+/// Takes the proxy from the environment, the first of `https_proxy`,
+/// `HTTPS_PROXY`, `http_proxy`, `all_proxy`, `ALL_PROXY` that is set, and
+/// removes them all, so only requests that ask for it use a proxy. Call
+/// once at start, before any thread exists.
+pub fn take_environment_proxy() -> Option<String> {
+    let found = PROXY_VARIABLES
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
+    for k in PROXY_VARIABLES {
+        std::env::remove_var(k);
+    }
+    found
 }
 
 /// Sends `req` and reads the whole response (bounded by `req.max_body`
@@ -67,6 +93,10 @@ pub fn send(req: &Request<'_>) -> Result<Response, HttpError> {
     }
     if let Some(b) = req.body {
         r = r.with_body(b.to_vec());
+    }
+    if let Some(p) = req.proxy {
+        let proxy = minreq::Proxy::new(p).map_err(|e| err(format!("proxy {p}: {e}")))?;
+        r = r.with_proxy(proxy);
     }
     let lazy = r.send_lazy().map_err(|e| err(e.to_string()))?;
     let status = u16::try_from(lazy.status_code).map_err(|_| err("bad status code".into()))?;
@@ -138,6 +168,7 @@ mod tests {
             body: None,
             timeout_secs: 5,
             max_body: 1024,
+            proxy: None,
         })
         .unwrap();
         assert_eq!(r.status, 200);
@@ -164,6 +195,7 @@ mod tests {
             body: None,
             timeout_secs: 10,
             max_body: 4096,
+            proxy: None,
         })
         .unwrap_err();
         assert!(
@@ -184,6 +216,7 @@ mod tests {
             body: None,
             timeout_secs: 5,
             max_body: 1024,
+            proxy: None,
         })
         .unwrap_err();
         assert!(
@@ -206,6 +239,7 @@ mod tests {
             body: None,
             timeout_secs: 2,
             max_body: 1024,
+            proxy: None,
         })
         .unwrap_err();
         assert!(e.to_string().starts_with(&url), "{e}");

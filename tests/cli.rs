@@ -186,9 +186,13 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 #[test]
 fn daemon_reports_ready_and_stops_cleanly_on_sigterm() {
     let (sim, s) = fabric_and_config();
+    // A proxy in the environment (unreachable) must not catch the
+    // WireServer's traffic: the daemon reaches the fabric directly.
     let mut daemon = std::process::Command::new(common::bin())
         .arg(format!("-configuration-path:{}", s.conf_path().display()))
         .arg("-daemon")
+        .env("http_proxy", "http://127.0.0.1:9")
+        .env("all_proxy", "http://127.0.0.1:9")
         .spawn()
         .expect("spawn the daemon");
     wait_for("Ready", || {
@@ -236,6 +240,12 @@ fn daemon_reports_ready_and_stops_cleanly_on_sigterm() {
     let reports: Vec<String> = sim.health_reports().into_iter().map(|h| h.state).collect();
     assert_eq!(reports, vec!["Ready".to_string()]);
     assert!(s.log().contains("daemon stopped"), "{}", s.log());
+    assert!(
+        s.log()
+            .contains("storage traffic goes through the proxy http://127.0.0.1:9"),
+        "{}",
+        s.log()
+    );
 }
 
 #[test]

@@ -36,6 +36,7 @@ fn client(sim: &FabricSim, lib: &Path) -> WireClient {
             timeout_secs: 1,
             retry: fast_policy(),
             health_retry: fast_policy(),
+            storage_proxy: None,
         },
     )
 }
@@ -302,6 +303,7 @@ fn gone_sub_document_refetches_the_goal_state() {
         body: None,
         timeout_secs: 2,
         max_body: 1024,
+        proxy: None,
     })
     .unwrap();
     assert_eq!(r.status, 410);
@@ -609,4 +611,83 @@ fn status_falls_back_to_storage_and_page_blobs_are_padded() {
     assert_eq!(write.body.len(), 512);
     assert_eq!(&write.body[..content.len()], content);
     assert!(write.body[content.len()..].iter().all(|b| *b == 0));
+}
+
+/// A CONNECT proxy on loopback: records each CONNECT line and tunnels.
+fn connect_proxy() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming().flatten() {
+            let record = record.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut first = String::new();
+                reader.read_line(&mut first).unwrap();
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap() == 0 || h == "\r\n" {
+                        break;
+                    }
+                }
+                record.lock().unwrap().push(first.trim().to_string());
+                let target = first.split_whitespace().nth(1).unwrap_or("").to_string();
+                let upstream = std::net::TcpStream::connect(target).unwrap();
+                let mut client = conn;
+                client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .unwrap();
+                let (mut up_r, mut up_w) = (upstream.try_clone().unwrap(), upstream);
+                let mut client_w = client.try_clone().unwrap();
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut reader, &mut up_w);
+                });
+                let _ = std::io::copy(&mut up_r, &mut client_w);
+            });
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn storage_goes_through_the_proxy_and_the_wireserver_never_does() {
+    use waagent::wire::docs::{StatusBlobType, StatusUploadBlob};
+    let (proxy, seen) = connect_proxy();
+    let sim = FabricSim::start(SimConfig::default()).unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    let openssl = Openssl::new(PathBuf::from("openssl"), Rc::new(SystemRunner));
+    let mut c = WireClient::new(
+        sim.endpoint(),
+        lib.path(),
+        openssl,
+        ClientOptions {
+            timeout_secs: 2,
+            retry: fast_policy(),
+            health_retry: fast_policy(),
+            storage_proxy: Some(proxy),
+        },
+    );
+    c.versions().unwrap();
+    c.update_goal_state(false).unwrap().unwrap();
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "WireServer traffic went through the proxy"
+    );
+
+    // The HostGAPlugin refuses; storage is reached through the proxy.
+    sim.inject("/status", vec![Fault::Status(500); 3]);
+    let blob = StatusUploadBlob {
+        url: sim.status_blob_url(),
+        blob_type: StatusBlobType::BlockBlob,
+    };
+    c.upload_status(&blob, b"{}").unwrap();
+    let ep = sim.endpoint();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![format!("CONNECT {}:{} HTTP/1.1", ep.host, ep.wire_port)]
+    );
+    assert_eq!(sim.status_uploads().len(), 1);
 }

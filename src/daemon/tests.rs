@@ -62,6 +62,7 @@ impl Vm {
                 timeout_secs: 2,
                 retry: fast.clone(),
                 health_retry: fast,
+                storage_proxy: None,
             },
             imds_tries: 1,
             imds_timeout_secs: 2,

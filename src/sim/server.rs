@@ -292,6 +292,7 @@ mod tests {
             body: Some(b"abc"),
             timeout_secs: 5,
             max_body: 1024,
+            proxy: None,
         })
         .unwrap();
         assert_eq!(

@@ -228,6 +228,9 @@ pub struct ClientOptions {
     pub timeout_secs: u64,
     pub retry: RetryPolicy,
     pub health_retry: RetryPolicy,
+    /// `http://host:port` for storage traffic (`HttpProxy.Host/Port`, or the
+    /// environment's proxy); never used for the WireServer or HostGAPlugin.
+    pub storage_proxy: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -236,6 +239,7 @@ impl Default for ClientOptions {
             timeout_secs: 10,
             retry: RetryPolicy::fabric(),
             health_retry: RetryPolicy::health(),
+            storage_proxy: None,
         }
     }
 }
@@ -264,6 +268,8 @@ struct Call<'a> {
     retry: &'a RetryPolicy,
     /// Extra statuses retried for this call (HostGAPlugin artifact warm-up: 400).
     also_retry: &'a [u16],
+    /// Storage calls only: `HttpProxy.*`.
+    proxy: Option<&'a str>,
 }
 
 impl WireClient {
@@ -314,6 +320,7 @@ impl WireClient {
                 body: call.body,
                 timeout_secs: self.options.timeout_secs,
                 max_body: MAX_DOCUMENT_BYTES,
+                proxy: call.proxy,
             });
             let failure = match result {
                 Ok(r) if call.ok.contains(&r.status) => return Ok(r),
@@ -380,6 +387,7 @@ impl WireClient {
             ok: &[200],
             retry: &self.options.retry,
             also_retry: &[],
+            proxy: None,
         })
     }
 
@@ -402,6 +410,7 @@ impl WireClient {
             ok,
             retry,
             also_retry: &[],
+            proxy: None,
         })
     }
 
@@ -416,6 +425,7 @@ impl WireClient {
             ok: &[200],
             retry: &self.options.retry,
             also_retry: &[],
+            proxy: None,
         })?;
         let v = Versions::parse(&String::from_utf8_lossy(&r.body))?;
         if !v.supports(WIRE_PROTOCOL_VERSION) {
@@ -669,6 +679,7 @@ impl WireClient {
             ok: &[200],
             retry: &once,
             also_retry: &[],
+            proxy: None,
         }) {
             Ok(_) => Ok(true),
             Err(WireError::Status { .. }) | Err(WireError::Exhausted { .. }) => Ok(false),
@@ -687,6 +698,7 @@ impl WireClient {
             ok: &[200],
             retry: &self.options.retry,
             also_retry: &[],
+            proxy: None,
         })?;
         Ok(String::from_utf8_lossy(&r.body).contains(HOSTPLUGIN_API_VERSION))
     }
@@ -713,6 +725,7 @@ impl WireClient {
                 ok: &[200, 201],
                 retry: &self.options.retry,
                 also_retry,
+                proxy: None,
             });
             let stale = match &result {
                 Err(WireError::Gone { .. }) => true,
@@ -794,6 +807,7 @@ impl WireClient {
                 ok: &[201],
                 retry: &self.options.retry,
                 also_retry: &[],
+                proxy: self.options.storage_proxy.as_deref(),
             })
             .map(drop)
         };

@@ -46,6 +46,7 @@ pub fn public_keys(base: &str, timeout_secs: u64) -> Result<Vec<ImdsPublicKey>, 
         body: None,
         timeout_secs,
         max_body: MAX_BODY,
+        proxy: None,
     })
     .map_err(|e| ImdsError(e.to_string()))?;
     if r.status != 200 {
