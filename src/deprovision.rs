@@ -82,6 +82,12 @@ pub fn plan(config: &Config, os: &dyn OsUtil, with_user: bool) -> Vec<Action> {
             ),
         }
     }
+    actions.push(Action::Delete(
+        config
+            .ssh_dir
+            .join("sshd_config.d")
+            .join(crate::provision::sshd::DROP_IN),
+    ));
     actions.push(Action::Delete(config.lib_dir.clone()));
     actions.push(Action::Delete(config.extension_log_dir.clone()));
     actions.push(Action::Delete(env.path("/root/.bash_history")));

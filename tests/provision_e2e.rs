@@ -70,7 +70,7 @@ evidence() {
         [ -e $f ] && echo "$(stat -c '%a %U %G' $f) $f" >> $e/modes
     done
     for f in /home/azureuser/.ssh/authorized_keys /home/azureuser/.ssh/id_rsa.pub /etc/sudoers.d/waagent \
-             /etc/ssh/sshd_config /var/lib/waagent/ovf-env.xml /var/lib/waagent/provisioned /var/tmp/custom-data-ran; do
+             /etc/ssh/sshd_config /etc/ssh/sshd_config.d/00-waagent.conf /var/lib/waagent/ovf-env.xml /var/lib/waagent/provisioned /var/tmp/custom-data-ran; do
         [ -e $f ] && cp $f $e/$(echo $f | tr / _)
     done
     ls /var/lib/waagent > $e/lib 2>/dev/null
@@ -337,6 +337,12 @@ fn provisioning_reboot_captured_image_and_deprovision() {
             "{want} in:\n{sshd}"
         );
     }
+    // Debian's sshd_config includes sshd_config.d first: our drop-in is there.
+    let drop_in = r.file("first", "/etc/ssh/sshd_config.d/00-waagent.conf");
+    assert!(
+        drop_in.contains("\nPasswordAuthentication yes\n"),
+        "{drop_in}"
+    );
 
     // Host keys of the configured type, and the fabric got their fingerprint.
     let host_keys = r.ev("first", "host_keys");
@@ -441,6 +447,10 @@ fn provisioning_reboot_captured_image_and_deprovision() {
     assert_eq!(r.file("deprovision", "/etc/sudoers.d/waagent"), "");
     assert_eq!(r.ev("deprovision", "lib"), "");
     assert_eq!(r.ev("deprovision", "host_keys"), "");
+    assert_eq!(
+        r.file("deprovision", "/etc/ssh/sshd_config.d/00-waagent.conf"),
+        ""
+    );
     assert_eq!(
         r.ev("deprovision", "hostname").trim(),
         "localhost.localdomain"

@@ -1103,6 +1103,23 @@ impl Daemon {
                     fsutil::write_atomic(path, new.as_bytes(), mode)
                         .map_err(|e| format!("{}: {e}", path.display()))?;
                 }
+                // Included drop-ins are read first and would win: ours sorts
+                // before them.
+                // (An absolute Include is a system path: under the OS root.)
+                let drop_ins = sshd::drop_in_dir(&new, Path::new(""))
+                    .map(|d| match d.is_absolute() {
+                        true => os.env().path(&d.to_string_lossy()),
+                        false => c.ssh_dir.join(d),
+                    })
+                    .filter(|d| d.is_dir());
+                if let Some(dir) = drop_ins {
+                    let file = dir.join(sshd::DROP_IN);
+                    let text = sshd::drop_in(&pairs);
+                    if std::fs::read_to_string(&file).ok().as_deref() != Some(text.as_str()) {
+                        fsutil::write_atomic(&file, text.as_bytes(), 0o644)
+                            .map_err(|e| format!("{}: {e}", file.display()))?;
+                    }
+                }
                 Ok(())
             }
             Step::PublicKeys => {

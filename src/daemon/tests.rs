@@ -134,6 +134,10 @@ fn vm(ovf: Option<&str>, agent: ProvisioningAgent) -> Vm {
         "ssh-rsa AAAA root@host\n",
     );
     write(
+        &r.join("etc/ssh/sshd_config.d/50-cloud-init.conf"),
+        "PasswordAuthentication no\n",
+    );
+    write(
         &r.join("sys/class/dmi/id/product_uuid"),
         "C4BFE7E2-EB2D-4A4E-8615-EA6AAF50162E\n",
     );
@@ -269,6 +273,11 @@ fn first_boot_through_every_provisioning_transition() {
     assert!(v
         .read("etc/ssh/sshd_config")
         .contains("ClientAliveInterval 180"));
+    // sshd reads the included drop-ins first: ours sorts before cloud-init's.
+    assert_eq!(
+        v.read("etc/ssh/sshd_config.d/00-waagent.conf"),
+        "# Written by the Azure guest agent (waagent-rs) from ovf-env.xml.\nPasswordAuthentication yes\nChallengeResponseAuthentication yes\nKbdInteractiveAuthentication yes\nClientAliveInterval 180\n"
+    );
     assert_eq!(
         v.read("home/azureuser/.ssh/authorized_keys")
             .lines()

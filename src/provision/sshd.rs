@@ -40,6 +40,50 @@ pub fn settings_for(
     ]
 }
 
+/// The drop-in the agent writes when sshd_config includes a drop-in
+/// directory: its name sorts before the others (`50-cloud-init.conf`, …).
+pub const DROP_IN: &str = "00-waagent.conf";
+
+/// The directory of `*.conf` drop-ins that a *global* `Include` line of
+/// `config_text` reads (Debian 12, Ubuntu 22.04 and Fedora ship
+/// `Include /etc/ssh/sshd_config.d/*.conf` at the top). sshd keeps the first
+/// value it reads, and included files come first, so a drop-in saying
+/// `PasswordAuthentication yes` would beat our edit of the main file: the
+/// settings must then also go into a drop-in that sorts first.
+/// A relative include is relative to `ssh_dir`, as sshd resolves it.
+pub fn drop_in_dir(config_text: &str, ssh_dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    for line in config_text.lines() {
+        let (word, rest) = words(line);
+        if word.eq_ignore_ascii_case("Match") {
+            return None;
+        }
+        if !word.eq_ignore_ascii_case("Include") {
+            continue;
+        }
+        for pattern in rest.split_whitespace() {
+            let Some(dir) = pattern.strip_suffix("/*.conf") else {
+                continue;
+            };
+            let dir = std::path::Path::new(dir);
+            return Some(if dir.is_absolute() {
+                dir.to_path_buf()
+            } else {
+                ssh_dir.join(dir)
+            });
+        }
+    }
+    None
+}
+
+/// The drop-in's text: the settings, one per line, under a header.
+pub fn drop_in(settings: &[(&str, &str)]) -> String {
+    let mut s = String::from("# Written by the Azure guest agent (waagent-rs) from ovf-env.xml.\n");
+    for (k, v) in settings {
+        s.push_str(&format!("{k} {v}\n"));
+    }
+    s
+}
+
 /// `config_text` with each `(keyword, value)` of `settings` applied by
 /// waagent's rule (see the module documentation). Applying the same
 /// settings again changes nothing.
@@ -108,6 +152,41 @@ fn set(text: &str, keyword: &str, value: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod drop_in_tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    #[test]
+    fn finds_the_included_directory() {
+        let ssh = Path::new("/etc/ssh");
+        let debian =
+            "# comment\nInclude /etc/ssh/sshd_config.d/*.conf\nPasswordAuthentication yes\n";
+        assert_eq!(
+            drop_in_dir(debian, ssh),
+            Some(PathBuf::from("/etc/ssh/sshd_config.d"))
+        );
+        assert_eq!(
+            drop_in_dir("include sshd_config.d/*.conf\n", ssh),
+            Some(PathBuf::from("/etc/ssh/sshd_config.d"))
+        );
+        assert_eq!(drop_in_dir("PasswordAuthentication yes\n", ssh), None);
+        assert_eq!(
+            drop_in_dir("Match User x\n  Include /etc/ssh/x.d/*.conf\n", ssh),
+            None
+        );
+        assert_eq!(drop_in_dir("Include /etc/ssh/extra.conf\n", ssh), None);
+    }
+
+    #[test]
+    fn drop_in_text() {
+        assert_eq!(
+            drop_in(&[("PasswordAuthentication", "no"), ("ClientAliveInterval", "180")]),
+            "# Written by the Azure guest agent (waagent-rs) from ovf-env.xml.\nPasswordAuthentication no\nClientAliveInterval 180\n"
+        );
+    }
 }
 
 #[cfg(test)]
