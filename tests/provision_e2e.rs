@@ -96,6 +96,24 @@ if [ "$PHASES" = crash ]; then
     exit 0
 fi
 
+if [ "$PHASES" = steady ]; then
+    # The fabric refuses the first two connections; then, in steady state,
+    # the user renames the VM and the host-name monitor publishes it.
+    stop_sim
+    start_sim /work/fabric1.log --tenant-cert /work/tenant.crt:/work/tenant.key --fault comp=versions:reset:2
+    ./waagent -daemon -configuration-path:/work/waagent.conf &
+    pid=$!
+    i=0; until [ "$(reports)" -ge 1 ]; do i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.05; done
+    hostname renamed-by-user
+    i=0; until grep -q renamed-by-user /var/lib/waagent/published_hostname 2>/dev/null; do
+        i=$((i+1)); [ $i -gt 100 ] && break; sleep 0.05; done
+    kill -TERM $pid; wait $pid; echo $? > /work/ev/first/daemon.rc
+    evidence first
+    cp /etc/hostname /work/ev/first/etc_hostname
+    cp /var/lib/waagent/published_hostname /work/ev/first/published 2>/dev/null
+    exit 0
+fi
+
 if [ "$PHASES" = retry ]; then
     # The fabric first sends no certificates (the key's thumbprint names
     # nothing): provisioning fails. The next start, with them, succeeds.
@@ -675,4 +693,43 @@ fn killed_at_any_step_the_next_start_converges() {
         assert_eq!(finals, ["Ready"], "{ctx}");
         eprintln!("{point}: converged");
     }
+}
+
+/// Steady state, for real: a fabric that refuses the first connections is
+/// retried until it answers (one Ready), and a host name the user changes
+/// is made persistent and published by the monitor.
+#[test]
+fn steady_state_survives_a_slow_fabric_and_publishes_a_renamed_host() {
+    if sandbox::skip("steady_state_survives_a_slow_fabric_and_publishes_a_renamed_host") {
+        return;
+    }
+    let full = std::fs::read_to_string(Path::new(MANIFEST).join("test-data/ovf/full.xml")).unwrap();
+    let conf =
+        format!("{CONF}Provisioning.MonitorHostName=y\nProvisioning.MonitorHostNamePeriod=1\n");
+    let r = run(&full, &conf, "steady");
+    let ctx = r.context();
+    assert_eq!(r.ev("first", "daemon.rc").trim(), "0", "{ctx}");
+    let versions: Vec<u64> = r
+        .records("request")
+        .iter()
+        .filter(|q| q["target"] == "/?comp=versions")
+        .map(|q| q["status"].as_u64().unwrap_or(999))
+        .collect();
+    assert_eq!(versions, [0, 0, 200], "two resets, then the answer\n{ctx}");
+    assert_eq!(
+        states(&r.records("health")),
+        ["NotReady/Provisioning", "Ready"],
+        "{ctx}"
+    );
+    assert_eq!(
+        r.ev("first", "published").trim(),
+        "renamed-by-user",
+        "{ctx}"
+    );
+    assert_eq!(r.ev("first", "etc_hostname").trim(), "renamed-by-user");
+    assert!(
+        r.log()
+            .contains("host name changed from web-01.contoso.internal to renamed-by-user"),
+        "{ctx}"
+    );
 }

@@ -9,9 +9,9 @@ use std::time::Duration;
 use std::io::Write;
 
 use waagent::sim::certs::{generate_tenant_cert, TenantCert};
-use waagent::sim::{FabricSim, SimConfig};
+use waagent::sim::{FabricSim, Fault, SimConfig};
 
-const USAGE: &str = "usage: fabric-sim [--wire ADDR:PORT] [--plugin ADDR:PORT] [--imds ADDR:PORT] [--imds-key PATH=KEY] [--tenant-cert CRT[:KEY]] [--new-tenant-cert DIR] [--record FILE] [--incarnation N]
+const USAGE: &str = "usage: fabric-sim [--wire ADDR:PORT] [--plugin ADDR:PORT] [--imds ADDR:PORT] [--imds-key PATH=KEY] [--tenant-cert CRT[:KEY]] [--new-tenant-cert DIR] [--record FILE] [--fault PATTERN:KIND[:N]] [--incarnation N]
 
   --wire ADDR:PORT     WireServer and blob store (default 127.0.0.1:0, any free port)
   --plugin ADDR:PORT   HostGAPlugin (default 127.0.0.1:0)
@@ -24,6 +24,10 @@ const USAGE: &str = "usage: fabric-sim [--wire ADDR:PORT] [--plugin ADDR:PORT] [
                        make a certificate and key for the Certificates document,
                        writing DIR/tenant.crt, DIR/tenant.key and DIR/thumbprint
   --record FILE        append every request and report as a JSON line to FILE
+  --fault PATTERN:KIND[:N]
+                       misbehave on the next N (default 1) requests whose path and
+                       query contain PATTERN; KIND is reset, truncate, malformed,
+                       an HTTP status (503), or delay-SECONDS (repeatable)
   --incarnation N      first goal-state incarnation (default 1)";
 
 fn main() -> ExitCode {
@@ -42,6 +46,7 @@ fn run() -> Result<(), String> {
     let mut imds = wire;
     let mut config = SimConfig::default();
     let mut record: Option<std::path::PathBuf> = None;
+    let mut faults: Vec<(String, Vec<Fault>)> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{a} needs a value"));
@@ -88,6 +93,7 @@ fn run() -> Result<(), String> {
                 config.tenant_certs.push(cert);
             }
             "--container-id" => config.container_id = value()?,
+            "--fault" => faults.push(parse_fault(&value()?)?),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -97,6 +103,9 @@ fn run() -> Result<(), String> {
     }
     let sim = FabricSim::start_on(config, wire, plugin, imds)
         .map_err(|e| format!("cannot listen: {e}"))?;
+    for (pattern, f) in faults {
+        sim.inject(&pattern, f);
+    }
     let ep = sim.endpoint();
     println!(
         "fabric-sim: WireServer on {}, HostGAPlugin on {}, IMDS on {}",
@@ -168,4 +177,28 @@ fn run() -> Result<(), String> {
         }
         roles = props.len();
     }
+}
+
+/// `PATTERN:KIND[:N]` → the pattern and N copies of the fault.
+fn parse_fault(spec: &str) -> Result<(String, Vec<Fault>), String> {
+    let bad = || format!("--fault {spec:?}: expected PATTERN:KIND[:N]");
+    let mut parts = spec.split(':');
+    let (pattern, kind) = (parts.next().ok_or_else(bad)?, parts.next().ok_or_else(bad)?);
+    let count: usize = match parts.next() {
+        Some(n) => n.parse().map_err(|_| bad())?,
+        None => 1,
+    };
+    let fault = match kind {
+        "reset" => Fault::Reset,
+        "truncate" => Fault::Truncate,
+        "malformed" => Fault::Malformed,
+        k if k.starts_with("delay-") => {
+            Fault::Delay(Duration::from_secs(k[6..].parse().map_err(|_| bad())?))
+        }
+        k => Fault::Status(k.parse().map_err(|_| bad())?),
+    };
+    if pattern.is_empty() {
+        return Err(bad());
+    }
+    Ok((pattern.to_string(), vec![fault; count]))
 }

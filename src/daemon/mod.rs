@@ -820,23 +820,23 @@ impl Daemon {
             return;
         }
         log::info!("host name changed from {published} to {current}; publishing it");
-        let result =
-            self.os
-                .set_hostname(&current)
-                .and_then(|_| match self.os.primary_interface() {
-                    Some(i) => self
-                        .os
-                        .set_dhcp_hostname(&current, &i)
-                        .and_then(|_| self.os.publish_hostname(&i)),
-                    None => Ok(()),
-                });
-        match result {
-            Ok(()) => {
-                if let Err(e) = self.write_lib("published_hostname", &current, 0o644) {
-                    log::warn!("{e}");
-                }
+        if let Err(e) = self.os.set_hostname(&current) {
+            log::warn!("cannot make the host name {current} persistent: {e}");
+            return;
+        }
+        // As at provisioning: a DHCP client that cannot re-send the name is
+        // a warning, not a reason to try again every period.
+        if let Some(i) = self.os.primary_interface() {
+            let published = self
+                .os
+                .set_dhcp_hostname(&current, &i)
+                .and_then(|_| self.os.publish_hostname(&i));
+            if let Err(e) = published {
+                log::warn!("cannot publish the host name {current} on {i}: {e}");
             }
-            Err(e) => log::warn!("cannot publish the host name {current}: {e}"),
+        }
+        if let Err(e) = self.write_lib("published_hostname", &current, 0o644) {
+            log::warn!("{e}");
         }
     }
 

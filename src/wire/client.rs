@@ -434,7 +434,8 @@ impl WireClient {
             return Err(WireError::UnsupportedVersion { offered });
         }
         if !v.preferred.iter().any(|p| p == WIRE_PROTOCOL_VERSION) {
-            log::warn!(
+            // Azure prefers a newer version and supports ours: the normal case.
+            log::info!(
                 "WireServer prefers {:?}; using the supported {WIRE_PROTOCOL_VERSION}",
                 v.preferred
             );
