@@ -107,6 +107,17 @@ if [ "$PHASES" = steady ]; then
     hostname renamed-by-user
     i=0; until grep -q renamed-by-user /var/lib/waagent/published_hostname 2>/dev/null; do
         i=$((i+1)); [ $i -gt 100 ] && break; sleep 0.05; done
+    # A DHCP client that restarts (a new pid) after the route to the
+    # WireServer was lost: the monitor puts the route back.
+    ln -s /bin/sleep /tmp/dhclient
+    /tmp/dhclient 300 & first=$!
+    sleep 2.5
+    ip route del 168.63.129.16 via 10.0.0.1
+    ip route show > /work/ev/first/routes_lost
+    kill $first; /tmp/dhclient 300 & second=$!
+    i=0; until ip route show | grep -q '^168.63.129.16 via 10.0.0.1'; do i=$((i+1)); [ $i -gt 100 ] && break; sleep 0.05; done
+    ip route show > /work/ev/first/routes_after
+    kill $second
     kill -TERM $pid; wait $pid; echo $? > /work/ev/first/daemon.rc
     evidence first
     cp /etc/hostname /work/ev/first/etc_hostname
@@ -705,7 +716,7 @@ fn steady_state_survives_a_slow_fabric_and_publishes_a_renamed_host() {
     }
     let full = std::fs::read_to_string(Path::new(MANIFEST).join("test-data/ovf/full.xml")).unwrap();
     let conf =
-        format!("{CONF}Provisioning.MonitorHostName=y\nProvisioning.MonitorHostNamePeriod=1\n");
+        format!("{CONF}Provisioning.MonitorHostName=y\nProvisioning.MonitorHostNamePeriod=1\nOS.MonitorDhcpClientRestartPeriod=1\n");
     let r = run(&full, &conf, "steady");
     let ctx = r.context();
     assert_eq!(r.ev("first", "daemon.rc").trim(), "0", "{ctx}");
@@ -730,6 +741,23 @@ fn steady_state_survives_a_slow_fabric_and_publishes_a_renamed_host() {
     assert!(
         r.log()
             .contains("host name changed from web-01.contoso.internal to renamed-by-user"),
+        "{ctx}"
+    );
+    // The route to the WireServer, lost and restored after the DHCP client restarted.
+    assert!(
+        !r.ev("first", "routes_lost").contains("168.63.129.16 via"),
+        "{ctx}"
+    );
+    assert!(
+        r.ev("first", "routes_after")
+            .contains("168.63.129.16 via 10.0.0.1"),
+        "{}\n{ctx}",
+        r.ev("first", "routes_after")
+    );
+    assert!(r.log().contains("the DHCP client restarted"), "{ctx}");
+    assert!(
+        r.log()
+            .contains("added a route to 168.63.129.16 via 10.0.0.1"),
         "{ctx}"
     );
 }
