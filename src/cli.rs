@@ -62,7 +62,7 @@ const COMMANDS: &[(&str, Command, &str)] = &[
     (
         "run-exthandlers",
         Command::RunExtHandlers,
-        "run the extension handler (part of the daemon in this agent)",
+        "run the extension handler (not implemented yet)",
     ),
     (
         "deprovision",
@@ -98,7 +98,7 @@ const COMMANDS: &[(&str, Command, &str)] = &[
     (
         "collect-logs",
         Command::CollectLogs,
-        "collect the agent's logs into an archive",
+        "collect the agent's logs into an archive (not implemented yet)",
     ),
 ];
 
@@ -174,14 +174,14 @@ pub fn help(argv0: &str) -> String {
     let mut s = usage_line(argv0);
     s.push_str("\n\nCommands:\n");
     for (word, _, help) in COMMANDS {
-        s.push_str(&format!("  -{word:<22}{help}\n"));
+        s.push_str(&format!("  -{word:<24}{help}\n"));
     }
     s.push_str("\nOptions:\n");
     for (word, help) in MODIFIERS {
-        s.push_str(&format!("  -{word:<22}{help}\n"));
+        s.push_str(&format!("  -{word:<24}{help}\n"));
     }
     s.push_str(&format!(
-        "  -{:<22}{}\n",
+        "  -{:<24}{}\n",
         "configuration-path:FILE", "read FILE instead of the default waagent.conf"
     ));
     s.push_str(
