@@ -20,6 +20,7 @@ pub mod provision;
 pub mod redact;
 #[cfg(feature = "simulator")]
 pub mod sim;
+pub mod utc;
 pub mod wire;
 pub mod xml;
 

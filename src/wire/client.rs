@@ -791,7 +791,7 @@ impl WireClient {
             ("x-ms-version", STORAGE_API_VERSION.to_string()),
             (
                 "x-ms-date",
-                crate::wire::status::utc_timestamp(std::time::SystemTime::now()),
+                crate::utc::timestamp(std::time::SystemTime::now()),
             ),
         ]
     }

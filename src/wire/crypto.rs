@@ -1159,18 +1159,7 @@ mod der {
         {
             return Err(bad);
         }
-        Ok(days_from_civil(year, month, day) * 86400 + hour * 3600 + min * 60 + sec)
-    }
-
-    /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant).
-    fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-        let y = if m <= 2 { y - 1 } else { y };
-        let era = y.div_euclid(400);
-        let yoe = y - era * 400;
-        let mp = (m + 9) % 12;
-        let doy = (153 * mp + 2) / 5 + d - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        era * 146_097 + doe - 719_468
+        Ok(crate::utc::days_from_civil(year, month, day) * 86400 + hour * 3600 + min * 60 + sec)
     }
 
     /// Dotted text of an OID's content bytes, for error messages.

@@ -183,20 +183,9 @@ fn lease_expired(value: &str, now: u64) -> bool {
     if d.len() != 3 || t.len() != 3 {
         return true;
     }
-    let secs = days_from_civil(d[0], d[1], d[2]) * 86_400 + t[0] * 3600 + t[1] * 60 + t[2];
+    let secs =
+        crate::utc::days_from_civil(d[0], d[1], d[2]) * 86_400 + t[0] * 3600 + t[1] * 60 + t[2];
     secs <= now as i64
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
-/// algorithm), so lease dates need no date library.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// Four hex bytes, separated by `sep` (or packed when `sep` is empty).
@@ -270,9 +259,7 @@ mod tests {
     #[test]
     fn expiry_is_compared_in_utc() {
         // 2026-11-18 00:00:00 UTC is 1_795_046_400... check both sides of a boundary.
-        let boundary = days_from_civil(2026, 11, 18) as u64 * 86_400;
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        let boundary = crate::utc::days_from_civil(2026, 11, 18) as u64 * 86_400;
         let l = lease("a8:3f:81:10", "3 2026/11/18 00:00:00");
         assert_eq!(dhclient_option_245(&l, t(boundary - 1)), Some(WELL_KNOWN));
         assert_eq!(dhclient_option_245(&l, t(boundary)), None);
