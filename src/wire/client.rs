@@ -272,6 +272,23 @@ struct Call<'a> {
     proxy: Option<&'a str>,
 }
 
+impl<'a> Call<'a> {
+    /// The common case: no headers or body, 200 is success, the retry
+    /// policy given, no extra retries, no proxy.
+    fn new(method: &'a str, url: &'a str, retry: &'a RetryPolicy) -> Self {
+        Call {
+            method,
+            url,
+            headers: Vec::new(),
+            body: None,
+            ok: &[200],
+            retry,
+            also_retry: &[],
+            proxy: None,
+        }
+    }
+}
+
 impl WireClient {
     pub fn new(
         endpoint: Endpoint,
@@ -380,14 +397,8 @@ impl WireClient {
         ];
         headers.extend(extra);
         self.execute(&Call {
-            method: "GET",
-            url,
             headers,
-            body: None,
-            ok: &[200],
-            retry: &self.options.retry,
-            also_retry: &[],
-            proxy: None,
+            ..Call::new("GET", url, &self.options.retry)
         })
     }
 
@@ -399,8 +410,6 @@ impl WireClient {
         retry: &RetryPolicy,
     ) -> Result<Response, WireError> {
         self.execute(&Call {
-            method: "POST",
-            url,
             headers: vec![
                 ("x-ms-agent-name", AGENT_NAME_HEADER.to_string()),
                 ("x-ms-version", WIRE_PROTOCOL_VERSION.to_string()),
@@ -408,25 +417,14 @@ impl WireClient {
             ],
             body: Some(body.as_bytes()),
             ok,
-            retry,
-            also_retry: &[],
-            proxy: None,
+            ..Call::new("POST", url, retry)
         })
     }
 
     /// `GET /?comp=versions`; fails unless 2012-11-30 is offered.
     pub fn versions(&self) -> Result<Versions, WireError> {
         let url = format!("{}/?comp=versions", self.endpoint.wire_base());
-        let r = self.execute(&Call {
-            method: "GET",
-            url: &url,
-            headers: Vec::new(),
-            body: None,
-            ok: &[200],
-            retry: &self.options.retry,
-            also_retry: &[],
-            proxy: None,
-        })?;
+        let r = self.execute(&Call::new("GET", &url, &self.options.retry))?;
         let v = Versions::parse(&String::from_utf8_lossy(&r.body))?;
         if !v.supports(WIRE_PROTOCOL_VERSION) {
             let mut offered = v.preferred.clone();
@@ -672,16 +670,7 @@ impl WireClient {
             attempts: 1,
             ..self.options.retry.clone()
         };
-        match self.execute(&Call {
-            method: "GET",
-            url: &url,
-            headers: Vec::new(),
-            body: None,
-            ok: &[200],
-            retry: &once,
-            also_retry: &[],
-            proxy: None,
-        }) {
+        match self.execute(&Call::new("GET", &url, &once)) {
             Ok(_) => Ok(true),
             Err(WireError::Status { .. }) | Err(WireError::Exhausted { .. }) => Ok(false),
             Err(e) => Err(e),
@@ -692,14 +681,8 @@ impl WireClient {
     pub fn hostplugin_supported(&self) -> Result<bool, WireError> {
         let url = format!("{}/versions", self.endpoint.hostplugin_base());
         let r = self.execute(&Call {
-            method: "GET",
-            url: &url,
             headers: self.plugin_headers(),
-            body: None,
-            ok: &[200],
-            retry: &self.options.retry,
-            also_retry: &[],
-            proxy: None,
+            ..Call::new("GET", &url, &self.options.retry)
         })?;
         Ok(String::from_utf8_lossy(&r.body).contains(HOSTPLUGIN_API_VERSION))
     }
@@ -719,14 +702,11 @@ impl WireClient {
             let mut headers = self.plugin_headers();
             headers.extend(extra.iter().cloned());
             let result = self.execute(&Call {
-                method,
-                url,
                 headers,
                 body,
                 ok: &[200, 201],
-                retry: &self.options.retry,
                 also_retry,
-                proxy: None,
+                ..Call::new(method, url, &self.options.retry)
             });
             let stale = match &result {
                 Err(WireError::Gone { .. }) => true,
@@ -801,14 +781,11 @@ impl WireClient {
             let mut headers = self.storage_headers();
             headers.extend(extra);
             self.execute(&Call {
-                method: "PUT",
-                url,
                 headers,
                 body: Some(body),
                 ok: &[201],
-                retry: &self.options.retry,
-                also_retry: &[],
                 proxy: self.options.storage_proxy.as_deref(),
+                ..Call::new("PUT", url, &self.options.retry)
             })
             .map(drop)
         };
