@@ -5,6 +5,7 @@
 //! integration tests in `tests/` drive the same code.
 
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod daemon;

@@ -158,6 +158,11 @@ impl CommandRunner for Tee {
         self.0.borrow_mut().push(cmd.display());
         SystemRunner.run(cmd)
     }
+
+    fn spawn(&self, cmd: &Cmd) -> Result<u32, RunError> {
+        self.0.borrow_mut().push(cmd.display());
+        SystemRunner.spawn(cmd)
+    }
 }
 
 /// Turns the swap off and unmounts, however the checks end.

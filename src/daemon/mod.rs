@@ -17,8 +17,10 @@ mod journal;
 mod signals;
 
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ProvisioningAgent, SshHostKeyType};
 use crate::env::{kernel, network, resource_disk, scvmm};
 use crate::fsutil;
@@ -285,16 +287,28 @@ pub struct Daemon {
     status_blob: Option<StatusUploadBlob>,
     in_svd_seq_no: Option<u64>,
     monitors: Monitors,
+    clock: Rc<dyn Clock>,
 }
 
-/// The periodic checks of the steady state (§15), each with its own period.
+/// The periodic checks of the steady state (§15), each with its own period
+/// and when it is next due (`None`: at the first chance).
 struct Monitors {
     scsi_timeout: Option<kernel::RootDeviceScsiTimeout>,
     dhcp: network::DhcpClientMonitor,
-    next_scsi: Instant,
-    next_net_rules: Instant,
-    next_dhcp: Instant,
-    next_hostname: Instant,
+    next_scsi: Option<Instant>,
+    next_net_rules: Option<Instant>,
+    next_dhcp: Option<Instant>,
+    next_hostname: Option<Instant>,
+}
+
+/// Whether a monitor due at `next` runs at `now`; if so, it is next due a
+/// period later.
+fn due(next: &mut Option<Instant>, now: Instant, period: Duration) -> bool {
+    if next.is_some_and(|n| now < n) {
+        return false;
+    }
+    *next = Some(now + period);
+    true
 }
 
 impl Daemon {
@@ -316,12 +330,20 @@ impl Daemon {
             monitors: Monitors {
                 scsi_timeout: None,
                 dhcp: network::DhcpClientMonitor::new(),
-                next_scsi: Instant::now(),
-                next_net_rules: Instant::now(),
-                next_dhcp: Instant::now(),
-                next_hostname: Instant::now(),
+                next_scsi: None,
+                next_net_rules: None,
+                next_dhcp: None,
+                next_hostname: None,
             },
+            clock: Rc::new(SystemClock),
         }
+    }
+
+    /// Takes its time from `clock` (and waits on it), instead of the
+    /// system's: the tests' virtual clock.
+    pub fn with_clock(mut self, clock: Rc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Runs from Boot until stopped; returns the exit code.
@@ -385,7 +407,7 @@ impl Daemon {
                     if same && ready_reported {
                         log::info!("already provisioned; nothing to report");
                         return State::Steady {
-                            next_poll: Instant::now(),
+                            next_poll: self.clock.now(),
                         };
                     }
                     if same {
@@ -405,7 +427,7 @@ impl Daemon {
                 }
                 match mode {
                     Mode::CloudInit => State::WaitForCloudInit {
-                        since: Instant::now(),
+                        since: self.clock.now(),
                     },
                     _ => State::ReadMedia,
                 }
@@ -416,6 +438,7 @@ impl Daemon {
                     &*self.os,
                     &self.config.dvd_mount_point,
                     self.timing.media,
+                    &*self.clock,
                 ) {
                     Err(e) => Job::Fail(format!("provisioning media: {e}")),
                     Ok(text) => {
@@ -440,14 +463,17 @@ impl Daemon {
                         attempt: 0,
                     };
                 }
-                if since.elapsed() > self.timing.cloud_init_wait {
+                if self.clock.now().saturating_duration_since(since) >= self.timing.cloud_init_wait
+                {
                     let reason = format!("cloud-init did not provide {} in time", path.display());
                     return State::Connect {
                         job: Job::Fail(reason),
                         attempt: 0,
                     };
                 }
-                signals::sleep(self.timing.cloud_init_poll);
+                if !self.clock.sleep(self.timing.cloud_init_poll) {
+                    return State::Stopped(0);
+                }
                 State::WaitForCloudInit { since }
             }
 
@@ -478,7 +504,7 @@ impl Daemon {
                         "cannot reach the fabric (attempt {}): {e}; trying again in {wait:?}",
                         attempt + 1
                     );
-                    if !signals::sleep(wait) {
+                    if !self.clock.sleep(wait) {
                         return State::Stopped(0);
                     }
                     State::Connect {
@@ -500,7 +526,7 @@ impl Daemon {
                     Job::Waagent(ovf) => State::Plan { ovf, goal },
                     Job::CloudInit => State::WaitForHostKey {
                         goal,
-                        since: Instant::now(),
+                        since: self.clock.now(),
                     },
                     Job::ReportOnly => State::MarkProvisioned {
                         goal,
@@ -577,8 +603,13 @@ impl Daemon {
                         fingerprint: Some(fp),
                         disable_agent: false,
                     },
-                    Err(_) if since.elapsed() < self.timing.cloud_init_wait => {
-                        signals::sleep(self.timing.cloud_init_poll);
+                    Err(_)
+                        if self.clock.now().saturating_duration_since(since)
+                            < self.timing.cloud_init_wait =>
+                    {
+                        if !self.clock.sleep(self.timing.cloud_init_poll) {
+                            return State::Stopped(0);
+                        }
                         State::WaitForHostKey { goal, since }
                     }
                     Err(e) => State::ReportFailed {
@@ -624,7 +655,7 @@ impl Daemon {
                     }
                 }
                 State::Steady {
-                    next_poll: Instant::now() + self.poll_period(),
+                    next_poll: self.clock.now() + self.poll_period(),
                 }
             }
 
@@ -642,20 +673,20 @@ impl Daemon {
                     },
                 );
                 State::Steady {
-                    next_poll: Instant::now() + self.poll_period(),
+                    next_poll: self.clock.now() + self.poll_period(),
                 }
             }
 
             State::Steady { next_poll } => {
-                let wait = next_poll.saturating_duration_since(Instant::now());
-                if !signals::sleep(wait) {
+                let wait = next_poll.saturating_duration_since(self.clock.now());
+                if !self.clock.sleep(wait) {
                     return State::Stopped(0);
                 }
                 if self.manages_environment() {
                     self.run_monitors();
                 }
                 self.poll_goal_state();
-                let next_poll = Instant::now() + self.poll_period();
+                let next_poll = self.clock.now() + self.poll_period();
                 if self.status_blob.is_some() && !self.lib.join(DISABLE_AGENT_FILE).exists() {
                     State::Extension { next_poll }
                 } else {
@@ -706,9 +737,11 @@ impl Daemon {
     }
 
     /// `Debug.WireServerAddress` means a simulator, not Azure: routes, udev
-    /// rules, disks and kernel settings of the machine are then left alone.
+    /// rules, disks and kernel settings of the machine are then left alone —
+    /// unless the OS layer works under a test root (never `/` then), where
+    /// the in-process tests drive the environment on fixtures.
     fn manages_environment(&self) -> bool {
-        self.config.debug_wireserver_address.is_none()
+        self.config.debug_wireserver_address.is_none() || self.os.env().root != Path::new("/")
     }
 
     /// Boot-time environment (§9.1 steps 3–4, §18): entropy, SCVMM, NUMA and
@@ -725,10 +758,10 @@ impl Daemon {
                     "SCVMM media in {}: handing the VM over to its agent",
                     h.device.display()
                 );
-                if let Err(e) = crate::os::runner::spawn_detached(&h.install) {
+                if let Err(e) = self.os.env().runner.spawn(&h.install) {
                     log::error!("cannot start the SCVMM installer: {e}");
                 } else {
-                    signals::sleep(h.exit_after);
+                    self.clock.sleep(h.exit_after);
                     return Some(State::Stopped(0));
                 }
             }
@@ -757,39 +790,53 @@ impl Daemon {
     /// The steady state's periodic checks (§15, §18.3, §18.4, §18.7), each
     /// when its period has passed.
     fn run_monitors(&mut self) {
-        let now = Instant::now();
+        let now = self.clock.now();
         let c = &self.config;
         let period = |secs: u64| Duration::from_secs(secs.max(1));
-        if now >= self.monitors.next_scsi {
-            self.monitors.next_scsi = now + period(c.root_device_scsi_timeout_period);
-            if let Some(t) = self.monitors.scsi_timeout.as_mut() {
+        let m = &mut self.monitors;
+        if due(
+            &mut m.next_scsi,
+            now,
+            period(c.root_device_scsi_timeout_period),
+        ) {
+            if let Some(t) = m.scsi_timeout.as_mut() {
                 let r = t.apply(self.os.env());
                 if !r.changed.is_empty() {
                     log::info!("SCSI timeout set on {:?}", r.changed);
                 }
             }
         }
-        if now >= self.monitors.next_net_rules {
-            self.monitors.next_net_rules = now + period(c.remove_persistent_net_rules_period);
-            if network::moves_persistent_net_rules(self.os.flavour()) {
-                match network::remove_persistent_net_rules(self.os.env()) {
-                    Ok(moved) if !moved.is_empty() => {
-                        log::info!("moved persistent-net udev rules: {moved:?}")
-                    }
-                    Ok(_) => {}
-                    Err(e) => log::warn!("persistent-net udev rules: {e}"),
+        if due(
+            &mut m.next_net_rules,
+            now,
+            period(c.remove_persistent_net_rules_period),
+        ) && network::moves_persistent_net_rules(self.os.flavour())
+        {
+            match network::remove_persistent_net_rules(self.os.env()) {
+                Ok(moved) if !moved.is_empty() => {
+                    log::info!("moved persistent-net udev rules: {moved:?}")
                 }
+                Ok(_) => {}
+                Err(e) => log::warn!("persistent-net udev rules: {e}"),
             }
         }
-        if now >= self.monitors.next_dhcp {
-            self.monitors.next_dhcp = now + period(c.monitor_dhcp_client_restart_period);
+        if due(
+            &mut self.monitors.next_dhcp,
+            now,
+            period(c.monitor_dhcp_client_restart_period),
+        ) {
             if let Ok(true) = self.monitors.dhcp.check(&*self.os) {
                 log::info!("the DHCP client restarted; checking the route to the WireServer");
                 self.ensure_route();
             }
         }
-        if c.monitor_host_name && now >= self.monitors.next_hostname {
-            self.monitors.next_hostname = now + period(c.monitor_host_name_period);
+        if c.monitor_host_name
+            && due(
+                &mut self.monitors.next_hostname,
+                now,
+                period(c.monitor_host_name_period),
+            )
+        {
             self.monitor_host_name();
         }
     }
@@ -919,6 +966,7 @@ impl Daemon {
             self.os.env().runner.clone(),
         );
         WireClient::new(ep, &self.lib, openssl, self.timing.client.clone())
+            .with_clock(self.clock.clone())
     }
 
     /// Discovery, versions and a forced goal-state fetch with certificates.
@@ -1023,7 +1071,7 @@ impl Daemon {
                     log::warn!("no SSH keys from IMDS: {e}")
                 }
                 Err(_) => {
-                    if !signals::sleep(Duration::from_millis(500)) {
+                    if !self.clock.sleep(Duration::from_millis(500)) {
                         break;
                     }
                 }

@@ -1,16 +1,13 @@
 //! SIGTERM and SIGINT ask the daemon to stop between steps. The handler only
-//! sets a flag; every wait in the daemon is a [`sleep`] that checks it, so a
-//! stop takes effect within a tenth of a second of any wait.
-
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+//! sets the flag every wait of a [`crate::clock::Clock`] checks, so a stop
+//! takes effect within a tenth of a second of any wait.
 
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
-static STOP: AtomicBool = AtomicBool::new(false);
+pub use crate::clock::stop_requested;
 
 extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
+    crate::clock::request_stop();
 }
 
 /// Installs the SIGTERM/SIGINT handlers.
@@ -25,23 +22,4 @@ pub fn install_handlers() -> Result<(), String> {
         unsafe { sigaction(sig, &action) }.map_err(|e| format!("cannot handle {sig}: {e}"))?;
     }
     Ok(())
-}
-
-pub fn stop_requested() -> bool {
-    STOP.load(Ordering::SeqCst)
-}
-
-/// Sleeps for `d` unless a stop is requested; false when it was.
-pub fn sleep(d: Duration) -> bool {
-    let end = Instant::now() + d;
-    loop {
-        if stop_requested() {
-            return false;
-        }
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return true;
-        }
-        std::thread::sleep(left.min(Duration::from_millis(100)));
-    }
 }

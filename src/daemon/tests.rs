@@ -1,18 +1,20 @@
 //! The state machine driven step by step, in process: a scripted fabric (the
 //! simulator on loopback, with faults), a recording command runner over a
-//! temporary root, and millisecond timings, so every transition is checked
-//! without root, without the platform and without sleeping for real time.
+//! temporary root, and a virtual clock under the production timings, so every
+//! transition and timer is checked without root, without the platform and
+//! without sleeping for real time: the clock moves only when the daemon
+//! waits, and the tests assert on every wait.
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
 use super::*;
+use crate::clock::VirtualClock;
 use crate::config::{Config, ProvisioningAgent};
 use crate::os::{for_env, CommandRunner, Distro, Env, Output, RecordingRunner, SystemRunner};
 use crate::sim::certs::TenantCert;
 use crate::sim::{FabricSim, Fault, SimConfig};
-use crate::wire::client::RetryPolicy;
 
 const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
 const PASSWORD: &str = "Sup3r$ecret P@ss & más <x>";
@@ -22,6 +24,8 @@ struct Vm {
     runner: Rc<RecordingRunner>,
     sim: FabricSim,
     config: Config,
+    flavour: Flavour,
+    clock: Rc<VirtualClock>,
 }
 
 impl Vm {
@@ -33,44 +37,30 @@ impl Vm {
         std::fs::read_to_string(self.path(rel)).unwrap_or_default()
     }
 
+    /// A daemon with the production timings, on the virtual clock.
     fn daemon(&self) -> Daemon {
         let env = Env {
             root: self.root.path().to_path_buf(),
             runner: self.runner.clone(),
             config: self.config.clone(),
             distro: Distro {
-                id: "debian".into(),
+                id: format!("{:?}", self.flavour).to_lowercase(),
                 version: "12".into(),
-                flavour: crate::os::Flavour::Debian,
+                flavour: self.flavour,
             },
         };
-        let fast = RetryPolicy {
-            attempts: 1,
-            delay: Duration::from_millis(1),
-            throttled_attempts: 1,
-            throttled_delay: Duration::from_millis(1),
-            deadline: Duration::from_secs(5),
-            no_role_instance_delay: Duration::from_millis(1),
-        };
-        let timing = Timing {
-            media: media::MountRetry {
-                tries: 1,
-                delay: Duration::from_millis(1),
-            },
-            connect_delay: Duration::from_millis(1),
-            client: ClientOptions {
-                timeout_secs: 2,
-                retry: fast.clone(),
-                health_retry: fast,
-                storage_proxy: None,
-            },
-            imds_tries: 1,
-            imds_timeout_secs: 2,
-            poll_period: Some(Duration::from_millis(1)),
-            cloud_init_poll: Duration::from_millis(1),
-            cloud_init_wait: Duration::from_secs(5),
-        };
-        Daemon::new(self.config.clone(), for_env(env), timing)
+        Daemon::new(self.config.clone(), for_env(env), Timing::default())
+            .with_clock(self.clock.clone())
+    }
+
+    /// The waits since the last call, in whole seconds (all the agent's
+    /// timers are whole seconds, but the 500 ms ones).
+    fn waits(&self) -> Vec<f64> {
+        self.clock
+            .take_waits()
+            .iter()
+            .map(Duration::as_secs_f64)
+            .collect()
     }
 
     /// Steps from Boot until `last` is reached (inclusive); the trace of
@@ -188,6 +178,8 @@ fn vm(ovf: Option<&str>, agent: ProvisioningAgent) -> Vm {
         runner,
         sim,
         config: c,
+        flavour: Flavour::Debian,
+        clock: Rc::new(VirtualClock::new()),
     }
 }
 
@@ -219,11 +211,16 @@ fn provision_steps() -> Vec<String> {
 #[test]
 fn first_boot_through_every_provisioning_transition() {
     let v = vm(Some(&full_ovf()), ProvisioningAgent::Waagent);
-    // The fabric is down for the first two attempts.
-    v.sim
-        .inject("comp=versions", [Fault::Reset, Fault::Status(503)]);
+    // The fabric is down for Connect's first two attempts: each is the
+    // client's six tries of the Versions request.
+    v.sim.inject("comp=versions", vec![Fault::Reset; 12]);
     let mut d = v.daemon();
     let trace = v.run_until(&mut d, "Extension");
+    // The client's retries (1 s Fibonacci), Connect's back-off (10 s, then
+    // doubled), nothing while provisioning, then Extensions.GoalStatePeriod.
+    let client = [2.0, 3.0, 5.0, 8.0, 13.0];
+    let want: Vec<f64> = [&client[..], &[10.0], &client[..], &[20.0, 6.0]].concat();
+    assert_eq!(v.waits(), want);
     let mut want: Vec<String> = [
         "Boot",
         "ReadMedia",
@@ -298,16 +295,18 @@ fn first_boot_through_every_provisioning_transition() {
     assert_eq!(journal["readyReported"], "1");
     assert_eq!(v.sim.status_uploads().len(), 1);
 
-    // Reboot: straight to Steady, nothing reported, no command run.
+    // Reboot: straight to Steady, polling at once; nothing reported, no
+    // system change (only the DHCP-client monitor looks for its PID).
     let before = v.runner.calls().len();
     let mut d = v.daemon();
     assert_eq!(
         v.run_until(&mut d, "Extension"),
         ["Boot", "Steady", "Extension"]
     );
+    assert_eq!(v.waits(), [0.0]);
     assert_eq!(health(&v.sim), ["NotReady/Provisioning", "Ready"]);
     let after: Vec<String> = v.runner.lines()[before..].to_vec();
-    assert!(after.is_empty(), "{after:?}");
+    assert_eq!(after, ["pidof dhclient"]);
     assert_eq!(
         v.sim.status_uploads().len(),
         2,
@@ -499,4 +498,287 @@ fn connect_backs_off_to_a_ceiling() {
         .map(|a| connect_backoff(Duration::from_secs(10), a).as_secs())
         .collect();
     assert_eq!(waits, [10, 20, 40, 60, 60, 60]);
+}
+
+/// Steps `state` until a state named `last` (returned, not stepped); the
+/// names on the way, `state`'s first.
+fn step_until(d: &mut Daemon, mut state: State, last: &str, limit: usize) -> (Vec<String>, State) {
+    let mut trace = Vec::new();
+    while state.name() != last {
+        assert!(trace.len() < limit, "never reached {last}: {trace:?}");
+        trace.push(state.crash_point());
+        state = d.step(state);
+    }
+    (trace, state)
+}
+
+#[test]
+fn boot_prepares_the_environment_and_steady_state_runs_each_monitor_on_its_period() {
+    let mut v = vm(Some(&full_ovf()), ProvisioningAgent::Waagent);
+    // RedHat moves the persistent-net rules (Debian's are left alone).
+    v.flavour = Flavour::RedHat;
+    v.config.root_device_scsi_timeout = Some(300);
+    v.config.monitor_dhcp_client_restart_period = 60;
+    let timeout = "sys/block/sda/device/timeout";
+    let rule = "etc/udev/rules.d/70-persistent-net.rules";
+    let generator = "lib/udev/rules.d/75-persistent-net-generator.rules";
+    write(&v.path(timeout), "30\n");
+    write(&v.path(rule), "SUBSYSTEM==\"net\", NAME=\"eth0\"\n");
+    write(&v.path(generator), "# generator\n");
+    // A default route via 10.0.0.1 and none to the WireServer.
+    write(
+        &v.path("proc/net/route"),
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+         eth0\t00000000\t0100000A\t0003\t0\t0\t100\t00000000\t0\t0\t0\n",
+    );
+    for pid in ["100\n", "100\n", "200\n"] {
+        v.runner.push("pidof", Output::ok(pid));
+    }
+    // Boot: the Hyper-V seed goes to /dev/random, and an old kernel gets
+    // numa=off for its next boot.
+    write(&v.path("sys/firmware/acpi/tables/OEM0"), "OEM0-seed");
+    write(&v.path("dev/random"), "");
+    write(
+        &v.path("proc/sys/kernel/osrelease"),
+        "2.6.32-71.el6.x86_64\n",
+    );
+    write(
+        &v.path("boot/grub/menu.lst"),
+        "\tkernel /vmlinuz ro quiet\n",
+    );
+    let mut d = v.daemon();
+    let (_, mut state) = step_until(&mut d, State::Boot, "Steady", 100);
+    assert_eq!(v.read("dev/random"), "OEM0-seed");
+    assert_eq!(
+        v.read("boot/grub/menu.lst"),
+        "\tkernel /vmlinuz ro quiet numa=off\n"
+    );
+    v.clock.take_waits();
+
+    // Steps the steady state until `secs` of virtual time have passed since
+    // the first poll; what the monitors changed is then visible.
+    let start = v.clock.elapsed();
+    let mut run_for = |secs: u64, state: State| -> State {
+        let mut state = state;
+        while v.clock.elapsed() < start + Duration::from_secs(secs) {
+            state = d.step(state);
+        }
+        state
+    };
+
+    // First poll (6 s): every monitor runs at its first chance.
+    state = run_for(6, state);
+    assert_eq!(v.read(timeout), "300");
+    let lib = "var/lib/waagent/";
+    assert!(!v.path(rule).exists() && !v.path(generator).exists());
+    assert_eq!(
+        v.read(&format!("{lib}70-persistent-net.rules")),
+        "SUBSYSTEM==\"net\", NAME=\"eth0\"\n"
+    );
+    assert_eq!(
+        v.read(&format!("{lib}75-persistent-net-generator.rules")),
+        "# generator\n"
+    );
+
+    // udev resets the timeout and regenerates the rule: both are undone on
+    // the first poll 30 s (their periods) after the last run, not before.
+    write(&v.path(timeout), "30\n");
+    write(&v.path(rule), "SUBSYSTEM==\"net\", NAME=\"eth1\"\n");
+    state = run_for(6 + 24, state);
+    assert_eq!(v.read(timeout), "30\n", "not due before its period");
+    assert!(v.path(rule).exists());
+    state = run_for(6 + 30, state);
+    assert_eq!(v.read(timeout), "300");
+    assert!(!v.path(rule).exists());
+    assert_eq!(
+        v.read(&format!("{lib}70-persistent-net.rules")),
+        "SUBSYSTEM==\"net\", NAME=\"eth1\"\n"
+    );
+
+    // The DHCP client (period 60 s) restarted between its second and third
+    // look: the route to the WireServer is added back through the gateway.
+    let route = format!("ip route add {}/32 via 10.0.0.1", v.sim.endpoint().host);
+    let looks = |v: &Vm| {
+        v.runner
+            .lines()
+            .iter()
+            .filter(|l| *l == "pidof dhclient")
+            .count()
+    };
+    state = run_for(6 + 60, state);
+    assert_eq!(looks(&v), 2);
+    assert!(!v.runner.lines().contains(&route));
+    run_for(6 + 120, state);
+    assert_eq!(looks(&v), 3);
+    assert!(v.runner.lines().contains(&route), "{:#?}", v.runner.lines());
+
+    // Between the monitors, the goal state is polled every 6 s: nothing
+    // but those waits passed on the clock.
+    let waits = v.waits();
+    assert!(waits.iter().all(|w| *w == 6.0), "{waits:?}");
+    assert_eq!(waits.len(), 126 / 6);
+}
+
+#[test]
+fn sigterm_stops_the_steady_state_and_connect_at_once() {
+    let v = vm(None, ProvisioningAgent::Disabled);
+    let mut d = v.daemon();
+    v.run_until(&mut d, "Steady");
+    let (_, state) = step_until(&mut d, State::Boot, "Steady", 10);
+    let stop = v.clock.elapsed() + Duration::from_secs(3);
+    v.clock.stop_at(stop);
+    assert!(matches!(d.step(state), State::Stopped(0)));
+    assert_eq!(v.clock.elapsed(), stop, "the 6 s wait ended at the stop");
+
+    // The fabric down: a stop during Connect's back-off stops the daemon.
+    let v = vm(None, ProvisioningAgent::Disabled);
+    v.sim.inject("comp=versions", vec![Fault::Reset; 100]);
+    v.clock.stop_at(Duration::from_secs(100));
+    let mut d = v.daemon();
+    let (trace, _) = step_until(&mut d, State::Boot, "Stopped", 20);
+    assert_eq!(trace, ["Boot", "Connect", "Connect", "Connect"]);
+    assert_eq!(v.clock.elapsed(), Duration::from_secs(100));
+    assert!(health(&v.sim).is_empty());
+}
+
+#[test]
+fn cloud_init_that_never_delivers_is_reported_after_its_timeout() {
+    // No ovf-env.xml from cloud-init: 30 minutes of 1 s looks, then failure.
+    let v = vm(None, ProvisioningAgent::CloudInit);
+    let mut d = v.daemon();
+    let (trace, _) = step_until(&mut d, State::Boot, "Steady", 2000);
+    let waiting = trace.iter().filter(|s| *s == "WaitForCloudInit").count();
+    assert_eq!(waiting, 1801);
+    assert_eq!(&trace[trace.len() - 2..], ["Connect", "ReportFailed"]);
+    let waits = v.waits();
+    assert_eq!(waits.len(), 1800);
+    assert!(waits.iter().all(|w| *w == 1.0));
+    assert_eq!(health(&v.sim), ["NotReady/ProvisioningFailed"]);
+
+    // ovf-env.xml but never an SSH host key: the same patience, then failure.
+    let v = vm(None, ProvisioningAgent::CloudInit);
+    write(&v.path("var/lib/waagent/ovf-env.xml"), &full_ovf());
+    std::fs::remove_file(v.path("etc/ssh/ssh_host_rsa_key.pub")).unwrap();
+    v.runner
+        .respond(|c| (c.program == "ssh-keygen").then(|| Ok(Output::failed(1, "no key"))));
+    let mut d = v.daemon();
+    let (trace, _) = step_until(&mut d, State::Boot, "Steady", 2000);
+    assert_eq!(
+        trace.iter().filter(|s| *s == "WaitForHostKey").count(),
+        1801
+    );
+    assert_eq!(trace.last().map(String::as_str), Some("ReportFailed"));
+    assert_eq!(
+        health(&v.sim),
+        ["NotReady/Provisioning", "NotReady/ProvisioningFailed"]
+    );
+    assert!(v.sim.health_reports()[1]
+        .description
+        .as_deref()
+        .unwrap()
+        .starts_with("cloud-init made no SSH host key"));
+}
+
+#[test]
+fn restarts_resume_or_redo_by_what_lib_dir_says() {
+    // `provisioned` names this VM but no Ready is journalled (killed in
+    // between, or upgraded from waagent): report Ready, do nothing else.
+    let v = vm(Some(&full_ovf()), ProvisioningAgent::Waagent);
+    write(
+        &v.path("var/lib/waagent/provisioned"),
+        "e2e7bfc4-2deb-4e4a-8615-ea6aaf50162e",
+    );
+    let mut d = v.daemon();
+    let (trace, _) = step_until(&mut d, State::Boot, "Steady", 20);
+    assert_eq!(trace, ["Boot", "Connect", "MarkProvisioned", "ReportReady"]);
+    assert_eq!(health(&v.sim), ["Ready"]);
+    assert!(!v.runner.lines().iter().any(|l| l.starts_with("useradd")));
+
+    // Another instance id: a captured image, provisioned afresh, and the
+    // previous instance's goal-state files are forgotten.
+    let v = vm(Some(&full_ovf()), ProvisioningAgent::Waagent);
+    write(
+        &v.path("var/lib/waagent/provisioned"),
+        "00000000-1111-2222-3333-444444444444",
+    );
+    write(&v.path("var/lib/waagent/GoalState.7.xml"), "<GoalState/>");
+    let mut d = v.daemon();
+    let trace = v.run_until(&mut d, "ReportReady");
+    assert_eq!(trace[..2], ["Boot", "ReadMedia"]);
+    assert!(!v.path("var/lib/waagent/GoalState.7.xml").exists());
+    assert!(v.runner.lines().iter().any(|l| l == "useradd -m azureuser"));
+    assert_eq!(
+        v.read("var/lib/waagent/provisioned"),
+        "e2e7bfc4-2deb-4e4a-8615-ea6aaf50162e"
+    );
+}
+
+#[test]
+fn lib_dir_that_cannot_be_written_fails_safe() {
+    // Lib.Dir itself unusable: stop (exit 1) before touching anything.
+    let mut v = vm(Some(&full_ovf()), ProvisioningAgent::Waagent);
+    write(&v.path("var/lib/not-a-dir"), "");
+    v.config.lib_dir = v.path("var/lib/not-a-dir");
+    let mut d = v.daemon();
+    assert!(matches!(d.step(State::Boot), State::Stopped(1)));
+
+    // The journal cannot be written: fail before the first step.
+    let v = vm(Some(&full_ovf()), ProvisioningAgent::Waagent);
+    std::fs::create_dir_all(v.path("var/lib/waagent/waagent-rs.journal")).unwrap();
+    let mut d = v.daemon();
+    let (trace, _) = step_until(&mut d, State::Boot, "Steady", 50);
+    assert_eq!(&trace[trace.len() - 2..], ["Plan", "ReportFailed"]);
+    assert!(!v.runner.lines().iter().any(|l| l.starts_with("useradd")));
+
+    // `provisioned` cannot be written: everything is done, but Ready is
+    // not claimed; the failure is reported instead.
+    let v = vm(Some(&full_ovf()), ProvisioningAgent::Waagent);
+    std::fs::create_dir_all(v.path("var/lib/waagent/provisioned")).unwrap();
+    let mut d = v.daemon();
+    let (trace, _) = step_until(&mut d, State::Boot, "Steady", 50);
+    assert_eq!(
+        &trace[trace.len() - 2..],
+        ["MarkProvisioned", "ReportFailed"]
+    );
+    assert_eq!(
+        health(&v.sim),
+        ["NotReady/Provisioning", "NotReady/ProvisioningFailed"]
+    );
+}
+
+#[test]
+fn scvmm_media_hands_the_vm_over_and_the_daemon_exits() {
+    let mut v = vm(None, ProvisioningAgent::Waagent);
+    v.config.detect_scvmm_env = true;
+    write(&v.path("dev/sr0"), "");
+    let mp = v.path("mnt/cdrom/secure");
+    // The recording runner does not mount: the media is already "there".
+    write(&mp.join("linuxosconfiguration.xml"), "<LinuxProvisioning/>");
+    let mut d = v.daemon();
+    assert!(matches!(d.step(State::Boot), State::Stopped(0)));
+    let m = mp.display();
+    let lines = v.runner.lines();
+    for want in [
+        "modprobe ata_piix".to_string(),
+        format!("mount -t udf,iso9660 -o ro /dev/sr0 {m}"),
+        format!("/bin/bash {m}/install '-p {m}'"),
+    ] {
+        assert!(lines.contains(&want), "{want} not in {lines:#?}");
+    }
+    // VMM's agent gets five minutes before ours exits.
+    assert_eq!(v.waits(), [300.0]);
+    assert!(v.sim.requests().is_empty(), "the fabric is never asked");
+
+    // Without VMM's marker, the drive is released and provisioning goes on.
+    let mut v = vm(Some(&full_ovf()), ProvisioningAgent::Waagent);
+    v.config.detect_scvmm_env = true;
+    write(&v.path("dev/sr0"), "");
+    let mut d = v.daemon();
+    assert_eq!(d.step(State::Boot).name(), "ReadMedia");
+    let umount = format!("umount {}", v.path("mnt/cdrom/secure").display());
+    assert!(
+        v.runner.lines().contains(&umount),
+        "{:#?}",
+        v.runner.lines()
+    );
 }

@@ -229,6 +229,10 @@ pub trait CommandRunner {
     /// Runs `cmd` to completion; a non-zero exit is an `Ok` output.
     fn run(&self, cmd: &Cmd) -> Result<Output, RunError>;
 
+    /// Starts `cmd` detached ([`spawn_detached`]) for what must outlive the
+    /// agent (SCVMM's installer); returns its pid.
+    fn spawn(&self, cmd: &Cmd) -> Result<u32, RunError>;
+
     /// Runs `cmd` and turns a non-zero exit into [`RunError::Failed`].
     fn run_ok(&self, cmd: &Cmd) -> Result<Output, RunError> {
         let out = self.run(cmd)?;
@@ -252,6 +256,14 @@ pub struct SystemRunner;
 const MAX_CAPTURE: usize = 1 << 20;
 
 impl CommandRunner for SystemRunner {
+    fn spawn(&self, cmd: &Cmd) -> Result<u32, RunError> {
+        log::debug!("starting {}", cmd.display());
+        spawn_detached(cmd).map_err(|source| RunError::Spawn {
+            cmd: cmd.display(),
+            source,
+        })
+    }
+
     fn run(&self, cmd: &Cmd) -> Result<Output, RunError> {
         let shown = cmd.display();
         log::debug!("running {shown}");
@@ -443,6 +455,12 @@ impl RecordingRunner {
 }
 
 impl CommandRunner for RecordingRunner {
+    /// Recorded like [`run`](Self::run); a scripted failure fails the
+    /// spawn, anything else "starts" pid 0.
+    fn spawn(&self, cmd: &Cmd) -> Result<u32, RunError> {
+        self.run(cmd).map(|_| 0)
+    }
+
     fn run(&self, cmd: &Cmd) -> Result<Output, RunError> {
         self.calls.borrow_mut().push(cmd.clone());
         let mut q = self.queued.borrow_mut();

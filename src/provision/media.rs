@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::clock::Clock;
 use crate::os::OsUtil;
 
 /// ovf-env.xml is a few KiB; anything this big is not one.
@@ -76,6 +77,7 @@ pub fn read_ovf_env(
     os: &dyn OsUtil,
     mount_point: &Path,
     retry: MountRetry,
+    clock: &dyn Clock,
 ) -> Result<String, String> {
     let devices = candidate_devices(os);
     if devices.is_empty() {
@@ -108,7 +110,9 @@ pub fn read_ovf_env(
                     last_err = format!("cannot mount {}: {e}", device.display());
                     if attempt < retry.tries {
                         log::warn!("{last_err}; trying again in {:?}", retry.delay);
-                        std::thread::sleep(retry.delay);
+                        if !clock.sleep(retry.delay) {
+                            return Err(format!("{last_err}; stopped"));
+                        }
                     }
                 }
             }
@@ -148,6 +152,7 @@ fn release(os: &dyn OsUtil, device: &Path, mount_point: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::SystemClock;
     use crate::config::Config;
     use crate::os::{for_env, Distro, Env, Flavour, Output, RecordingRunner, RunError};
     use std::rc::Rc;
@@ -197,7 +202,7 @@ mod tests {
         // The recording runner does not mount: put the file where mount would.
         std::fs::create_dir_all(&mp).unwrap();
         std::fs::write(mp.join("ovf-env.xml"), "<Environment/>").unwrap();
-        let text = read_ovf_env(&*os, &mp, fast()).unwrap();
+        let text = read_ovf_env(&*os, &mp, fast(), &SystemClock).unwrap();
         assert_eq!(text, "<Environment/>");
         assert_eq!(
             runner.lines(),
@@ -223,7 +228,7 @@ mod tests {
             })
         });
         let mp = root.path().join("mnt");
-        let err = read_ovf_env(&*os, &mp, fast()).unwrap_err();
+        let err = read_ovf_env(&*os, &mp, fast(), &SystemClock).unwrap_err();
         assert!(
             err.starts_with("cannot mount /dev/sr0: `mount -t udf,iso9660 -o ro /dev/sr0 "),
             "{err}"
@@ -241,7 +246,7 @@ mod tests {
         std::fs::create_dir_all(root.path().join("dev")).unwrap();
         let mp = root.path().join("mnt");
         assert_eq!(
-            read_ovf_env(&*os, &mp, fast()).unwrap_err(),
+            read_ovf_env(&*os, &mp, fast(), &SystemClock).unwrap_err(),
             "no provisioning media (DVD drive) found"
         );
         std::fs::write(root.path().join("dev/cd0"), "").unwrap();
@@ -255,7 +260,7 @@ mod tests {
                 })
             })
         });
-        assert_eq!(read_ovf_env(&*os, &mp, fast()).unwrap(), "x");
+        assert_eq!(read_ovf_env(&*os, &mp, fast(), &SystemClock).unwrap(), "x");
     }
 
     #[test]
@@ -273,7 +278,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            read_ovf_env(&*os, &root.path().join("mnt"), fast()).unwrap(),
+            read_ovf_env(&*os, &root.path().join("mnt"), fast(), &SystemClock).unwrap(),
             "doc"
         );
         assert!(runner.lines().is_empty());

@@ -10,8 +10,10 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::rc::Rc;
+use std::time::Duration;
 
+use crate::clock::{Clock, SystemClock};
 use crate::fsutil;
 use crate::http::{self, HttpError, Request, Response};
 use crate::wire::crypto::{self, Certificate, CryptoError, Openssl, TransportCert};
@@ -254,6 +256,8 @@ pub struct WireClient {
     /// From the latest goal state, for HostGAPlugin headers.
     container_id: Option<String>,
     role_config_name: Option<String>,
+    /// Waits between retries; a virtual clock in the daemon's tests.
+    clock: Rc<dyn Clock>,
     user_agent: String,
 }
 
@@ -304,8 +308,15 @@ impl WireClient {
             transport: None,
             container_id: None,
             role_config_name: None,
+            clock: Rc::new(SystemClock),
             user_agent: format!("{}/{}", crate::AGENT_NAME, crate::VERSION),
         }
+    }
+
+    /// Waits on `clock` instead of the system's.
+    pub fn with_clock(mut self, clock: Rc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -314,7 +325,7 @@ impl WireClient {
 
     /// One logical request with retries. Returns the successful response.
     fn execute(&self, call: &Call<'_>) -> Result<Response, WireError> {
-        let started = Instant::now();
+        let started = self.clock.now();
         let mut attempts = 0u32;
         let mut budget = call.retry.attempts.max(1);
         let mut throttled_mode = false;
@@ -369,20 +380,24 @@ impl WireClient {
             } else {
                 call.retry.backoff(attempts)
             };
-            if attempts >= budget || started.elapsed() + wait > call.retry.deadline {
+            let spent = self.clock.now().saturating_duration_since(started);
+            let give_up = attempts >= budget || spent + wait > call.retry.deadline || {
+                // Debug only: the caller logs the outcome once, so a fabric
+                // that is down for minutes does not flood the log.
+                log::debug!(
+                    "{} {shown}: {failure}; retrying in {wait:?} (attempt {attempts} of {budget})",
+                    call.method
+                );
+                // A stop request ends the retries early.
+                !self.clock.sleep(wait)
+            };
+            if give_up {
                 return Err(WireError::Exhausted {
                     url: call.url.to_string(),
                     attempts,
                     last: Box::new(failure),
                 });
             }
-            // Debug only: the caller logs the outcome once, so a fabric
-            // that is down for minutes does not flood the log.
-            log::debug!(
-                "{} {shown}: {failure}; retrying in {wait:?} (attempt {attempts} of {budget})",
-                call.method
-            );
-            std::thread::sleep(wait);
         }
     }
 
@@ -467,7 +482,9 @@ impl WireClient {
             if gs.role_instance.is_some() || tries >= NO_ROLE_INSTANCE_TRIES {
                 return Ok((gs, text));
             }
-            std::thread::sleep(self.options.retry.no_role_instance_delay);
+            if !self.clock.sleep(self.options.retry.no_role_instance_delay) {
+                return Ok((gs, text));
+            }
         }
     }
 
