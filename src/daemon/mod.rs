@@ -49,6 +49,9 @@ pub fn connect_backoff(base: Duration, attempt: u32) -> Duration {
         .min(base.saturating_mul(6))
 }
 
+/// The goal-state poll period with `Extensions.Enabled=n`, as waagent's.
+const EXTENSIONS_DISABLED_POLL_SECS: u64 = 300;
+
 /// Test hook: `WAAGENT_RS_TEST_CRASH_AT=<State>` or `Provision:<Step>` makes
 /// the daemon SIGKILL itself on entering that state, so crash-safety tests
 /// can stop it at every step. Unset in production.
@@ -230,15 +233,15 @@ pub enum State {
         goal: Box<FullGoalState>,
         reason: String,
     },
-    /// Poll the goal state every `Extensions.GoalStatePeriod` until stopped.
+    /// Poll the goal state every `Extensions.GoalStatePeriod` until stopped
+    /// (`Extensions.InitialGoalStatePeriod` until the first goal state has
+    /// been acted on; five minutes with `Extensions.Enabled=n`).
     Steady {
         next_poll: Instant,
     },
     /// Act on the extensions goal state: with no handlers yet, report the
     /// agent's own status (Ready) to the status blob.
-    Extension {
-        next_poll: Instant,
-    },
+    Extension,
     Stopped(i32),
 }
 
@@ -267,7 +270,7 @@ impl State {
             State::ReportReady { .. } => "ReportReady",
             State::ReportFailed { .. } => "ReportFailed",
             State::Steady { .. } => "Steady",
-            State::Extension { .. } => "Extension",
+            State::Extension => "Extension",
             State::Stopped(_) => "Stopped",
         }
     }
@@ -286,6 +289,9 @@ pub struct Daemon {
     /// extensions goal state it answers.
     status_blob: Option<StatusUploadBlob>,
     in_svd_seq_no: Option<u64>,
+    /// The Extension state has acted on a goal state since start: polls go
+    /// from `InitialGoalStatePeriod` to `GoalStatePeriod`.
+    goal_state_handled: bool,
     monitors: Monitors,
     clock: Rc<dyn Clock>,
 }
@@ -327,6 +333,7 @@ impl Daemon {
             journal: None,
             status_blob: None,
             in_svd_seq_no: None,
+            goal_state_handled: false,
             monitors: Monitors {
                 scsi_timeout: None,
                 dhcp: network::DhcpClientMonitor::new(),
@@ -686,17 +693,21 @@ impl Daemon {
                     self.run_monitors();
                 }
                 self.poll_goal_state();
-                let next_poll = self.clock.now() + self.poll_period();
                 if self.status_blob.is_some() && !self.lib.join(DISABLE_AGENT_FILE).exists() {
-                    State::Extension { next_poll }
+                    State::Extension
                 } else {
-                    State::Steady { next_poll }
+                    State::Steady {
+                        next_poll: self.clock.now() + self.poll_period(),
+                    }
                 }
             }
 
-            State::Extension { next_poll } => {
+            State::Extension => {
                 self.upload_status();
-                State::Steady { next_poll }
+                self.goal_state_handled = true;
+                State::Steady {
+                    next_poll: self.clock.now() + self.poll_period(),
+                }
             }
 
             State::Stopped(code) => State::Stopped(code),
@@ -887,10 +898,20 @@ impl Daemon {
         }
     }
 
+    /// The wait between goal-state polls (§18 timers table).
     fn poll_period(&self) -> Duration {
-        self.timing
-            .poll_period
-            .unwrap_or_else(|| Duration::from_secs(self.config.goal_state_period.max(1)))
+        if let Some(p) = self.timing.poll_period {
+            return p;
+        }
+        let c = &self.config;
+        let secs = if !c.extensions_enabled {
+            EXTENSIONS_DISABLED_POLL_SECS
+        } else if self.goal_state_handled {
+            c.goal_state_period
+        } else {
+            c.initial_goal_state_period
+        };
+        Duration::from_secs(secs.max(1))
     }
 
     fn read_lib(&self, name: &str) -> Option<String> {

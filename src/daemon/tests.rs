@@ -782,3 +782,45 @@ fn scvmm_media_hands_the_vm_over_and_the_daemon_exits() {
         v.runner.lines()
     );
 }
+
+#[test]
+fn polls_at_the_initial_period_until_a_goal_state_is_handled() {
+    let mut v = vm(None, ProvisioningAgent::Disabled);
+    v.config.initial_goal_state_period = 2;
+    v.config.goal_state_period = 10;
+    let mut d = v.daemon();
+    let (trace, state) = step_until(&mut d, State::Boot, "Steady", 10);
+    assert_eq!(trace.last().map(String::as_str), Some("ReportReady"));
+    v.clock.take_waits();
+    let mut state = state;
+    let mut names = Vec::new();
+    for _ in 0..6 {
+        state = d.step(state);
+        names.push(state.name());
+    }
+    assert_eq!(
+        names,
+        [
+            "Extension",
+            "Steady",
+            "Extension",
+            "Steady",
+            "Extension",
+            "Steady"
+        ]
+    );
+    assert_eq!(v.waits(), [2.0, 10.0, 10.0]);
+    assert_eq!(v.sim.status_uploads().len(), 3);
+
+    // Extensions.Enabled=n: the goal state every five minutes.
+    let mut v = vm(None, ProvisioningAgent::Disabled);
+    v.config.extensions_enabled = false;
+    let mut d = v.daemon();
+    let (_, state) = step_until(&mut d, State::Boot, "Steady", 10);
+    v.clock.take_waits();
+    let mut state = state;
+    for _ in 0..4 {
+        state = d.step(state);
+    }
+    assert_eq!(v.waits(), [300.0, 300.0]);
+}
