@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ProvisioningAgent, SshHostKeyType};
-use crate::env::{kernel, network, resource_disk, scvmm};
+use crate::env::{kernel, network, rdma, resource_disk, scvmm};
 use crate::fsutil;
 use crate::os::{Cmd, Flavour, OsUtil};
 use crate::ovf::{self, OvfEnv};
@@ -305,6 +305,10 @@ struct Monitors {
     next_net_rules: Option<Instant>,
     next_dhcp: Option<Instant>,
     next_hostname: Option<Instant>,
+    /// RDMA set-up in progress (made from the first SharedConfig fetched
+    /// for it); `rdma_settled` once it is done, failed or not asked for.
+    rdma: Option<rdma::RdmaSetup>,
+    rdma_settled: bool,
 }
 
 /// Whether a monitor due at `next` runs at `now`; if so, it is next due a
@@ -341,6 +345,8 @@ impl Daemon {
                 next_net_rules: None,
                 next_dhcp: None,
                 next_hostname: None,
+                rdma: None,
+                rdma_settled: false,
             },
             clock: Rc::new(SystemClock),
         }
@@ -693,6 +699,9 @@ impl Daemon {
                     self.run_monitors();
                 }
                 self.poll_goal_state();
+                if self.manages_environment() {
+                    self.set_up_rdma();
+                }
                 if self.status_blob.is_some() && !self.lib.join(DISABLE_AGENT_FILE).exists() {
                     State::Extension
                 } else {
@@ -850,6 +859,61 @@ impl Daemon {
         {
             self.monitor_host_name();
         }
+    }
+
+    /// RDMA (§18.5), when any RDMA option asks for it: made once from a
+    /// freshly fetched SharedConfig (waagent forces the fetch: RDMA changes
+    /// need not bump the incarnation), then polled every period until it is
+    /// done or failed. Polling never waits for the device; each outcome is
+    /// logged once.
+    fn set_up_rdma(&mut self) {
+        if self.monitors.rdma_settled {
+            return;
+        }
+        if !rdma::is_requested(&self.config) {
+            self.monitors.rdma_settled = true;
+            return;
+        }
+        if self.monitors.rdma.is_none() {
+            let Some(client) = self.client.as_mut() else {
+                return;
+            };
+            let shared = match client.update_goal_state(true) {
+                Ok(Some(goal)) => goal.shared_config,
+                Ok(None) => return,
+                Err(e) => {
+                    log::warn!("RDMA: cannot fetch SharedConfig (trying again next period): {e}");
+                    return;
+                }
+            };
+            let address = rdma::RdmaAddress::from_shared_config(&shared).unwrap_or_else(|e| {
+                log::error!("RDMA: {e}");
+                None
+            });
+            self.monitors.rdma = Some(rdma::RdmaSetup::new(&self.config, address.as_ref()));
+        }
+        let now = self.clock.now();
+        let Some(setup) = self.monitors.rdma.as_mut() else {
+            return;
+        };
+        let progress = setup.poll(&*self.os, now);
+        match &progress {
+            rdma::RdmaProgress::NotRequested => {}
+            rdma::RdmaProgress::Waiting(why) => log::debug!("RDMA: {why}"),
+            rdma::RdmaProgress::Done(report) => {
+                log::info!("RDMA: {report}");
+                for w in &report.warnings {
+                    log::warn!("RDMA: {w}");
+                }
+            }
+            rdma::RdmaProgress::Failed(e) => {
+                log::error!("RDMA: {e}");
+                for w in &setup.report().warnings {
+                    log::warn!("RDMA: {w}");
+                }
+            }
+        }
+        self.monitors.rdma_settled = progress.is_final();
     }
 
     /// The route to the WireServer, when DHCP left it out (§3.4).

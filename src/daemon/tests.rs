@@ -824,3 +824,71 @@ fn polls_at_the_initial_period_until_a_goal_state_is_handled() {
     }
     assert_eq!(v.waits(), [300.0, 300.0]);
 }
+
+#[test]
+fn rdma_is_set_up_from_a_fresh_shared_config_without_holding_up_the_loop() {
+    let rdma_vm = || {
+        let mut v = vm(None, ProvisioningAgent::Disabled);
+        v.config.enable_rdma = true;
+        let shared = Path::new(MANIFEST).join("test-data/wire/shared_config_rdma.xml");
+        v.sim
+            .override_document("sharedConfig", &std::fs::read_to_string(shared).unwrap());
+        // An SR-IOV host (no Network Direct version in a KVP pool) whose
+        // IP-over-IB interface is there before its InfiniBand device.
+        write(&v.path("sys/class/net/eth0/address"), "00:0d:3a:11:22:33\n");
+        write(
+            &v.path("sys/class/net/ib0/address"),
+            "00:00:10:29:fe:80:00:00:00:00:00:00:00:15:5d:33:ff:1d:00:00\n",
+        );
+        v
+    };
+    let fetches = |v: &Vm| v.sim.requests_to("sharedConfig").len();
+    let assigned = |v: &Vm| {
+        v.runner
+            .lines()
+            .contains(&"ip addr add 172.16.1.4/16 dev ib0".to_string())
+    };
+
+    let v = rdma_vm();
+    let mut d = v.daemon();
+    let (_, mut state) = step_until(&mut d, State::Boot, "Steady", 10);
+    let before = fetches(&v);
+    // First period: SharedConfig fetched again (forced), then waiting for
+    // the device without waiting in place: the loop goes on to Extension.
+    state = d.step(state);
+    assert_eq!(state.name(), "Extension");
+    assert_eq!(fetches(&v), before + 1);
+    assert!(!assigned(&v));
+    std::fs::create_dir_all(v.path("sys/class/infiniband/mlx5_ib0")).unwrap();
+    for _ in 0..4 {
+        state = d.step(state);
+    }
+    assert!(assigned(&v), "{:#?}", v.runner.lines());
+    // Settled: later periods fetch nothing more for it and run nothing.
+    let commands = v.runner.lines().len();
+    for _ in 0..10 {
+        state = d.step(state);
+    }
+    assert_eq!(fetches(&v), before + 1);
+    let later: Vec<String> = v.runner.lines()[commands..]
+        .iter()
+        .filter(|l| l.starts_with("ip "))
+        .cloned()
+        .collect();
+    assert!(later.is_empty(), "{later:?}");
+
+    // The device never comes: after waagent's 120 s the set-up gives up,
+    // and a device appearing later changes nothing.
+    let v = rdma_vm();
+    let mut d = v.daemon();
+    let (_, mut state) = step_until(&mut d, State::Boot, "Steady", 10);
+    let start = v.clock.elapsed();
+    while v.clock.elapsed() < start + Duration::from_secs(180) {
+        state = d.step(state);
+    }
+    std::fs::create_dir_all(v.path("sys/class/infiniband/mlx5_ib0")).unwrap();
+    for _ in 0..10 {
+        state = d.step(state);
+    }
+    assert!(!assigned(&v));
+}
