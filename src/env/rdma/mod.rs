@@ -32,39 +32,9 @@
 //! 10-minute timeout) in the first poll; it happens with `OS.CheckRdmaDriver`
 //! on a Network Direct host only.
 //!
-//! # Wiring (for the daemon)
-//!
-//! ```ignore
-//! use waagent::env::rdma::{RdmaAddress, RdmaProgress, RdmaSetup};
-//!
-//! // Once, after provisioning, with the newest SharedConfig (waagent
-//! // fetches it again at this point: RDMA changes need not bump the
-//! // incarnation).
-//! let address = RdmaAddress::from_shared_config(&shared_config).unwrap_or_else(|e| {
-//!     log::error!("RDMA: {e}");
-//!     None
-//! });
-//! let mut rdma = RdmaSetup::new(&config, address.as_ref());
-//!
-//! // Every few seconds in the steady state, until the answer is final, with
-//! // the time from the daemon's clock (virtual in tests):
-//! match rdma.poll(os, clock.now()) {
-//!     RdmaProgress::NotRequested => {}                     // final, nothing to log
-//!     RdmaProgress::Waiting(why) => log::debug!("RDMA: {why}"), // poll again later
-//!     RdmaProgress::Done(report) => {
-//!         log::info!("RDMA: {report}");
-//!         for w in &report.warnings {
-//!             log::warn!("RDMA: {w}");
-//!         }
-//!     }
-//!     RdmaProgress::Failed(e) => {
-//!         log::error!("RDMA: {e}");
-//!         for w in &rdma.report().warnings {
-//!             log::warn!("RDMA: {w}");
-//!         }
-//!     }
-//! }
-//! ```
+//! The daemon (`Daemon::set_up_rdma`) makes one [`RdmaSetup`] from a freshly
+//! fetched SharedConfig once it reaches the steady state, and polls it every
+//! goal-state period with the time from its clock until the answer is final.
 //!
 //! Once final, `poll` returns the same answer again and touches nothing, so
 //! calling it once too often is harmless; [`RdmaProgress::is_final`] says when
