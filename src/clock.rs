@@ -2,7 +2,7 @@
 //!
 //! Every wait of the daemon — Connect's back-off, the goal-state period, the
 //! monitors' periods, the client's retries — goes through a [`Clock`], so the
-//! state machine can be driven by a [`VirtualClock`] in tests: time moves only
+//! state machine can be driven by a `VirtualClock` in tests: time moves only
 //! when the daemon waits, and hours of back-off pass in microseconds.
 //!
 //! A wait ends early when the process is asked to stop (SIGTERM/SIGINT set

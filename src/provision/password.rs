@@ -81,7 +81,7 @@ pub fn verify(password: &str, hash: &str) -> bool {
     constant_time_eq(self::hash(password, id, salt).as_bytes(), hash.as_bytes())
 }
 
-/// `len` random characters from `[A-Za-z0-9]` (see [`SALT_ALPHABET`] for
+/// `len` random characters from `[A-Za-z0-9]` (see `SALT_ALPHABET` for
 /// why not crypt's full `[./0-9A-Za-z]`), `len` clamped to 1..=16, the most
 /// SHA-crypt uses (waagent's `Provisioning.PasswordCryptSaltLength` default
 /// is 10).
