@@ -199,9 +199,10 @@ size: build
 		echo "start-up: not measured (needs hyperfine or date +%N)"; \
 	fi
 
-# Benchmarks arrive with the fabric simulator; until then, report the size.
+# Size, start-up, and (as root) provisioning time, memory and steady-state
+# CPU in sandboxed VMs against fabric-sim: see scripts/bench.
 bench:
-	$(MAKE) size
+	./scripts/bench
 
 # The README's first command: the agent's main job, in a throwaway root.
 demo:
