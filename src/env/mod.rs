@@ -5,6 +5,7 @@
 //! and carries on: a VM without these still provisions.
 
 pub mod console;
+pub mod firewall;
 pub mod kernel;
 pub mod network;
 pub mod rdma;
