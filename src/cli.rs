@@ -8,6 +8,7 @@
 //! `-daemon`.
 
 use std::fmt;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use getopts::Options;
@@ -26,6 +27,8 @@ pub enum Command {
     ShowConfiguration,
     SerialConsole,
     CollectLogs,
+    /// `-setup-firewall=IP`: the WireServer firewall rules, once (at boot).
+    SetupFirewall,
 }
 
 impl Command {
@@ -43,6 +46,7 @@ impl Command {
             Command::ShowConfiguration => "-show-configuration",
             Command::SerialConsole => "-serialconsole",
             Command::CollectLogs => "-collect-logs",
+            Command::SetupFirewall => "-setup-firewall",
         }
     }
 }
@@ -100,6 +104,11 @@ const COMMANDS: &[(&str, Command, &str)] = &[
         Command::CollectLogs,
         "collect the agent's logs into an archive (not implemented yet)",
     ),
+    (
+        SETUP_FIREWALL,
+        Command::SetupFirewall,
+        "set the WireServer firewall rules for IP and exit (run at boot)",
+    ),
 ];
 
 /// Flags that modify a command.
@@ -117,6 +126,9 @@ const MODIFIERS: &[(&str, &str)] = &[
 ];
 
 const CONFIG_PATH: &str = "configuration-path";
+/// The one command word that takes a value, as waagent's
+/// `-setup-firewall=<IP>` (the WireServer address).
+const SETUP_FIREWALL: &str = "setup-firewall";
 
 /// A parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +140,8 @@ pub struct Invocation {
     pub full: bool,
     /// `-configuration-path:FILE`.
     pub configuration_path: Option<PathBuf>,
+    /// `-setup-firewall=IP`.
+    pub firewall_endpoint: Option<Ipv4Addr>,
 }
 
 /// A command line we cannot make sense of: the caller prints it with the
@@ -146,7 +160,11 @@ impl std::error::Error for UsageError {}
 fn options() -> Options {
     let mut o = Options::new();
     for (word, _, help) in COMMANDS {
-        o.optflagmulti("", word, help);
+        if *word == SETUP_FIREWALL {
+            o.optmulti("", word, help, "IP");
+        } else {
+            o.optflagmulti("", word, help);
+        }
     }
     for (word, help) in MODIFIERS {
         o.optflagmulti("", word, help);
@@ -165,7 +183,7 @@ pub fn usage_line(argv0: &str) -> String {
     format!(
         "usage: {argv0} [-verbose] [-force] [-help] [-configuration-path:FILE] \
          -deprovision[+user]|-register-service|-version|-daemon|-start|-run-exthandlers\
-         |-show-configuration|-serialconsole|-collect-logs [-full]"
+         |-show-configuration|-serialconsole|-collect-logs [-full]|-setup-firewall=IP"
     )
 }
 
@@ -174,7 +192,11 @@ pub fn help(argv0: &str) -> String {
     let mut s = usage_line(argv0);
     s.push_str("\n\nCommands:\n");
     for (word, _, help) in COMMANDS {
-        s.push_str(&format!("  -{word:<24}{help}\n"));
+        let shown = match *word {
+            SETUP_FIREWALL => format!("{word}=IP"),
+            w => w.to_string(),
+        };
+        s.push_str(&format!("  -{shown:<24}{help}\n"));
     }
     s.push_str("\nOptions:\n");
     for (word, help) in MODIFIERS {
@@ -214,8 +236,14 @@ fn normalise(args: &[String]) -> Result<Vec<String>, UsageError> {
         let known = COMMANDS.iter().any(|(w, _, _)| *w == name)
             || MODIFIERS.iter().any(|(w, _)| *w == name)
             || name == CONFIG_PATH;
-        if !known || (value.is_some() && name != CONFIG_PATH) {
+        let takes_value = name == CONFIG_PATH || name == SETUP_FIREWALL;
+        if !known || (value.is_some() && !takes_value) {
             return Err(UsageError(format!("unknown argument {a:?}")));
+        }
+        if name == SETUP_FIREWALL && value.is_none() {
+            return Err(UsageError(
+                "-setup-firewall needs the WireServer address: -setup-firewall=IP".into(),
+            ));
         }
         match value {
             Some(v) => out.push(format!("--{name}={v}")),
@@ -249,6 +277,14 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
         }
         p => p.map(PathBuf::from),
     };
+    let firewall_endpoint = match m.opt_strs(SETUP_FIREWALL).last() {
+        Some(ip) => Some(ip.parse::<Ipv4Addr>().map_err(|_| {
+            UsageError(format!(
+                "-setup-firewall={ip}: not an IPv4 address (the WireServer's, e.g. 168.63.129.16)"
+            ))
+        })?),
+        None => None,
+    };
     Ok(Invocation {
         command,
         force: m.opt_present("force"),
@@ -256,6 +292,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
         debug: m.opt_present("debug"),
         full: m.opt_present("full"),
         configuration_path,
+        firewall_endpoint,
     })
 }
 
@@ -274,6 +311,10 @@ mod tests {
     #[test]
     fn every_command_in_every_spelling() {
         for (word, command, _) in COMMANDS {
+            let word = match *word {
+                SETUP_FIREWALL => "setup-firewall=168.63.129.16",
+                w => w,
+            };
             for spelling in [format!("-{word}"), format!("--{word}"), format!("/{word}")] {
                 assert_eq!(cmd(&[&spelling]), *command, "{spelling}");
             }
@@ -295,7 +336,8 @@ mod tests {
                 verbose: true,
                 debug: false,
                 full: false,
-                configuration_path: None
+                configuration_path: None,
+                firewall_endpoint: None,
             }
         );
         let i = p(&["/run-exthandlers", "-debug"]).unwrap();
@@ -333,6 +375,44 @@ mod tests {
     }
 
     #[test]
+    fn setup_firewall_takes_the_wire_server_address() {
+        for spelling in [
+            "-setup-firewall=168.63.129.16",
+            "--setup-firewall=168.63.129.16",
+            "/setup-firewall:168.63.129.16",
+        ] {
+            let i = p(&[spelling]).unwrap();
+            assert_eq!(i.command, Command::SetupFirewall, "{spelling}");
+            assert_eq!(
+                i.firewall_endpoint,
+                Some(Ipv4Addr::new(168, 63, 129, 16)),
+                "{spelling}"
+            );
+        }
+        for (args, msg) in [
+            (
+                &["-setup-firewall"][..],
+                "-setup-firewall needs the WireServer address: -setup-firewall=IP",
+            ),
+            (
+                &["-setup-firewall", "168.63.129.16"],
+                "-setup-firewall needs the WireServer address: -setup-firewall=IP",
+            ),
+            (
+                &["-setup-firewall=168.63.129"],
+                "-setup-firewall=168.63.129: not an IPv4 address (the WireServer's, e.g. 168.63.129.16)",
+            ),
+            (
+                &["-setup-firewall=-w"],
+                "-setup-firewall=-w: not an IPv4 address (the WireServer's, e.g. 168.63.129.16)",
+            ),
+        ] {
+            assert_eq!(p(args).unwrap_err().to_string(), msg, "{args:?}");
+        }
+        assert!(help("waagent").contains("  -setup-firewall=IP "));
+    }
+
+    #[test]
     fn last_command_wins() {
         assert_eq!(cmd(&["-version", "-daemon"]), Command::Daemon);
         assert_eq!(cmd(&["-daemon", "-version"]), Command::Version);
@@ -360,7 +440,10 @@ mod tests {
     fn help_lists_every_flag() {
         let h = help("waagent");
         for (word, _, _) in COMMANDS {
-            assert!(h.contains(&format!("  -{word} ")), "{word}");
+            assert!(
+                h.contains(&format!("  -{word} ")) || h.contains(&format!("  -{word}=")),
+                "{word}"
+            );
         }
         for (word, _) in MODIFIERS {
             assert!(h.contains(&format!("  -{word} ")), "{word}");

@@ -1,6 +1,7 @@
 //! What each command-line command does, and the exit codes: 0 success,
 //! 1 failure (including "not implemented yet"), 2 usage error.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use crate::cli::{self, Command, Invocation};
@@ -47,6 +48,12 @@ pub fn main(args: &[String]) -> i32 {
     let config_path = config_path(&inv, root);
     let (config, warnings) = match Config::load(&config_path) {
         Ok(c) => c,
+        Err(e) if inv.command == Command::SetupFirewall => {
+            // The boot unit runs it without -configuration-path; the rules
+            // take nothing from the file, and at boot they matter more.
+            eprintln!("{argv0}: warning: {e}; using the default settings");
+            (Config::default(), Vec::new())
+        }
         Err(e) => {
             eprintln!("{argv0}: {e}");
             return EXIT_FAILURE;
@@ -82,6 +89,15 @@ pub fn main(args: &[String]) -> i32 {
         Command::Deprovision => deprovision(config, false, inv.force),
         Command::DeprovisionUser => deprovision(config, true, inv.force),
         Command::RegisterService => register_service(Env::system(config)),
+        Command::SetupFirewall => match inv.firewall_endpoint {
+            Some(ip) => setup_firewall(Env::system(config), ip),
+            None => {
+                eprintln!(
+                    "{argv0}: -setup-firewall needs the WireServer address: -setup-firewall=IP"
+                );
+                EXIT_USAGE
+            }
+        },
         other => not_implemented(other),
     }
 }
@@ -257,6 +273,41 @@ fn register_service(env: Env) -> i32 {
         Err(e) => {
             log::error!("cannot register the service: {e}");
             eprintln!("waagent: cannot register the service: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// `-setup-firewall=IP`: what `waagent-network-setup.service` runs at boot,
+/// before the network is up — the WireServer firewall rules for IP, for
+/// this process's uid (root). waagent appends them unchecked; this checks
+/// first, so a second run changes nothing.
+fn setup_firewall(env: Env, ip: Ipv4Addr) -> i32 {
+    use crate::env::firewall::{Ensured, Firewall};
+    let uid = nix::unistd::getuid().as_raw();
+    log::info!("setting up the WireServer firewall rules for {ip}");
+    let result = Firewall::detect(&env, ip, uid).and_then(|fw| fw.ensure().map(|r| (r, fw)));
+    match result {
+        Ok((done, fw)) => {
+            let said = match done {
+                Ensured::AlreadySet => format!("the firewall rules for {ip} are already set"),
+                Ensured::Set => format!("set the firewall rules for {ip}"),
+                Ensured::Repaired(why) => {
+                    format!("the firewall rules for {ip} were incomplete ({why}); set them again")
+                }
+            };
+            log::info!(
+                "{said} ({} {}):\n{}",
+                fw.backend().program(),
+                fw.backend().version(),
+                fw.listing()
+            );
+            println!("waagent: {said}");
+            EXIT_OK
+        }
+        Err(e) => {
+            log::error!("cannot set the WireServer firewall rules for {ip}: {e}");
+            eprintln!("waagent: cannot set the WireServer firewall rules for {ip}: {e}");
             EXIT_FAILURE
         }
     }

@@ -40,6 +40,33 @@ fn help_in_every_spelling() {
 }
 
 #[test]
+fn setup_firewall_needs_an_ipv4_address() {
+    // Only refused invocations here: a valid one would change this
+    // machine's firewall (tests/firewall_e2e.rs runs it in the sandbox).
+    for (args, msg) in [
+        (
+            &["-setup-firewall"][..],
+            "-setup-firewall needs the WireServer address: -setup-firewall=IP",
+        ),
+        (
+            &["-setup-firewall=168.63.129.256"],
+            "-setup-firewall=168.63.129.256: not an IPv4 address (the WireServer's, e.g. 168.63.129.16)",
+        ),
+    ] {
+        let o = waagent(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr(&o).starts_with(&format!("waagent: {msg}\nusage: waagent [-verbose]")),
+            "{}",
+            stderr(&o)
+        );
+        assert!(stderr(&o).contains("|-setup-firewall=IP"), "{}", stderr(&o));
+    }
+    let help = stdout(&waagent(&["-help"]));
+    assert!(help.contains("  -setup-firewall=IP "), "{help}");
+}
+
+#[test]
 fn version_needs_no_configuration() {
     let o = waagent(&["-version", "-configuration-path:/nonexistent.conf"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
