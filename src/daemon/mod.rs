@@ -16,13 +16,14 @@
 mod journal;
 mod signals;
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ProvisioningAgent, SshHostKeyType};
-use crate::env::{kernel, network, rdma, resource_disk, scvmm};
+use crate::env::{firewall, kernel, network, rdma, resource_disk, scvmm};
 use crate::fsutil;
 use crate::os::{Cmd, Flavour, OsUtil};
 use crate::ovf::{self, OvfEnv};
@@ -309,6 +310,10 @@ struct Monitors {
     /// for it); `rdma_settled` once it is done, failed or not asked for.
     rdma: Option<rdma::RdmaSetup>,
     rdma_settled: bool,
+    /// `OS.EnableFirewall`: the rules for the WireServer address they were
+    /// first set up for (a new address gets a new set-up).
+    firewall: Option<firewall::FirewallMonitor>,
+    next_firewall: Option<Instant>,
 }
 
 /// Whether a monitor due at `next` runs at `now`; if so, it is next due a
@@ -347,6 +352,8 @@ impl Daemon {
                 next_hostname: None,
                 rdma: None,
                 rdma_settled: false,
+                firewall: None,
+                next_firewall: None,
             },
             clock: Rc::new(SystemClock),
         }
@@ -811,8 +818,17 @@ impl Daemon {
     /// when its period has passed.
     fn run_monitors(&mut self) {
         let now = self.clock.now();
-        let c = &self.config;
         let period = |secs: u64| Duration::from_secs(secs.max(1));
+        if self.config.enable_firewall
+            && due(
+                &mut self.monitors.next_firewall,
+                now,
+                period(self.config.enable_firewall_period),
+            )
+        {
+            self.check_firewall(now);
+        }
+        let c = &self.config;
         let m = &mut self.monitors;
         if due(
             &mut m.next_scsi,
@@ -858,6 +874,68 @@ impl Daemon {
             )
         {
             self.monitor_host_name();
+        }
+    }
+
+    /// `OS.EnableFirewall` (§18.6): the first set-up for the WireServer at
+    /// `host` — legacy rule out, rules in, their return at boot arranged —
+    /// once per address. Called as soon as the address is known (Connect,
+    /// before provisioning; the first monitor run after a reboot). waagent
+    /// sets them when its extension handler starts, after provisioning;
+    /// earlier closes the window in which other users could reach the
+    /// WireServer, and changes nothing else.
+    fn set_up_firewall(&mut self, host: &str) {
+        if !self.config.enable_firewall || !self.manages_environment() {
+            return;
+        }
+        let Ok(ip) = host.parse::<Ipv4Addr>() else {
+            log::warn!(
+                "OS.EnableFirewall: the WireServer address {host} is not IPv4; no rules set"
+            );
+            return;
+        };
+        if self
+            .monitors
+            .firewall
+            .as_ref()
+            .is_some_and(|f| f.ip() == ip)
+        {
+            return;
+        }
+        let exe = std::env::current_exe().ok();
+        let uid = nix::unistd::getuid().as_raw();
+        let mut fw = firewall::FirewallMonitor::new(ip, uid, exe);
+        fw.initialize(self.os.env());
+        self.monitors.firewall = Some(fw);
+    }
+
+    /// The periodic firewall check (every `OS.EnableFirewallPeriod`): puts
+    /// back rules that were removed or left incomplete.
+    fn check_firewall(&mut self, now: Instant) {
+        if !self.manages_environment() {
+            return;
+        }
+        let host = match &self.client {
+            Some(c) => c.endpoint().host.clone(),
+            None => match self.endpoint() {
+                Ok((ep, _)) => ep.host,
+                Err(e) => {
+                    log::warn!("OS.EnableFirewall: {e}");
+                    return;
+                }
+            },
+        };
+        let known = self
+            .monitors
+            .firewall
+            .as_ref()
+            .is_some_and(|f| host.parse() == Ok(f.ip()));
+        if !known {
+            self.set_up_firewall(&host);
+            return;
+        }
+        if let Some(fw) = self.monitors.firewall.as_mut() {
+            fw.check(self.os.env(), now);
         }
     }
 
@@ -1061,6 +1139,8 @@ impl Daemon {
             "WireServer at {ep} ({})",
             source.map_or("configured".into(), |s| format!("{s:?}"))
         );
+        // Before the first request, and so before provisioning.
+        self.set_up_firewall(&ep.host);
         let mut client = self.new_client(ep.clone());
         let goal = client
             .versions()

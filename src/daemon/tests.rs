@@ -892,3 +892,115 @@ fn rdma_is_set_up_from_a_fresh_shared_config_without_holding_up_the_loop() {
     }
     assert!(!assigned(&v));
 }
+
+#[test]
+fn firewall_rules_are_set_before_provisioning_and_put_back_on_their_period() {
+    let mut v = vm(Some(&full_ovf()), ProvisioningAgent::Waagent);
+    v.config.enable_firewall = true;
+    v.config.enable_firewall_period = 30;
+    // systemd is running: the boot unit is written too.
+    std::fs::create_dir_all(v.path("run/systemd/system")).unwrap();
+    std::fs::create_dir_all(v.path("lib/systemd/system")).unwrap();
+    let chain = crate::env::firewall::fake_iptables(&v.runner);
+    let ip = v.sim.endpoint().host;
+    let uid = nix::unistd::getuid().as_raw();
+    let rules = [
+        format!("-d {ip} -p tcp --destination-port 53 -j ACCEPT"),
+        format!("-d {ip} -p tcp -m owner --uid-owner {uid} -j ACCEPT"),
+        format!("-d {ip} -p tcp -m conntrack --ctstate INVALID,NEW -j DROP"),
+    ];
+    let mut d = v.daemon();
+    let (_, mut state) = step_until(&mut d, State::Boot, "Steady", 100);
+
+    // Set in Connect, once, before the first provisioning step (the listing
+    // for the log runs only when a logger takes it).
+    let lines = v.runner.lines();
+    let first = lines
+        .iter()
+        .position(|l| l.starts_with("iptables"))
+        .unwrap();
+    let want: Vec<String> = [
+        "iptables --version".to_string(),
+        format!("iptables -w -t security -C OUTPUT -d {ip} -p tcp -m conntrack --ctstate INVALID,NEW -j ACCEPT"),
+    ]
+    .into_iter()
+    .chain(rules.iter().map(|r| format!("iptables -w -t security -C OUTPUT {r}")))
+    .chain(rules.iter().map(|r| format!("iptables -w -t security -A OUTPUT {r}")))
+    .collect();
+    assert_eq!(lines[first..first + want.len()], want[..]);
+    let useradd = lines
+        .iter()
+        .position(|l| l == "useradd -m azureuser")
+        .unwrap();
+    assert!(first + want.len() < useradd, "{lines:#?}");
+    assert_eq!(*chain.borrow(), rules);
+    // … and the unit that sets them at boot, enabled.
+    let unit = v.read("lib/systemd/system/waagent-network-setup.service");
+    let exe = std::env::current_exe().unwrap();
+    assert!(
+        unit.contains(&format!(
+            "\nExecStart={} -setup-firewall={ip}\n",
+            exe.display()
+        )),
+        "{unit}"
+    );
+    assert!(lines.contains(&"systemctl enable waagent-network-setup.service".to_string()));
+    let checks = |v: &Vm| {
+        v.runner
+            .lines()
+            .iter()
+            .filter(|l| l.starts_with("iptables -w -t security -C OUTPUT"))
+            .count()
+    };
+    let setup_checks = checks(&v);
+    v.clock.take_waits();
+
+    let start = v.clock.elapsed();
+    let mut run_for = |secs: u64, state: State| -> State {
+        let mut state = state;
+        while v.clock.elapsed() < start + Duration::from_secs(secs) {
+            state = d.step(state);
+        }
+        state
+    };
+    // First poll (6 s): checked, complete, nothing changed.
+    state = run_for(6, state);
+    assert_eq!(checks(&v), setup_checks + 3);
+    assert_eq!(*chain.borrow(), rules);
+
+    // Someone deletes the DROP: not put back before the period (30 s) …
+    chain.borrow_mut().pop();
+    state = run_for(6 + 24, state);
+    assert_eq!(checks(&v), setup_checks + 3, "not due before its period");
+    assert_eq!(chain.borrow().len(), 2);
+    // … then the incomplete set is removed and set again, in order.
+    state = run_for(6 + 30, state);
+    assert_eq!(*chain.borrow(), rules);
+
+    // Everything flushed: all three back on the next period, not before.
+    chain.borrow_mut().clear();
+    state = run_for(6 + 54, state);
+    assert!(chain.borrow().is_empty());
+    run_for(6 + 60, state);
+    assert_eq!(*chain.borrow(), rules);
+    let appends = v
+        .runner
+        .lines()
+        .iter()
+        .filter(|l| l.starts_with("iptables -w -t security -A"))
+        .count();
+    assert_eq!(appends, 9, "set at Connect, repaired, set again");
+    // The goal state was polled every 6 s in between: no other waits.
+    let waits = v.waits();
+    assert!(waits.iter().all(|w| *w == 6.0), "{waits:?}");
+
+    // A reboot (the kernel forgot the rules): straight to Steady, where the
+    // first monitor run sets them up.
+    chain.borrow_mut().clear();
+    let mut d = v.daemon();
+    let (trace, state) = step_until(&mut d, State::Boot, "Steady", 10);
+    assert_eq!(trace, ["Boot"]);
+    assert!(chain.borrow().is_empty());
+    d.step(state);
+    assert_eq!(*chain.borrow(), rules);
+}
