@@ -7,6 +7,7 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
+use crate::env::firewall;
 use crate::os::{Flavour, OsUtil};
 use crate::ovf::OvfEnv;
 
@@ -88,6 +89,16 @@ pub fn plan(config: &Config, os: &dyn OsUtil, with_user: bool) -> Vec<Action> {
             .join("sshd_config.d")
             .join(crate::provision::sshd::DROP_IN),
     ));
+    if os.flavour() != Flavour::FreeBsd {
+        // The unit that puts the firewall rules back at boot (§18.6), and
+        // its enablement, so the image carries no dangling link.
+        let unit = firewall::unit_path(env);
+        actions.push(Action::Delete(unit.clone()));
+        actions.push(Action::Delete(
+            env.path("/etc/systemd/system/network.target.wants")
+                .join(firewall::NETWORK_SETUP_UNIT),
+        ));
+    }
     actions.push(Action::Delete(config.lib_dir.clone()));
     actions.push(Action::Delete(config.extension_log_dir.clone()));
     actions.push(Action::Delete(env.path("/root/.bash_history")));
@@ -263,6 +274,12 @@ mod tests {
         w("var/lib/dhcp/dhclient.eth0.leases", "lease {}");
         w("etc/resolv.conf", "nameserver 168.63.129.16");
         w("etc/sudoers.d/waagent", "azureuser ALL=(ALL) ALL\n");
+        let unit = "lib/systemd/system/waagent-network-setup.service";
+        w(unit, "[Unit]\n");
+        let wants = "etc/systemd/system/network.target.wants/waagent-network-setup.service";
+        let link = root.path().join(wants);
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(format!("/{unit}"), &link).unwrap();
         assert_eq!(provisioned_user(&c.lib_dir).as_deref(), Some("azureuser"));
         let actions = plan(&c, &*os, true);
         assert!(apply(&actions, &*os).is_empty());
@@ -274,6 +291,8 @@ mod tests {
             .join("var/lib/dhcp/dhclient.eth0.leases")
             .exists());
         assert!(!root.path().join("etc/resolv.conf").exists());
+        assert!(!root.path().join(unit).exists());
+        assert!(root.path().join(wants).symlink_metadata().is_err());
         assert_eq!(
             runner.lines(),
             [
