@@ -1,0 +1,216 @@
+//! The daemon's side of the fabric: where the WireServer is, the client,
+//! the goal state, health reports and the status blob.
+
+use crate::wire::client::{FullGoalState, WireClient};
+use crate::wire::crypto::Openssl;
+use crate::wire::docs::ExtensionsConfig;
+use crate::wire::endpoint::{self, Endpoint};
+use crate::wire::reports::Health;
+use crate::wire::status::{aggregate_status, AgentStatus};
+
+use super::*;
+
+impl Daemon {
+    /// A captured image carries the previous VM's goal state; drop it (§9.2).
+    pub(super) fn forget_previous_instance(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.lib) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stale = name.starts_with("GoalState.")
+                || name.starts_with("ExtensionsConfig.")
+                || [
+                    "Incarnation",
+                    "Protocol",
+                    endpoint::CACHE_FILE,
+                    "published_hostname",
+                    "HostingEnvironmentConfig.xml",
+                    "SharedConfig.xml",
+                    "Certificates.xml",
+                    PROVISIONED_FILE,
+                    journal::FILE,
+                ]
+                .contains(&name.as_str());
+            if stale {
+                if let Err(err) = std::fs::remove_file(e.path()) {
+                    log::warn!("cannot remove {}: {err}", e.path().display());
+                }
+            }
+        }
+    }
+
+    /// Where the fabric is: `Debug.WireServerAddress` when set (tests and
+    /// the simulator), else discovery (§3).
+    pub(super) fn endpoint(&self) -> Result<(Endpoint, Option<endpoint::Source>), String> {
+        if let Some(addr) = &self.config.debug_wireserver_address {
+            let (host, port) = addr
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+                .ok_or_else(|| format!("Debug.WireServerAddress={addr} is not host:port"))?;
+            let hostplugin_port = u16::try_from(self.config.debug_hostgaplugin_port)
+                .map_err(|_| "Debug.HostGAPluginPort is not a port".to_string())?;
+            return Ok((
+                Endpoint {
+                    host,
+                    wire_port: port,
+                    hostplugin_port,
+                },
+                None,
+            ));
+        }
+        let dhcp = self.config.endpoint_discovery.eq_ignore_ascii_case("dhcp");
+        let leases = self.os.dhcp_lease_files();
+        let (ip, source) =
+            endpoint::discover(&self.lib, &leases, dhcp, std::time::SystemTime::now());
+        Ok((Endpoint::at(ip), Some(source)))
+    }
+
+    pub(super) fn new_client(&self, ep: Endpoint) -> WireClient {
+        let openssl = Openssl::new(
+            self.config.openssl_path.clone(),
+            self.os.env().runner.clone(),
+        );
+        WireClient::new(ep, &self.lib, openssl, self.timing.client.clone())
+            .with_clock(self.clock.clone())
+    }
+
+    /// Discovery, versions and a forced goal-state fetch with certificates.
+    pub(super) fn connect(&mut self) -> Result<FullGoalState, String> {
+        let (ep, source) = self.endpoint()?;
+        log::info!(
+            "WireServer at {ep} ({})",
+            source.map_or("configured".into(), |s| format!("{s:?}"))
+        );
+        // Before the first request, and so before provisioning.
+        self.set_up_firewall(&ep.host);
+        let mut client = self.new_client(ep.clone());
+        let goal = client
+            .versions()
+            .and_then(|_| client.update_goal_state(true))
+            .map_err(|e| {
+                if source == Some(endpoint::Source::Cache) {
+                    // The cached address may be an old VNet's: rediscover next time.
+                    let _ = endpoint::clear_cache(&self.lib);
+                }
+                e.to_string()
+            })?
+            .ok_or("the WireServer sent no goal state")?;
+        if let (Some(_), Ok(ip)) = (source, ep.host.parse()) {
+            if endpoint::read_cache(&self.lib) != Some(ip) {
+                if let Err(e) = endpoint::write_cache(&self.lib, ip) {
+                    log::warn!("cannot cache the WireServer address: {e}");
+                }
+            }
+        }
+        if self.read_lib("Protocol").as_deref() != Some("WireProtocol") {
+            let _ = self.write_lib("Protocol", "WireProtocol", 0o644);
+        }
+        self.client = Some(client);
+        if source.is_some() && self.manages_environment() {
+            self.ensure_route();
+        }
+        Ok(goal)
+    }
+
+    /// Sends a health report; a failure is logged, not fatal (the client
+    /// already retried for minutes, and `provisioned` is on disk).
+    pub(super) fn report(&self, goal: &FullGoalState, health: &Health) -> bool {
+        let (Some(client), Ok(target)) = (&self.client, goal.report_target()) else {
+            log::error!("cannot report {health:?}: no goal state to report on");
+            return false;
+        };
+        match client.report_health(&target, health) {
+            Ok(()) => {
+                log::info!("reported {}", describe_health(health));
+                true
+            }
+            Err(e) => {
+                log::error!("cannot report {}: {e}", describe_health(health));
+                false
+            }
+        }
+    }
+
+    /// Steady state: look for a new incarnation, and keep what the
+    /// Extension state needs from its ExtensionsConfig.
+    pub(super) fn poll_goal_state(&mut self) {
+        if self.client.is_none() {
+            match self.connect_quietly() {
+                Ok(c) => self.client = Some(c),
+                Err(e) => {
+                    log::warn!("goal state poll: {e}");
+                    return;
+                }
+            }
+        }
+        let Some(client) = self.client.as_mut() else {
+            return;
+        };
+        match client.update_goal_state(false) {
+            Ok(Some(g)) => {
+                log::info!("new goal state: incarnation {}", g.goal_state.incarnation);
+                self.remember_extensions(g.extensions_config.as_ref());
+            }
+            Ok(None) if self.status_blob.is_none() => {
+                // A restart: the incarnation is the saved one; read its
+                // ExtensionsConfig from Lib.Dir rather than fetch it again.
+                let saved = client.saved_incarnation().and_then(|inc| {
+                    std::fs::read_to_string(self.lib.join(format!("ExtensionsConfig.{inc}.xml")))
+                        .ok()
+                });
+                if let Some(text) = saved {
+                    match ExtensionsConfig::parse(&text) {
+                        Ok(ec) => self.remember_extensions(Some(&ec)),
+                        Err(e) => log::warn!("saved {e}"),
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => log::warn!("goal state poll: {e}"),
+        }
+    }
+
+    pub(super) fn remember_extensions(&mut self, ec: Option<&ExtensionsConfig>) {
+        self.status_blob = ec.and_then(|e| e.status_upload_blob.clone());
+        self.in_svd_seq_no = ec
+            .and_then(|e| e.in_vm_goal_state_metadata.as_ref())
+            .and_then(|m| m.in_svd_seq_no);
+    }
+
+    /// The agent's status to the status blob; a failure is logged and the
+    /// next period tries again.
+    pub(super) fn upload_status(&mut self) {
+        let (Some(blob), Some(client)) = (self.status_blob.clone(), self.client.as_mut()) else {
+            return;
+        };
+        let distro = &self.os.env().distro;
+        let agent = AgentStatus {
+            os_name: distro.id.clone(),
+            os_version: distro.version.clone(),
+            computer_name: self.os.hostname().unwrap_or_default(),
+            in_svd_seq_no: self.in_svd_seq_no,
+        };
+        let body = aggregate_status(&agent, std::time::SystemTime::now());
+        match client.upload_status(&blob, body.as_bytes()) {
+            Ok(()) => log::debug!("status uploaded"),
+            Err(e) => log::warn!("cannot upload the status blob: {e}"),
+        }
+    }
+
+    /// A client for an already-provisioned VM (no forced fetch).
+    pub(super) fn connect_quietly(&self) -> Result<WireClient, String> {
+        let (ep, _) = self.endpoint()?;
+        Ok(self.new_client(ep))
+    }
+}
+
+fn describe_health(h: &Health) -> String {
+    match h {
+        Health::Ready => "Ready".into(),
+        Health::NotReady {
+            sub_status,
+            description,
+        } => format!("NotReady/{}: {description}", sub_status.as_str()),
+    }
+}

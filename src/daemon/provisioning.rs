@@ -1,0 +1,302 @@
+//! Provisioning proper (§9.1 steps 6.5–6.7): the [`Plan`] decided before
+//! anything changes, and the [`Step`]s that carry it out, each idempotent so
+//! a restarted daemon can run it again.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::{Config, SshHostKeyType};
+use crate::fsutil;
+use crate::os::{Cmd, Flavour, OsUtil};
+use crate::ovf::OvfEnv;
+use crate::provision::{custom_data, keys, password, sshd};
+use crate::wire::imds;
+
+use super::*;
+
+/// The provisioning actions, in order (§9.1 step 6.5 to 6.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    HostName,
+    User,
+    Password,
+    Sudoers,
+    SshdConfig,
+    PublicKeys,
+    KeyPairs,
+    CustomData,
+    RootPassword,
+    HostKeys,
+    RestartSshd,
+}
+
+impl Step {
+    pub const ALL: [Step; 11] = [
+        Step::HostName,
+        Step::User,
+        Step::Password,
+        Step::Sudoers,
+        Step::SshdConfig,
+        Step::PublicKeys,
+        Step::KeyPairs,
+        Step::CustomData,
+        Step::RootPassword,
+        Step::HostKeys,
+        Step::RestartSshd,
+    ];
+
+    pub(super) fn next(self) -> Option<Step> {
+        let i = Step::ALL.iter().position(|s| *s == self)?;
+        Step::ALL.get(i + 1).copied()
+    }
+
+    /// What the step does, for logs and failure descriptions.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Step::HostName => "setting the host name",
+            Step::User => "creating the user",
+            Step::Password => "setting the password",
+            Step::Sudoers => "granting sudo",
+            Step::SshdConfig => "configuring sshd",
+            Step::PublicKeys => "deploying SSH public keys",
+            Step::KeyPairs => "deploying SSH key pairs",
+            Step::CustomData => "saving custom data",
+            Step::RootPassword => "locking the root password",
+            Step::HostKeys => "regenerating SSH host keys",
+            Step::RestartSshd => "restarting sshd",
+        }
+    }
+}
+
+/// Everything provisioning will do, decided before anything is done.
+#[derive(Debug)]
+pub struct Plan {
+    pub ovf: Box<OvfEnv>,
+    /// crypt(3) hash of the password (never the password itself).
+    pub password_hash: Option<String>,
+    pub public_keys: Vec<keys::KeyFile>,
+    pub key_pairs: Vec<keys::KeyPair>,
+    /// The SSH host key fingerprint, known after [`Step::HostKeys`].
+    pub fingerprint: Option<String>,
+}
+
+impl Daemon {
+    /// Checks everything and decides every action; changes nothing on the
+    /// system (it may write `{THUMBPRINT}.pub` into Lib.Dir).
+    pub(super) fn plan(&self, ovf: Box<OvfEnv>) -> Result<Plan, String> {
+        let user = &ovf.user_name;
+        if let Some(existing) = self.os.user(user).map_err(|e| e.to_string())? {
+            let system = self.os.is_system_user(user).map_err(|e| e.to_string())?;
+            if system && !self.config.allow_reset_sys_user {
+                return Err(format!(
+                    "refusing to provision the system account {user} (uid {}); Provisioning.AllowResetSysUser=y allows it",
+                    existing.uid
+                ));
+            }
+        }
+        let imds_keys = self.imds_keys();
+        let public_keys =
+            keys::plan_public_keys(&ovf, &imds_keys, &self.lib, &self.config.home_dir)?;
+        let key_pairs = keys::plan_key_pairs(&ovf, &self.lib, &self.config.home_dir)?;
+        let password_hash = ovf.user_password.as_ref().map(|p| {
+            let salt = password::random_salt(self.config.password_crypt_salt_length as usize);
+            password::hash(p.expose(), self.config.password_crypt_id, &salt)
+        });
+        Ok(Plan {
+            ovf,
+            password_hash,
+            public_keys,
+            key_pairs,
+            fingerprint: None,
+        })
+    }
+
+    pub(super) fn begin_journal(&mut self, plan: &Plan) -> Result<(), String> {
+        let what = format!("{}@{}", plan.ovf.user_name, plan.ovf.host_name);
+        match self.journal.as_mut() {
+            Some(j) => j.begin(&what),
+            None => Ok(()),
+        }
+    }
+
+    /// IMDS `compute.publicKeys`; a VM without IMDS simply has none.
+    pub(super) fn imds_keys(&self) -> Vec<imds::ImdsPublicKey> {
+        for attempt in 1..=self.timing.imds_tries.max(1) {
+            match imds::public_keys(&self.imds_base, self.timing.imds_timeout_secs) {
+                Ok(k) => return k,
+                Err(e) if attempt == self.timing.imds_tries => {
+                    log::warn!("no SSH keys from IMDS: {e}")
+                }
+                Err(_) => {
+                    if !self.clock.sleep(Duration::from_millis(500)) {
+                        break;
+                    }
+                }
+            }
+        }
+        Vec::new()
+    }
+
+    /// One provisioning action (§9.1 step 6.5 to 6.7). Each is idempotent:
+    /// it checks before it acts, so a restart can run it again.
+    pub(super) fn provision_step(&self, step: Step, plan: &mut Plan) -> Result<(), String> {
+        let os = &*self.os;
+        let c = &self.config;
+        let ovf = &plan.ovf;
+        let user = ovf.user_name.as_str();
+        let entry = || -> Result<crate::os::PasswdEntry, String> {
+            os.user(user)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("user {user} does not exist"))
+        };
+        match step {
+            Step::HostName => {
+                let name = ovf.host_name.as_str();
+                os.set_hostname(name).map_err(|e| e.to_string())?;
+                match os.primary_interface() {
+                    Some(iface) => {
+                        if let Err(e) = os
+                            .set_dhcp_hostname(name, &iface)
+                            .and_then(|_| os.publish_hostname(&iface))
+                        {
+                            log::warn!("cannot publish the host name on {iface}: {e}");
+                        }
+                    }
+                    None => {
+                        log::warn!("no default route: the host name is not published through DHCP")
+                    }
+                }
+                self.write_lib("published_hostname", name, 0o644)
+            }
+            Step::User => {
+                if os.user(user).map_err(|e| e.to_string())?.is_none() {
+                    os.create_user(user, None).map_err(|e| e.to_string())?;
+                }
+                entry().map(drop)
+            }
+            Step::Password => match &plan.password_hash {
+                Some(hash) => os.set_password_hash(user, hash).map_err(|e| e.to_string()),
+                None => Ok(()),
+            },
+            Step::Sudoers => os
+                .add_sudoer(user, plan.password_hash.is_none())
+                .map_err(|e| e.to_string()),
+            Step::SshdConfig => {
+                if os.flavour() == Flavour::CoreOs {
+                    // /etc/ssh is read-only there; CoreOS ships the settings.
+                    return Ok(());
+                }
+                let path = &c.sshd_config_path;
+                let Ok(text) = std::fs::read_to_string(path) else {
+                    log::warn!(
+                        "{} not found: is openssh-server installed? sshd not configured",
+                        path.display()
+                    );
+                    return Ok(());
+                };
+                let settings =
+                    sshd::settings_for(ovf.disable_ssh_password_auth, c.ssh_client_alive_interval);
+                let pairs: Vec<(&str, &str)> =
+                    settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let new = sshd::apply(&text, &pairs);
+                if new != text {
+                    let mode = std::os::unix::fs::PermissionsExt::mode(
+                        &std::fs::metadata(path)
+                            .map_err(|e| e.to_string())?
+                            .permissions(),
+                    ) & 0o7777;
+                    fsutil::write_atomic(path, new.as_bytes(), mode)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                }
+                // Included drop-ins are read first and would win: ours sorts
+                // before them.
+                // (An absolute Include is a system path: under the OS root.)
+                let drop_ins = sshd::drop_in_dir(&new, Path::new(""))
+                    .map(|d| match d.is_absolute() {
+                        true => os.env().path(&d.to_string_lossy()),
+                        false => c.ssh_dir.join(d),
+                    })
+                    .filter(|d| d.is_dir());
+                if let Some(dir) = drop_ins {
+                    let file = dir.join(sshd::DROP_IN);
+                    let text = sshd::drop_in(&pairs);
+                    if std::fs::read_to_string(&file).ok().as_deref() != Some(text.as_str()) {
+                        fsutil::write_atomic(&file, text.as_bytes(), 0o644)
+                            .map_err(|e| format!("{}: {e}", file.display()))?;
+                    }
+                }
+                Ok(())
+            }
+            Step::PublicKeys => {
+                let u = entry()?;
+                plan.public_keys
+                    .iter()
+                    .try_for_each(|f| keys::install_public_keys(f, &u))
+            }
+            Step::KeyPairs => {
+                let u = entry()?;
+                plan.key_pairs
+                    .iter()
+                    .try_for_each(|kp| keys::install_key_pair(kp, &self.lib, &u))
+            }
+            Step::CustomData => {
+                let Some(data) = &ovf.custom_data else {
+                    return Ok(());
+                };
+                let decode = c.decode_custom_data || c.execute_custom_data;
+                let path = custom_data::save(&self.lib, data, decode)?;
+                if c.execute_custom_data {
+                    if let Err(e) = custom_data::execute(&*os.env().runner, &path) {
+                        log::warn!("custom data: {e}");
+                    }
+                }
+                Ok(())
+            }
+            Step::RootPassword => match c.delete_root_password {
+                true => os.lock_root_password().map_err(|e| e.to_string()),
+                false => Ok(()),
+            },
+            Step::HostKeys => {
+                if c.regenerate_ssh_host_key_pair {
+                    os.regenerate_ssh_host_key(c.ssh_host_key_pair_type)
+                        .map_err(|e| e.to_string())?;
+                }
+                plan.fingerprint = Some(host_key_fingerprint(os, c)?);
+                Ok(())
+            }
+            Step::RestartSshd => {
+                if let Err(e) = os.restart_sshd() {
+                    log::warn!("cannot restart sshd: {e}");
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The host key fingerprint the fabric gets (§6.9): field 2 of
+/// `ssh-keygen -lf` with the colons removed (`SHA256…` with OpenSSH ≥ 6.8).
+pub fn host_key_fingerprint(os: &dyn OsUtil, config: &Config) -> Result<String, String> {
+    let kind = match config.ssh_host_key_pair_type {
+        SshHostKeyType::Auto => "rsa".to_string(),
+        k => crate::config::OptionValue::show(&k),
+    };
+    let path: PathBuf = config.ssh_dir.join(format!("ssh_host_{kind}_key.pub"));
+    if !Path::new(&path).exists() {
+        return Err(format!("{} does not exist", path.display()));
+    }
+    let out = os
+        .env()
+        .runner
+        .run_ok(
+            &Cmd::new("ssh-keygen")
+                .arg("-lf")
+                .arg(path.to_string_lossy()),
+        )
+        .map_err(|e| e.to_string())?;
+    out.stdout
+        .split_whitespace()
+        .nth(1)
+        .map(|f| f.replace(':', ""))
+        .ok_or_else(|| format!("ssh-keygen printed no fingerprint for {}", path.display()))
+}
