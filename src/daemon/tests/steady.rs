@@ -1,0 +1,355 @@
+//! The steady state on the virtual clock: monitors on their periods, goal
+//! state polls, SIGTERM, RDMA and the firewall.
+
+use super::*;
+
+#[test]
+fn boot_prepares_the_environment_and_steady_state_runs_each_monitor_on_its_period() {
+    let mut v = vm(Some(&full_ovf()), ProvisioningAgent::Waagent);
+    // RedHat moves the persistent-net rules (Debian's are left alone).
+    v.flavour = Flavour::RedHat;
+    v.config.root_device_scsi_timeout = Some(300);
+    v.config.monitor_dhcp_client_restart_period = 60;
+    let timeout = "sys/block/sda/device/timeout";
+    let rule = "etc/udev/rules.d/70-persistent-net.rules";
+    let generator = "lib/udev/rules.d/75-persistent-net-generator.rules";
+    write(&v.path(timeout), "30\n");
+    write(&v.path(rule), "SUBSYSTEM==\"net\", NAME=\"eth0\"\n");
+    write(&v.path(generator), "# generator\n");
+    // A default route via 10.0.0.1 and none to the WireServer.
+    write(
+        &v.path("proc/net/route"),
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+         eth0\t00000000\t0100000A\t0003\t0\t0\t100\t00000000\t0\t0\t0\n",
+    );
+    for pid in ["100\n", "100\n", "200\n"] {
+        v.runner.push("pidof", Output::ok(pid));
+    }
+    // Boot: the Hyper-V seed goes to /dev/random, and an old kernel gets
+    // numa=off for its next boot.
+    write(&v.path("sys/firmware/acpi/tables/OEM0"), "OEM0-seed");
+    write(&v.path("dev/random"), "");
+    write(
+        &v.path("proc/sys/kernel/osrelease"),
+        "2.6.32-71.el6.x86_64\n",
+    );
+    write(
+        &v.path("boot/grub/menu.lst"),
+        "\tkernel /vmlinuz ro quiet\n",
+    );
+    let mut d = v.daemon();
+    let (_, mut state) = step_until(&mut d, State::Boot, "Steady", 100);
+    assert_eq!(v.read("dev/random"), "OEM0-seed");
+    assert_eq!(
+        v.read("boot/grub/menu.lst"),
+        "\tkernel /vmlinuz ro quiet numa=off\n"
+    );
+    v.clock.take_waits();
+
+    // Steps the steady state until `secs` of virtual time have passed since
+    // the first poll; what the monitors changed is then visible.
+    let start = v.clock.elapsed();
+    let mut run_for = |secs: u64, state: State| -> State {
+        let mut state = state;
+        while v.clock.elapsed() < start + Duration::from_secs(secs) {
+            state = d.step(state);
+        }
+        state
+    };
+
+    // First poll (6 s): every monitor runs at its first chance.
+    state = run_for(6, state);
+    assert_eq!(v.read(timeout), "300");
+    let lib = "var/lib/waagent/";
+    assert!(!v.path(rule).exists() && !v.path(generator).exists());
+    assert_eq!(
+        v.read(&format!("{lib}70-persistent-net.rules")),
+        "SUBSYSTEM==\"net\", NAME=\"eth0\"\n"
+    );
+    assert_eq!(
+        v.read(&format!("{lib}75-persistent-net-generator.rules")),
+        "# generator\n"
+    );
+
+    // udev resets the timeout and regenerates the rule: both are undone on
+    // the first poll 30 s (their periods) after the last run, not before.
+    write(&v.path(timeout), "30\n");
+    write(&v.path(rule), "SUBSYSTEM==\"net\", NAME=\"eth1\"\n");
+    state = run_for(6 + 24, state);
+    assert_eq!(v.read(timeout), "30\n", "not due before its period");
+    assert!(v.path(rule).exists());
+    state = run_for(6 + 30, state);
+    assert_eq!(v.read(timeout), "300");
+    assert!(!v.path(rule).exists());
+    assert_eq!(
+        v.read(&format!("{lib}70-persistent-net.rules")),
+        "SUBSYSTEM==\"net\", NAME=\"eth1\"\n"
+    );
+
+    // The DHCP client (period 60 s) restarted between its second and third
+    // look: the route to the WireServer is added back through the gateway.
+    let route = format!("ip route add {}/32 via 10.0.0.1", v.sim.endpoint().host);
+    let looks = |v: &Vm| {
+        v.runner
+            .lines()
+            .iter()
+            .filter(|l| *l == "pidof dhclient")
+            .count()
+    };
+    state = run_for(6 + 60, state);
+    assert_eq!(looks(&v), 2);
+    assert!(!v.runner.lines().contains(&route));
+    run_for(6 + 120, state);
+    assert_eq!(looks(&v), 3);
+    assert!(v.runner.lines().contains(&route), "{:#?}", v.runner.lines());
+
+    // Between the monitors, the goal state is polled every 6 s: nothing
+    // but those waits passed on the clock.
+    let waits = v.waits();
+    assert!(waits.iter().all(|w| *w == 6.0), "{waits:?}");
+    assert_eq!(waits.len(), 126 / 6);
+}
+
+#[test]
+fn sigterm_stops_the_steady_state_and_connect_at_once() {
+    let v = vm(None, ProvisioningAgent::Disabled);
+    let mut d = v.daemon();
+    v.run_until(&mut d, "Steady");
+    let (_, state) = step_until(&mut d, State::Boot, "Steady", 10);
+    let stop = v.clock.elapsed() + Duration::from_secs(3);
+    v.clock.stop_at(stop);
+    assert!(matches!(d.step(state), State::Stopped(0)));
+    assert_eq!(v.clock.elapsed(), stop, "the 6 s wait ended at the stop");
+
+    // The fabric down: a stop during Connect's back-off stops the daemon.
+    let v = vm(None, ProvisioningAgent::Disabled);
+    v.sim.inject("comp=versions", vec![Fault::Reset; 100]);
+    v.clock.stop_at(Duration::from_secs(100));
+    let mut d = v.daemon();
+    let (trace, _) = step_until(&mut d, State::Boot, "Stopped", 20);
+    assert_eq!(trace, ["Boot", "Connect", "Connect", "Connect"]);
+    assert_eq!(v.clock.elapsed(), Duration::from_secs(100));
+    assert!(health(&v.sim).is_empty());
+}
+
+#[test]
+fn polls_at_the_initial_period_until_a_goal_state_is_handled() {
+    let mut v = vm(None, ProvisioningAgent::Disabled);
+    v.config.initial_goal_state_period = 2;
+    v.config.goal_state_period = 10;
+    let mut d = v.daemon();
+    let (trace, state) = step_until(&mut d, State::Boot, "Steady", 10);
+    assert_eq!(trace.last().map(String::as_str), Some("ReportReady"));
+    v.clock.take_waits();
+    let mut state = state;
+    let mut names = Vec::new();
+    for _ in 0..6 {
+        state = d.step(state);
+        names.push(state.name());
+    }
+    assert_eq!(
+        names,
+        [
+            "Extension",
+            "Steady",
+            "Extension",
+            "Steady",
+            "Extension",
+            "Steady"
+        ]
+    );
+    assert_eq!(v.waits(), [2.0, 10.0, 10.0]);
+    assert_eq!(v.sim.status_uploads().len(), 3);
+
+    // Extensions.Enabled=n: the goal state every five minutes.
+    let mut v = vm(None, ProvisioningAgent::Disabled);
+    v.config.extensions_enabled = false;
+    let mut d = v.daemon();
+    let (_, state) = step_until(&mut d, State::Boot, "Steady", 10);
+    v.clock.take_waits();
+    let mut state = state;
+    for _ in 0..4 {
+        state = d.step(state);
+    }
+    assert_eq!(v.waits(), [300.0, 300.0]);
+}
+
+#[test]
+fn rdma_is_set_up_from_a_fresh_shared_config_without_holding_up_the_loop() {
+    let rdma_vm = || {
+        let mut v = vm(None, ProvisioningAgent::Disabled);
+        v.config.enable_rdma = true;
+        let shared = Path::new(MANIFEST).join("test-data/wire/shared_config_rdma.xml");
+        v.sim
+            .override_document("sharedConfig", &std::fs::read_to_string(shared).unwrap());
+        // An SR-IOV host (no Network Direct version in a KVP pool) whose
+        // IP-over-IB interface is there before its InfiniBand device.
+        write(&v.path("sys/class/net/eth0/address"), "00:0d:3a:11:22:33\n");
+        write(
+            &v.path("sys/class/net/ib0/address"),
+            "00:00:10:29:fe:80:00:00:00:00:00:00:00:15:5d:33:ff:1d:00:00\n",
+        );
+        v
+    };
+    let fetches = |v: &Vm| v.sim.requests_to("sharedConfig").len();
+    let assigned = |v: &Vm| {
+        v.runner
+            .lines()
+            .contains(&"ip addr add 172.16.1.4/16 dev ib0".to_string())
+    };
+
+    let v = rdma_vm();
+    let mut d = v.daemon();
+    let (_, mut state) = step_until(&mut d, State::Boot, "Steady", 10);
+    let before = fetches(&v);
+    // First period: SharedConfig fetched again (forced), then waiting for
+    // the device without waiting in place: the loop goes on to Extension.
+    state = d.step(state);
+    assert_eq!(state.name(), "Extension");
+    assert_eq!(fetches(&v), before + 1);
+    assert!(!assigned(&v));
+    std::fs::create_dir_all(v.path("sys/class/infiniband/mlx5_ib0")).unwrap();
+    for _ in 0..4 {
+        state = d.step(state);
+    }
+    assert!(assigned(&v), "{:#?}", v.runner.lines());
+    // Settled: later periods fetch nothing more for it and run nothing.
+    let commands = v.runner.lines().len();
+    for _ in 0..10 {
+        state = d.step(state);
+    }
+    assert_eq!(fetches(&v), before + 1);
+    let later: Vec<String> = v.runner.lines()[commands..]
+        .iter()
+        .filter(|l| l.starts_with("ip "))
+        .cloned()
+        .collect();
+    assert!(later.is_empty(), "{later:?}");
+
+    // The device never comes: after waagent's 120 s the set-up gives up,
+    // and a device appearing later changes nothing.
+    let v = rdma_vm();
+    let mut d = v.daemon();
+    let (_, mut state) = step_until(&mut d, State::Boot, "Steady", 10);
+    let start = v.clock.elapsed();
+    while v.clock.elapsed() < start + Duration::from_secs(180) {
+        state = d.step(state);
+    }
+    std::fs::create_dir_all(v.path("sys/class/infiniband/mlx5_ib0")).unwrap();
+    for _ in 0..10 {
+        state = d.step(state);
+    }
+    assert!(!assigned(&v));
+}
+
+#[test]
+fn firewall_rules_are_set_before_provisioning_and_put_back_on_their_period() {
+    let mut v = vm(Some(&full_ovf()), ProvisioningAgent::Waagent);
+    v.config.enable_firewall = true;
+    v.config.enable_firewall_period = 30;
+    // systemd is running: the boot unit is written too.
+    std::fs::create_dir_all(v.path("run/systemd/system")).unwrap();
+    std::fs::create_dir_all(v.path("lib/systemd/system")).unwrap();
+    let chain = crate::env::firewall::fake_iptables(&v.runner);
+    let ip = v.sim.endpoint().host;
+    let uid = nix::unistd::getuid().as_raw();
+    let rules = [
+        format!("-d {ip} -p tcp --destination-port 53 -j ACCEPT"),
+        format!("-d {ip} -p tcp -m owner --uid-owner {uid} -j ACCEPT"),
+        format!("-d {ip} -p tcp -m conntrack --ctstate INVALID,NEW -j DROP"),
+    ];
+    let mut d = v.daemon();
+    let (_, mut state) = step_until(&mut d, State::Boot, "Steady", 100);
+
+    // Set in Connect, once, before the first provisioning step (the listing
+    // for the log runs only when a logger takes it).
+    let lines = v.runner.lines();
+    let first = lines
+        .iter()
+        .position(|l| l.starts_with("iptables"))
+        .unwrap();
+    let want: Vec<String> = [
+        "iptables --version".to_string(),
+        format!("iptables -w -t security -C OUTPUT -d {ip} -p tcp -m conntrack --ctstate INVALID,NEW -j ACCEPT"),
+    ]
+    .into_iter()
+    .chain(rules.iter().map(|r| format!("iptables -w -t security -C OUTPUT {r}")))
+    .chain(rules.iter().map(|r| format!("iptables -w -t security -A OUTPUT {r}")))
+    .collect();
+    assert_eq!(lines[first..first + want.len()], want[..]);
+    let useradd = lines
+        .iter()
+        .position(|l| l == "useradd -m azureuser")
+        .unwrap();
+    assert!(first + want.len() < useradd, "{lines:#?}");
+    assert_eq!(*chain.borrow(), rules);
+    // … and the unit that sets them at boot, enabled.
+    let unit = v.read("lib/systemd/system/waagent-network-setup.service");
+    let exe = std::env::current_exe().unwrap();
+    assert!(
+        unit.contains(&format!(
+            "\nExecStart={} -setup-firewall={ip}\n",
+            exe.display()
+        )),
+        "{unit}"
+    );
+    assert!(lines.contains(&"systemctl enable waagent-network-setup.service".to_string()));
+    let checks = |v: &Vm| {
+        v.runner
+            .lines()
+            .iter()
+            .filter(|l| l.starts_with("iptables -w -t security -C OUTPUT"))
+            .count()
+    };
+    let setup_checks = checks(&v);
+    v.clock.take_waits();
+
+    let start = v.clock.elapsed();
+    let mut run_for = |secs: u64, state: State| -> State {
+        let mut state = state;
+        while v.clock.elapsed() < start + Duration::from_secs(secs) {
+            state = d.step(state);
+        }
+        state
+    };
+    // First poll (6 s): checked, complete, nothing changed.
+    state = run_for(6, state);
+    assert_eq!(checks(&v), setup_checks + 3);
+    assert_eq!(*chain.borrow(), rules);
+
+    // Someone deletes the DROP: not put back before the period (30 s) …
+    chain.borrow_mut().pop();
+    state = run_for(6 + 24, state);
+    assert_eq!(checks(&v), setup_checks + 3, "not due before its period");
+    assert_eq!(chain.borrow().len(), 2);
+    // … then the incomplete set is removed and set again, in order.
+    state = run_for(6 + 30, state);
+    assert_eq!(*chain.borrow(), rules);
+
+    // Everything flushed: all three back on the next period, not before.
+    chain.borrow_mut().clear();
+    state = run_for(6 + 54, state);
+    assert!(chain.borrow().is_empty());
+    run_for(6 + 60, state);
+    assert_eq!(*chain.borrow(), rules);
+    let appends = v
+        .runner
+        .lines()
+        .iter()
+        .filter(|l| l.starts_with("iptables -w -t security -A"))
+        .count();
+    assert_eq!(appends, 9, "set at Connect, repaired, set again");
+    // The goal state was polled every 6 s in between: no other waits.
+    let waits = v.waits();
+    assert!(waits.iter().all(|w| *w == 6.0), "{waits:?}");
+
+    // A reboot (the kernel forgot the rules): straight to Steady, where the
+    // first monitor run sets them up.
+    chain.borrow_mut().clear();
+    let mut d = v.daemon();
+    let (trace, state) = step_until(&mut d, State::Boot, "Steady", 10);
+    assert_eq!(trace, ["Boot"]);
+    assert!(chain.borrow().is_empty());
+    d.step(state);
+    assert_eq!(*chain.borrow(), rules);
+}
