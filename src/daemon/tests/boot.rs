@@ -436,3 +436,32 @@ fn scvmm_media_hands_the_vm_over_and_the_daemon_exits() {
         v.runner.lines()
     );
 }
+
+#[test]
+fn sigterm_while_waiting_for_cloud_init_stops_without_a_report() {
+    // Waiting for ovf-env.xml.
+    let v = vm(None, ProvisioningAgent::CloudInit);
+    v.clock.stop_at(Duration::from_secs(5));
+    let mut d = v.daemon();
+    let (trace, state) = step_until(&mut d, State::Boot, "Stopped", 20);
+    assert!(matches!(state, State::Stopped(0)));
+    assert_eq!(trace.len(), 1 + 5, "{trace:?}");
+    assert_eq!(v.clock.elapsed(), Duration::from_secs(5));
+
+    // Waiting for its SSH host key.
+    let v = vm(None, ProvisioningAgent::CloudInit);
+    write(&v.path("var/lib/waagent/ovf-env.xml"), &full_ovf());
+    v.runner
+        .respond(|c| (c.program == "ssh-keygen").then(|| Ok(Output::failed(1, "no key"))));
+    std::fs::remove_file(v.path("etc/ssh/ssh_host_rsa_key.pub")).unwrap();
+    v.clock.stop_at(Duration::from_secs(5));
+    let mut d = v.daemon();
+    let (trace, state) = step_until(&mut d, State::Boot, "Stopped", 20);
+    assert!(matches!(state, State::Stopped(0)));
+    assert_eq!(trace.last().map(String::as_str), Some("WaitForHostKey"));
+    assert_eq!(
+        health(&v.sim),
+        ["NotReady/Provisioning"],
+        "no failure claimed"
+    );
+}
