@@ -1,0 +1,271 @@
+//! The daemon's side: [`FirewallMonitor`] sets the rules up once the
+//! WireServer's address is known, then checks them every
+//! `OS.EnableFirewallPeriod`, logging what it finds with waagent's throttle.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::{
+    detect_backend, persist, Backend, Ensured, Firewall, FirewallError, Persisted, RulesState,
+    NETWORK_SETUP_UNIT,
+};
+use crate::os::Env;
+
+/// After three reports, the periodic check keeps quiet this long (waagent's
+/// throttle, so a VM whose rules keep vanishing does not flood the log).
+const QUIET_AFTER_REPORTS: Duration = Duration::from_secs(12 * 3600);
+
+/// The first three reports, then none for twelve hours (waagent's throttle).
+#[derive(Debug, Default)]
+struct Throttle {
+    count: u32,
+    quiet_until: Option<Instant>,
+}
+
+impl Throttle {
+    fn allow(&mut self, now: Instant) -> bool {
+        if self.quiet_until.is_some_and(|t| now < t) {
+            return false;
+        }
+        self.count += 1;
+        if self.count > 3 {
+            self.quiet_until = Some(now + QUIET_AFTER_REPORTS);
+            self.count = 0;
+            return false;
+        }
+        true
+    }
+}
+
+/// The daemon's firewall for one WireServer address: set up once
+/// ([`initialize`](Self::initialize)), then checked every
+/// `OS.EnableFirewallPeriod` ([`check`](Self::check)). Outcomes are logged
+/// here; nothing is returned, as nothing else depends on them.
+#[derive(Debug)]
+pub struct FirewallMonitor {
+    ip: Ipv4Addr,
+    uid: u32,
+    /// The agent's executable, for the boot unit; `None`: no unit.
+    exe: Option<PathBuf>,
+    backend: Option<Backend>,
+    unsupported: bool,
+    reports: Throttle,
+}
+
+impl FirewallMonitor {
+    pub fn new(ip: Ipv4Addr, uid: u32, exe: Option<PathBuf>) -> Self {
+        FirewallMonitor {
+            ip,
+            uid,
+            exe,
+            backend: None,
+            unsupported: false,
+            reports: Throttle::default(),
+        }
+    }
+
+    /// The WireServer address the rules are for.
+    pub fn ip(&self) -> Ipv4Addr {
+        self.ip
+    }
+
+    /// The tool, found the first time it is needed. An unsupported OS is
+    /// logged once, here; other failures are the caller's to report.
+    fn firewall<'e>(&mut self, env: &'e Env) -> Result<Option<Firewall<'e>>, FirewallError> {
+        if self.unsupported {
+            return Ok(None);
+        }
+        if self.backend.is_none() {
+            match detect_backend(env) {
+                Ok(b) => {
+                    log::info!(
+                        "using {} {} for the WireServer firewall rules",
+                        b.program(),
+                        b.version()
+                    );
+                    self.backend = Some(b);
+                }
+                Err(FirewallError::Unsupported(m)) => {
+                    log::warn!("{m}");
+                    self.unsupported = true;
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self
+            .backend
+            .clone()
+            .map(|b| Firewall::new(env, b, self.ip, self.uid)))
+    }
+
+    /// The first set-up, as the WireServer's address becomes known: the
+    /// legacy rule out, the rules in, and their return at boot arranged.
+    pub fn initialize(&mut self, env: &Env) {
+        let ip = self.ip;
+        let fw = match self.firewall(env) {
+            Ok(Some(fw)) => fw,
+            Ok(None) => return,
+            Err(e) => {
+                log::error!("cannot set the WireServer firewall rules for {ip}: {e}");
+                return;
+            }
+        };
+        match fw.remove_legacy_rule() {
+            Ok(true) => {
+                log::info!("removed the legacy firewall rule that accepted all traffic to {ip}")
+            }
+            Ok(false) => {}
+            Err(e) => log::error!("cannot remove the legacy firewall rule for {ip}: {e}"),
+        }
+        match fw.ensure() {
+            Ok(Ensured::AlreadySet) => {
+                log::info!("the WireServer firewall rules for {ip} are already set:\n{}", fw.listing())
+            }
+            Ok(Ensured::Set) => {
+                log::info!("set the WireServer firewall rules for {ip}:\n{}", fw.listing())
+            }
+            Ok(Ensured::Repaired(why)) => log::warn!(
+                "the WireServer firewall rules for {ip} were incomplete ({why}); set them again:\n{}",
+                fw.listing()
+            ),
+            Err(e) => log::error!("cannot set the WireServer firewall rules for {ip}: {e}"),
+        }
+        let Some(exe) = &self.exe else {
+            return;
+        };
+        match persist(env, ip, self.uid, exe) {
+            Ok(Persisted::Firewalld(e)) => {
+                log::info!("firewalld runs: its permanent rules keep the WireServer firewall ({e:?})")
+            }
+            Ok(Persisted::Unit {
+                path,
+                changed: true,
+            }) => log::info!(
+                "wrote and enabled {}: the rules come back at boot",
+                path.display()
+            ),
+            Ok(Persisted::Unit { .. }) => {
+                log::debug!("{NETWORK_SETUP_UNIT} is already in place and enabled")
+            }
+            Ok(Persisted::NotSystemd) => log::info!(
+                "not systemd: nothing sets the WireServer firewall rules at boot until the daemon does"
+            ),
+            Err(e) => log::error!("cannot make the WireServer firewall rules persistent: {e}"),
+        }
+    }
+
+    /// The periodic check (`OS.EnableFirewallPeriod`): sets what is missing,
+    /// resets an incomplete set; reports are throttled.
+    pub fn check(&mut self, env: &Env, now: Instant) {
+        let ip = self.ip;
+        let fw = match self.firewall(env) {
+            Ok(Some(fw)) => fw,
+            Ok(None) => return,
+            Err(e) => {
+                if self.reports.allow(now) {
+                    log::warn!("cannot check the WireServer firewall rules for {ip}: {e}");
+                }
+                return;
+            }
+        };
+        let result = match fw.check() {
+            Ok(RulesState::Complete) => return,
+            Ok(RulesState::Absent) => {
+                if self.reports.allow(now) {
+                    log::warn!("the WireServer firewall rules for {ip} are not set; setting them");
+                }
+                fw.setup()
+            }
+            Ok(RulesState::Partial(why)) => {
+                if self.reports.allow(now) {
+                    log::warn!(
+                        "the WireServer firewall rules for {ip} are incomplete ({why}); resetting them. Now:\n{}",
+                        fw.listing()
+                    );
+                }
+                fw.remove().and_then(|()| fw.setup())
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) if self.reports.allow(now) => {
+                log::info!(
+                    "set the WireServer firewall rules for {ip}:\n{}",
+                    fw.listing()
+                )
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if self.reports.allow(now) {
+                    log::warn!("cannot set the WireServer firewall rules for {ip}: {e}");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::env::firewall::testutil::*;
+    use crate::os::{Flavour, RecordingRunner};
+    use std::rc::Rc;
+
+    #[test]
+    fn freebsd_is_not_supported_and_runs_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let runner = Rc::new(RecordingRunner::new());
+        let e = env(d.path(), Flavour::FreeBsd, runner.clone());
+        let err = Firewall::detect(&e, WIRE, 0).err().unwrap();
+        assert!(matches!(err, FirewallError::Unsupported(_)));
+        assert!(
+            err.to_string().contains("not supported on FreeBSD"),
+            "{err}"
+        );
+        // The daemon's monitor finds that out once and then does nothing.
+        let mut m = FirewallMonitor::new(WIRE, 0, Some(PathBuf::from("/usr/local/sbin/waagent")));
+        m.initialize(&e);
+        let now = Instant::now();
+        for i in 0..5 {
+            m.check(&e, now + Duration::from_secs(30 * i));
+        }
+        assert!(m.unsupported);
+        assert!(runner.lines().is_empty(), "{:?}", runner.lines());
+    }
+
+    #[test]
+    fn periodic_reports_are_throttled_as_waagent_does() {
+        let mut t = Throttle::default();
+        let t0 = Instant::now();
+        let allowed: Vec<bool> = (0..5)
+            .map(|i| t.allow(t0 + Duration::from_secs(i)))
+            .collect();
+        assert_eq!(allowed, [true, true, true, false, false]);
+        assert!(!t.allow(t0 + Duration::from_secs(11 * 3600)));
+        assert!(t.allow(t0 + Duration::from_secs(13 * 3600)));
+    }
+
+    #[test]
+    fn the_monitor_sets_up_once_then_puts_back_what_disappears() {
+        let d = tempfile::tempdir().unwrap();
+        let runner = Rc::new(RecordingRunner::new());
+        let chain = fake_iptables(&runner);
+        let e = env(d.path(), Flavour::Debian, runner.clone());
+        let mut m = FirewallMonitor::new(WIRE, 0, None);
+        m.initialize(&e);
+        assert_eq!(*chain.borrow(), [spec(DNS), spec(ROOT), spec(DROP)]);
+        let now = Instant::now();
+        let before = runner.lines().len();
+        m.check(&e, now);
+        // Complete: three checks, nothing else (no version probe again).
+        assert_eq!(runner.lines()[before..], lines(CHECK, &[DNS, ROOT, DROP]));
+        chain.borrow_mut().clear();
+        m.check(&e, now);
+        assert_eq!(*chain.borrow(), [spec(DNS), spec(ROOT), spec(DROP)]);
+        chain.borrow_mut().remove(1);
+        m.check(&e, now);
+        assert_eq!(*chain.borrow(), [spec(DNS), spec(ROOT), spec(DROP)]);
+    }
+}
