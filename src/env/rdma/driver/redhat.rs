@@ -1,5 +1,5 @@
 //! CentOS / RHEL: the packages come from the image's `msft-rdma-drivers`,
-//! which drops versioned RPMs in /opt/microsoft/rdma/rhel<major><minor>.
+//! which drops versioned RPMs in `/opt/microsoft/rdma/rhel<major><minor>`.
 
 use super::*;
 

@@ -1,4 +1,4 @@
-//! Ubuntu: the Azure kernel ships hv_network_direct_<version> modules; the
+//! Ubuntu: the Azure kernel ships `hv_network_direct_<version>` modules; the
 //! alias picks the host's, and a newer kernel may bring a missing one.
 
 use super::*;
