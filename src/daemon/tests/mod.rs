@@ -216,6 +216,15 @@ fn provision_steps() -> Vec<String> {
         .collect()
 }
 
+/// Steps `state` until `secs` of virtual time have passed since `start`,
+/// so what the monitors due by then did is visible; the state reached.
+fn step_for(v: &Vm, d: &mut Daemon, mut state: State, start: Duration, secs: u64) -> State {
+    while v.clock.elapsed() < start + Duration::from_secs(secs) {
+        state = d.step(state);
+    }
+    state
+}
+
 /// Steps `state` until a state named `last` (returned, not stepped); the
 /// names on the way, `state`'s first.
 fn step_until(d: &mut Daemon, mut state: State, last: &str, limit: usize) -> (Vec<String>, State) {

@@ -46,19 +46,10 @@ fn boot_prepares_the_environment_and_steady_state_runs_each_monitor_on_its_perio
     );
     v.clock.take_waits();
 
-    // Steps the steady state until `secs` of virtual time have passed since
-    // the first poll; what the monitors changed is then visible.
     let start = v.clock.elapsed();
-    let mut run_for = |secs: u64, state: State| -> State {
-        let mut state = state;
-        while v.clock.elapsed() < start + Duration::from_secs(secs) {
-            state = d.step(state);
-        }
-        state
-    };
 
     // First poll (6 s): every monitor runs at its first chance.
-    state = run_for(6, state);
+    state = step_for(&v, &mut d, state, start, 6);
     assert_eq!(v.read(timeout), "300");
     let lib = "var/lib/waagent/";
     assert!(!v.path(rule).exists() && !v.path(generator).exists());
@@ -75,10 +66,10 @@ fn boot_prepares_the_environment_and_steady_state_runs_each_monitor_on_its_perio
     // the first poll 30 s (their periods) after the last run, not before.
     write(&v.path(timeout), "30\n");
     write(&v.path(rule), "SUBSYSTEM==\"net\", NAME=\"eth1\"\n");
-    state = run_for(6 + 24, state);
+    state = step_for(&v, &mut d, state, start, 6 + 24);
     assert_eq!(v.read(timeout), "30\n", "not due before its period");
     assert!(v.path(rule).exists());
-    state = run_for(6 + 30, state);
+    state = step_for(&v, &mut d, state, start, 6 + 30);
     assert_eq!(v.read(timeout), "300");
     assert!(!v.path(rule).exists());
     assert_eq!(
@@ -96,10 +87,10 @@ fn boot_prepares_the_environment_and_steady_state_runs_each_monitor_on_its_perio
             .filter(|l| *l == "pidof dhclient")
             .count()
     };
-    state = run_for(6 + 60, state);
+    state = step_for(&v, &mut d, state, start, 6 + 60);
     assert_eq!(looks(&v), 2);
     assert!(!v.runner.lines().contains(&route));
-    run_for(6 + 120, state);
+    step_for(&v, &mut d, state, start, 6 + 120);
     assert_eq!(looks(&v), 3);
     assert!(v.runner.lines().contains(&route), "{:#?}", v.runner.lines());
 
@@ -305,32 +296,25 @@ fn firewall_rules_are_set_before_provisioning_and_put_back_on_their_period() {
     v.clock.take_waits();
 
     let start = v.clock.elapsed();
-    let mut run_for = |secs: u64, state: State| -> State {
-        let mut state = state;
-        while v.clock.elapsed() < start + Duration::from_secs(secs) {
-            state = d.step(state);
-        }
-        state
-    };
     // First poll (6 s): checked, complete, nothing changed.
-    state = run_for(6, state);
+    state = step_for(&v, &mut d, state, start, 6);
     assert_eq!(checks(&v), setup_checks + 3);
     assert_eq!(*chain.borrow(), rules);
 
     // Someone deletes the DROP: not put back before the period (30 s) …
     chain.borrow_mut().pop();
-    state = run_for(6 + 24, state);
+    state = step_for(&v, &mut d, state, start, 6 + 24);
     assert_eq!(checks(&v), setup_checks + 3, "not due before its period");
     assert_eq!(chain.borrow().len(), 2);
     // … then the incomplete set is removed and set again, in order.
-    state = run_for(6 + 30, state);
+    state = step_for(&v, &mut d, state, start, 6 + 30);
     assert_eq!(*chain.borrow(), rules);
 
     // Everything flushed: all three back on the next period, not before.
     chain.borrow_mut().clear();
-    state = run_for(6 + 54, state);
+    state = step_for(&v, &mut d, state, start, 6 + 54);
     assert!(chain.borrow().is_empty());
-    run_for(6 + 60, state);
+    step_for(&v, &mut d, state, start, 6 + 60);
     assert_eq!(*chain.borrow(), rules);
     let appends = v
         .runner
