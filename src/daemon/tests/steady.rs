@@ -221,11 +221,9 @@ fn rdma_is_set_up_from_a_fresh_shared_config_without_holding_up_the_loop() {
     // and a device appearing later changes nothing.
     let v = rdma_vm();
     let mut d = v.daemon();
-    let (_, mut state) = step_until(&mut d, State::Boot, "Steady", 10);
+    let (_, state) = step_until(&mut d, State::Boot, "Steady", 10);
     let start = v.clock.elapsed();
-    while v.clock.elapsed() < start + Duration::from_secs(180) {
-        state = d.step(state);
-    }
+    let mut state = step_for(&v, &mut d, state, start, 180);
     std::fs::create_dir_all(v.path("sys/class/infiniband/mlx5_ib0")).unwrap();
     for _ in 0..10 {
         state = d.step(state);
