@@ -467,8 +467,8 @@ fn read_optional(path: &Path) -> Result<Option<String>, OsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::os::{Distro, Output, RecordingRunner};
+    use crate::os::testing;
+    use crate::os::{Output, RecordingRunner};
     use std::os::unix::fs::MetadataExt;
     use std::os::unix::fs::PermissionsExt;
     use std::rc::Rc;
@@ -627,20 +627,13 @@ mod tests {
         }
 
         fn read(&self, abs: &str) -> String {
-            fs::read_to_string(self.root.path().join(abs.trim_start_matches('/'))).unwrap()
+            testing::read(self.root.path(), abs)
         }
 
         fn env(&self, flavour: Flavour, version: &str) -> Env {
-            Env {
-                root: self.root.path().to_path_buf(),
-                runner: self.runner.clone(),
-                config: Config::default(),
-                distro: Distro {
-                    id: flavour.name().into(),
-                    version: version.into(),
-                    flavour,
-                },
-            }
+            let mut env = testing::env(self.root.path(), flavour, self.runner.clone());
+            env.distro.version = version.into();
+            env
         }
     }
 

@@ -179,33 +179,15 @@ pub fn disable_numa_if_needed(env: &Env, release: &str) -> Result<NumaCheck, OsE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::os::{Distro, Output, RecordingRunner};
+    use crate::os::testing::{self, read, write};
+    use crate::os::{Output, RecordingRunner};
     use std::rc::Rc;
 
+    /// With `OS.RootDeviceScsiTimeout=300`.
     fn env(root: &Path, flavour: Flavour, runner: Rc<RecordingRunner>) -> Env {
-        let mut config = Config::default();
-        config.root_device_scsi_timeout = Some(300);
-        Env {
-            root: root.to_path_buf(),
-            runner,
-            config,
-            distro: Distro {
-                id: flavour.name().into(),
-                version: String::new(),
-                flavour,
-            },
-        }
-    }
-
-    fn write(root: &Path, abs: &str, text: &str) {
-        let p = root.join(abs.trim_start_matches('/'));
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, text).unwrap();
-    }
-
-    fn read(root: &Path, abs: &str) -> String {
-        fs::read_to_string(root.join(abs.trim_start_matches('/'))).unwrap()
+        let mut env = testing::env(root, flavour, runner);
+        env.config.root_device_scsi_timeout = Some(300);
+        env
     }
 
     #[test]

@@ -212,34 +212,20 @@ impl DhcpClientMonitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::os::{for_env, Distro, Output, RecordingRunner};
+    use crate::os::testing::{self, write};
+    use crate::os::{for_env, Output, RecordingRunner};
     use std::rc::Rc;
 
     const WIRE: Ipv4Addr = Ipv4Addr::new(168, 63, 129, 16);
     const HEADER: &str =
         "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n";
 
+    /// With Lib.Dir at `/var/lib/waagent` under `root`, made.
     fn env(root: &Path, flavour: Flavour, runner: Rc<RecordingRunner>) -> Env {
-        let mut config = Config::default();
-        config.lib_dir = root.join("var/lib/waagent");
-        fs::create_dir_all(&config.lib_dir).unwrap();
-        Env {
-            root: root.to_path_buf(),
-            runner,
-            config,
-            distro: Distro {
-                id: flavour.name().into(),
-                version: String::new(),
-                flavour,
-            },
-        }
-    }
-
-    fn write(root: &Path, abs: &str, text: &str) {
-        let p = root.join(abs.trim_start_matches('/'));
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, text).unwrap();
+        let mut env = testing::env(root, flavour, runner);
+        env.config.lib_dir = root.join("var/lib/waagent");
+        fs::create_dir_all(&env.config.lib_dir).unwrap();
+        env
     }
 
     #[test]

@@ -130,8 +130,8 @@ pub fn install_command(mount_point: &Path) -> Cmd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::os::{for_env, Distro, Env, Output, RecordingRunner};
+    use crate::os::testing;
+    use crate::os::{for_env, Output, RecordingRunner};
     use std::rc::Rc;
 
     #[test]
@@ -167,18 +167,9 @@ mod tests {
 
     impl Fixture {
         fn os(&self, flavour: Flavour) -> Box<dyn OsUtil> {
-            let mut config = Config::default();
-            config.dvd_mount_point = self.mnt();
-            for_env(Env {
-                root: self.root.path().to_path_buf(),
-                runner: self.runner.clone(),
-                config,
-                distro: Distro {
-                    id: flavour.name().into(),
-                    version: String::new(),
-                    flavour,
-                },
-            })
+            let mut env = testing::env(self.root.path(), flavour, self.runner.clone());
+            env.config.dvd_mount_point = self.mnt();
+            for_env(env)
         }
 
         fn mnt(&self) -> PathBuf {

@@ -17,6 +17,8 @@ mod distro;
 mod flavours;
 mod linux;
 pub mod runner;
+#[cfg(test)]
+pub mod testing;
 
 use std::fmt;
 use std::io;

@@ -1,31 +1,17 @@
 //! Fixtures shared by the firewall tests: the WireServer address, an
-//! [`Env`] under a temporary root with a recording runner, the iptables
+//! `Env` under a temporary root (`os::testing::env`) with a recording runner, the iptables
 //! command lines and rule specs as the tests expect them, and
 //! [`fake_iptables`], an in-memory iptables (also used by the daemon's
 //! tests).
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::path::Path;
-use std::rc::Rc;
 
-use crate::config::Config;
-use crate::os::{Cmd, Distro, Env, Flavour, Output, RecordingRunner, RunError};
+use crate::os::{Cmd, Output, RunError};
 
 pub(super) const WIRE: Ipv4Addr = Ipv4Addr::new(168, 63, 129, 16);
 
-pub(super) fn env(root: &Path, flavour: Flavour, runner: Rc<RecordingRunner>) -> Env {
-    Env {
-        root: root.to_path_buf(),
-        runner,
-        config: Config::default(),
-        distro: Distro {
-            id: flavour.name().into(),
-            version: String::new(),
-            flavour,
-        },
-    }
-}
+pub(super) use crate::os::testing::env;
 
 pub(super) fn not_found(cmd: &Cmd) -> Result<Output, RunError> {
     Err(RunError::Spawn {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::config::Config;
+use crate::os::testing::write;
 use crate::os::{for_env, Cmd, Distro, Env, Output, RecordingRunner};
 
 const RESOURCE_ID: &str = "{00000000-0001-8899-0000-000000000000}";
@@ -26,7 +27,7 @@ impl Fixture {
     }
 
     fn write(&self, abs: &str, text: &str) {
-        write_under(self.root.path(), abs, text);
+        write(self.root.path(), abs, text);
     }
 
     fn mp(&self) -> PathBuf {
@@ -56,15 +57,9 @@ impl Fixture {
     }
 }
 
-fn write_under(root: &Path, abs: &str, text: &str) {
-    let p = root.join(abs.trim_start_matches('/'));
-    fs::create_dir_all(p.parent().unwrap()).unwrap();
-    fs::write(p, text).unwrap();
-}
-
 fn add_sdb1(root: &Path) {
-    write_under(root, "/sys/class/block/sdb/sdb1/partition", "1\n");
-    write_under(root, "/dev/sdb1", "");
+    write(root, "/sys/class/block/sdb/sdb1/partition", "1\n");
+    write(root, "/dev/sdb1", "");
 }
 
 fn config(root: &Path) -> Config {
@@ -84,28 +79,28 @@ fn linux(tweak: impl FnOnce(&mut Config)) -> Fixture {
     let root = tempfile::tempdir().unwrap();
     let r = root.path();
     let vmbus = "/sys/bus/vmbus/devices";
-    write_under(
+    write(
         r,
         &format!("{vmbus}/os/device_id"),
         &format!("{OS_DISK_ID}\n"),
     );
     fs::create_dir_all(r.join("sys/bus/vmbus/devices/os/host0/target0:0:0/0:0:0:0/block/sda"))
         .unwrap();
-    write_under(
+    write(
         r,
         &format!("{vmbus}/res/device_id"),
         &format!("{RESOURCE_ID}\n"),
     );
     fs::create_dir_all(r.join("sys/bus/vmbus/devices/res/host1/target1:0:1/1:0:1:0/block/sdb"))
         .unwrap();
-    write_under(r, "/sys/class/block/sdb/size", "41943040\n");
-    write_under(r, "/dev/sdb", "");
-    write_under(
+    write(r, "/sys/class/block/sdb/size", "41943040\n");
+    write(r, "/dev/sdb", "");
+    write(
         r,
         "/proc/mounts",
         "/dev/sda1 / ext4 rw,relatime 0 0\nproc /proc proc rw 0 0\n",
     );
-    write_under(
+    write(
         r,
         "/proc/swaps",
         "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n",
@@ -722,7 +717,7 @@ fn refusals_and_failures_name_the_step_and_device() {
     // The partition never shows up in /dev.
     let f = linux(|_| {});
     f.runner.push("blkid", Output::ok("PTTYPE=gpt\n"));
-    write_under(f.root.path(), "/sys/class/block/sdb/sdb1/partition", "1\n");
+    write(f.root.path(), "/sys/class/block/sdb/sdb1/partition", "1\n");
     let err = f.run().unwrap_err();
     assert_eq!(err.step, Step::Partition);
     assert_eq!(err.device.as_deref(), Some(Path::new("/dev/sdb1")));
@@ -759,7 +754,7 @@ fn refusals_and_failures_name_the_step_and_device() {
 
 fn freebsd(tweak: impl FnOnce(&mut Config)) -> Fixture {
     let root = tempfile::tempdir().unwrap();
-    write_under(root.path(), "/dev/da1s1", "");
+    write(root.path(), "/dev/da1s1", "");
     let mut c = config(root.path());
     c.resource_disk_filesystem = "ufs".into();
     c.resource_disk_mount_options = None;
