@@ -381,17 +381,17 @@ impl WireClient {
                 call.retry.backoff(attempts)
             };
             let spent = self.clock.now().saturating_duration_since(started);
-            let give_up = attempts >= budget || spent + wait > call.retry.deadline || {
+            let out_of_budget = attempts >= budget || spent + wait > call.retry.deadline;
+            if !out_of_budget {
                 // Debug only: the caller logs the outcome once, so a fabric
                 // that is down for minutes does not flood the log.
                 log::debug!(
                     "{} {shown}: {failure}; retrying in {wait:?} (attempt {attempts} of {budget})",
                     call.method
                 );
-                // A stop request ends the retries early.
-                !self.clock.sleep(wait)
-            };
-            if give_up {
+            }
+            // A stop request during the wait ends the retries too.
+            if out_of_budget || !self.clock.sleep(wait) {
                 return Err(WireError::Exhausted {
                     url: call.url.to_string(),
                     attempts,
