@@ -64,7 +64,9 @@ const EXTENSIONS_DISABLED_POLL_SECS: u64 = 300;
 /// can stop it at every step. Unset in production.
 pub const CRASH_HOOK_ENV: &str = "WAAGENT_RS_TEST_CRASH_AT";
 
-/// Waits and retry budgets; tests shorten them.
+/// Waits and retry budgets: the production values, which the in-process
+/// tests keep (on a virtual clock); the goal-state period comes from the
+/// configuration.
 #[derive(Debug, Clone)]
 pub struct Timing {
     pub media: media::MountRetry,
@@ -75,8 +77,6 @@ pub struct Timing {
     /// IMDS is asked this often, this patiently, for SSH keys.
     pub imds_tries: u32,
     pub imds_timeout_secs: u64,
-    /// The steady-state period; `None`: `Extensions.GoalStatePeriod`.
-    pub poll_period: Option<Duration>,
     /// How often, and how long, to look for what cloud-init makes (§9.3).
     pub cloud_init_poll: Duration,
     pub cloud_init_wait: Duration,
@@ -90,7 +90,6 @@ impl Default for Timing {
             client: ClientOptions::default(),
             imds_tries: 3,
             imds_timeout_secs: 3,
-            poll_period: None,
             cloud_init_poll: Duration::from_secs(1),
             cloud_init_wait: Duration::from_secs(1800),
         }
@@ -665,9 +664,6 @@ impl Daemon {
 
     /// The wait between goal-state polls (§18 timers table).
     fn poll_period(&self) -> Duration {
-        if let Some(p) = self.timing.poll_period {
-            return p;
-        }
         let c = &self.config;
         let secs = if !c.extensions_enabled {
             EXTENSIONS_DISABLED_POLL_SECS
