@@ -691,3 +691,33 @@ fn storage_goes_through_the_proxy_and_the_wireserver_never_does() {
     );
     assert_eq!(sim.status_uploads().len(), 1);
 }
+
+#[test]
+fn an_incarnation_that_is_not_a_number_is_refused_and_names_no_file() {
+    let sim = FabricSim::start(SimConfig::default()).unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    let mut c = client(&sim, lib.path());
+    c.update_goal_state(false).unwrap().unwrap();
+    let before = snapshot(lib.path());
+
+    sim.bump_incarnation();
+    sim.inject(
+        "comp=goalstate",
+        [Fault::Replace(
+            "<Incarnation>2</Incarnation>".into(),
+            "<Incarnation>../../../tmp/evil</Incarnation>".into(),
+        )],
+    );
+    let err = c.update_goal_state(false).unwrap_err();
+    assert!(matches!(err, WireError::Document(_)), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "GoalState: /GoalState/Incarnation: not a number of at most 20 digits"
+    );
+    assert_eq!(snapshot(lib.path()), before);
+    assert!(!lib.path().join("../../../tmp/evil.xml").exists());
+
+    // The next poll, with a sane goal state, goes on as usual.
+    let full = c.update_goal_state(false).unwrap().unwrap();
+    assert_eq!(full.goal_state.incarnation, "2");
+}

@@ -80,6 +80,9 @@ pub enum Fault {
     Malformed,
     /// Answer 200 with a body of this many bytes.
     Oversized(usize),
+    /// Answer normally, with the first `.0` in the body replaced by `.1`
+    /// (a hostile or broken value in an otherwise good document).
+    Replace(String, String),
 }
 
 /// The goal state the simulator serves.
@@ -300,6 +303,20 @@ fn handle(state: &Mutex<State>, service: Service, req: &HttpRequest) -> Reply {
                 status,
                 headers,
                 body: body[..body.len() / 2].to_vec(),
+            },
+            other => other,
+        },
+        Some(Fault::Replace(from, to)) => match route(state, service, req) {
+            Reply::Full {
+                status,
+                headers,
+                body,
+            } => Reply::Full {
+                status,
+                headers,
+                body: String::from_utf8_lossy(&body)
+                    .replacen(&from, &to, 1)
+                    .into_bytes(),
             },
             other => other,
         },

@@ -335,3 +335,38 @@ fn firewall_rules_are_set_before_provisioning_and_put_back_on_their_period() {
     d.step(state);
     assert_eq!(*chain.borrow(), rules);
 }
+
+#[test]
+fn an_incarnation_that_is_not_a_number_is_refused_and_polling_goes_on() {
+    let v = vm(None, ProvisioningAgent::Disabled);
+    let mut d = v.daemon();
+    let (_, mut state) = step_until(&mut d, State::Boot, "Steady", 10);
+    let lib = v.path("var/lib/waagent");
+    assert!(lib.join("GoalState.1.xml").exists());
+
+    v.sim.bump_incarnation();
+    v.sim.inject(
+        "comp=goalstate",
+        [Fault::Replace(
+            "<Incarnation>2</Incarnation>".into(),
+            "<Incarnation>2.evil</Incarnation>".into(),
+        )],
+    );
+    // One poll: refused, nothing saved under any name, Incarnation kept.
+    state = d.step(state);
+    assert_eq!(v.read("var/lib/waagent/Incarnation"), "1");
+    let names: Vec<String> = std::fs::read_dir(&lib)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("GoalState."))
+        .collect();
+    assert_eq!(names, ["GoalState.1.xml"]);
+
+    // The next poll takes incarnation 2 as usual.
+    while state.name() != "Steady" {
+        state = d.step(state);
+    }
+    d.step(state);
+    assert_eq!(v.read("var/lib/waagent/Incarnation"), "2");
+    assert!(lib.join("GoalState.2.xml").exists());
+}

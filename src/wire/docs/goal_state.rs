@@ -9,7 +9,9 @@ const DOCUMENT: &str = "GoalState";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GoalState {
-    /// `Incarnation`: compared as text, never as a number.
+    /// `Incarnation`: compared as text, never as a number. Only digits
+    /// (checked by [`GoalState::parse`]): it becomes part of file names
+    /// (`GoalState.{n}.xml`), so `../` from the network must never get there.
     pub incarnation: String,
     /// `Machine/ExpectedState` (`Started`).
     pub expected_state: Option<String>,
@@ -51,7 +53,7 @@ impl GoalState {
         let root = parse_root(DOCUMENT, xml, "GoalState")?;
         let gs = root.node(DOCUMENT);
         Ok(GoalState {
-            incarnation: gs.req_text("Incarnation")?,
+            incarnation: incarnation(&gs)?,
             expected_state: gs.opt_text("Machine/ExpectedState"),
             container_id: gs.req_text("Container/ContainerId")?,
             role_instance: gs
@@ -61,6 +63,23 @@ impl GoalState {
             remote_access_info_url: gs.opt_text("Container/RemoteAccessInfo"),
         })
     }
+}
+
+/// The longest incarnation accepted: far more digits than any fabric sends,
+/// few enough for a file name.
+const MAX_INCARNATION_DIGITS: usize = 20;
+
+/// `Incarnation`, which must be 1 to 20 ASCII digits. The value is not
+/// quoted in the error: it is hostile by assumption and could be anything.
+fn incarnation(gs: &Node<'_>) -> Result<String, DocError> {
+    let text = gs.req_text("Incarnation")?;
+    if text.len() > MAX_INCARNATION_DIGITS || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(gs.error_at(
+            "Incarnation",
+            format!("not a number of at most {MAX_INCARNATION_DIGITS} digits"),
+        ));
+    }
+    Ok(text)
 }
 
 impl RoleInstance {
@@ -154,6 +173,31 @@ mod tests {
             e.unwrap_err().to_string(),
             "GoalState: /GoalState/Container/RoleInstanceList/RoleInstance/InstanceId: missing"
         );
+    }
+
+    #[test]
+    fn incarnation_is_digits_only() {
+        let gs = |inc: &str| {
+            GoalState::parse(&format!(
+                "<GoalState><Incarnation>{inc}</Incarnation><Container><ContainerId>c</ContainerId></Container></GoalState>"
+            ))
+        };
+        assert_eq!(gs(" 42 ").unwrap().incarnation, "42");
+        for bad in [
+            "../../etc/cron.d/x",
+            "1/2",
+            "-1",
+            "1.0",
+            "1e3",
+            "\u{0662}",
+            "123456789012345678901",
+        ] {
+            assert_eq!(
+                gs(bad).unwrap_err().to_string(),
+                "GoalState: /GoalState/Incarnation: not a number of at most 20 digits",
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
