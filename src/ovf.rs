@@ -269,7 +269,7 @@ fn key_pair(node: &Node<'_>, user: &str) -> Result<KeyPair, DocError> {
 /// `text` quoted and escaped for a one-line message (control characters
 /// become escapes, so a hostile value cannot forge log lines), cut to 64
 /// characters.
-fn quote(text: &str) -> String {
+pub(crate) fn quote(text: &str) -> String {
     const MAX: usize = 64;
     match text.char_indices().nth(MAX) {
         Some((cut, _)) => format!("{:?}…", &text[..cut]),
@@ -356,10 +356,14 @@ fn normalise_fingerprint(text: &str) -> Result<String, String> {
 }
 
 /// One OpenSSH public key line: it goes into `authorized_keys` as is, so a
-/// second line would be a second key (or an options line).
-fn check_public_key_value(value: &str) -> Result<(), String> {
+/// second line would be a second key (or an options line). Shared by every
+/// source of keys (ovf-env.xml, IMDS).
+pub(crate) fn check_public_key_value(value: &str) -> Result<(), String> {
     if value.contains(['\n', '\r']) {
         return Err("the public key spans more than one line".to_string());
+    }
+    if value.contains(|c: char| c.is_control() && c != '\t') {
+        return Err("the public key contains a control character".to_string());
     }
     if !["ssh-", "ecdsa-", "sk-"]
         .iter()

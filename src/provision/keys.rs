@@ -81,16 +81,10 @@ pub fn plan_public_keys(
     }
     for k in imds {
         let path = ovf::resolve_key_path(&k.path, home_dir, user)
-            .map_err(|e| format!("IMDS key for {}: {}", k.path, e.message))?;
+            .map_err(|e| format!("IMDS key for {}: {}", ovf::quote(&k.path), e.message))?;
         let line = k.key_data.trim();
-        if !(line.starts_with("ssh-") || line.starts_with("ecdsa-") || line.starts_with("sk-"))
-            || line.contains('\n')
-        {
-            return Err(format!(
-                "IMDS key for {}: not an OpenSSH public key",
-                k.path
-            ));
-        }
+        ovf::check_public_key_value(line)
+            .map_err(|e| format!("IMDS key for {}: {e}", ovf::quote(&k.path)))?;
         add_key(&mut files, path, line.to_string());
     }
     Ok(files)
@@ -241,6 +235,54 @@ mod tests {
         );
         assert_eq!(files.len(), 2);
         assert_eq!(files[0].lines, vec!["ssh-rsa AAAA one", "ssh-ed25519 BBBB"]);
+    }
+
+    #[test]
+    fn imds_keys_of_more_than_one_line_or_with_control_characters_are_refused() {
+        let ovf =
+            OvfEnv::parse(&crate::wire::docs::test_support::fixture("../ovf/full.xml")).unwrap();
+        let lib = tempfile::tempdir().unwrap();
+        let imds = |data: &str| {
+            plan_public_keys(
+                &OvfEnv {
+                    public_keys: Vec::new(),
+                    ..ovf.clone()
+                },
+                &[ImdsPublicKey {
+                    key_data: data.into(),
+                    path: "/home/azureuser/.ssh/authorized_keys".into(),
+                }],
+                lib.path(),
+                Path::new("/home"),
+            )
+        };
+        assert_eq!(
+            imds("ssh-ed25519 AAAA imds").unwrap()[0].lines,
+            ["ssh-ed25519 AAAA imds"]
+        );
+        for (data, why) in [
+            (
+                "ssh-ed25519 AAAA a\nssh-rsa BBBB b",
+                "spans more than one line",
+            ),
+            // sshd reads a lone CR as the end of a line too.
+            (
+                "ssh-ed25519 AAAA a\rcommand=\"sh\" ssh-rsa BBBB",
+                "spans more than one line",
+            ),
+            ("ssh-ed25519 AAAA a\u{0}b", "contains a control character"),
+            (
+                "command=\"sh\" ssh-rsa BBBB",
+                "is not an OpenSSH public key",
+            ),
+        ] {
+            let err = imds(data).unwrap_err();
+            assert!(
+                err.starts_with("IMDS key for \"/home/azureuser/.ssh/authorized_keys\": ")
+                    && err.contains(why),
+                "{data:?}: {err}"
+            );
+        }
     }
 
     #[test]
