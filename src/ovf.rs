@@ -869,9 +869,46 @@ mod tests {
     #[test]
     fn xml_errors_are_one_line() {
         assert_eq!(
-            err("<wa:UserPassword/\n"),
-            "ovf-env.xml: /UserPassword: malformed XML: invalid attribute at 1:17 cause \
-             expected '>' not '\\n' at 1:18"
+            err("<wa:HostName/\n"),
+            "ovf-env.xml: /HostName: malformed XML: invalid attribute at 1:13 cause \
+             expected '>' not '\\n' at 1:14"
+        );
+    }
+
+    #[test]
+    fn errors_in_the_password_or_custom_data_never_quote_them() {
+        let set = "/Environment/ProvisioningSection/LinuxProvisioningConfigurationSet";
+        for (password, shown_path) in [
+            // Each would have quoted part of the password.
+            ("Qx7&Qx7;", "UserPassword"),
+            ("Qx7&#xD800;Qx7", "UserPassword"),
+            ("Qx7<Qx7</UserPassword>", "UserPassword"),
+            ("Qx7<!--Qx7", "UserPassword"),
+            ("Qx7]]>Qx7\u{1}", "UserPassword"),
+        ] {
+            let doc = FULL.replace(
+                "<UserPassword>Sup3r$ecret P@ss &amp; más &lt;x&gt;</UserPassword>",
+                &format!("<UserPassword>{password}</UserPassword>"),
+            );
+            let e = OvfEnv::parse(&doc).unwrap_err().to_string();
+            assert!(
+                !e.contains("Qx7") && !e.contains("D800"),
+                "{password:?}: {e}"
+            );
+            assert_eq!(
+                e,
+                format!("ovf-env.xml: {set}/{shown_path}: the content of UserPassword is not valid XML (not shown: it is secret)"),
+                "{password:?}"
+            );
+        }
+        let doc = FULL.replacen("<CustomData>", "<CustomData>&secretdata;", 1);
+        let e = OvfEnv::parse(&doc).unwrap_err().to_string();
+        assert!(!e.contains("secretdata"), "{e}");
+        assert!(
+            e.ends_with(
+                "/CustomData: the content of CustomData is not valid XML (not shown: it is secret)"
+            ),
+            "{e}"
         );
     }
 

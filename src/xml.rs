@@ -245,9 +245,39 @@ fn path_of(stack: &[Open<'_>]) -> String {
         .collect()
 }
 
+/// Elements whose content is a secret (matched by local name, in any case):
+/// an error inside one never shows the content, nor anything after it in
+/// the path, since a stray `<` in a password makes the rest of it look like
+/// element names.
+const SECRET_ELEMENTS: &[&str] = &["UserPassword", "CustomData"];
+
 /// Reads `text` as the XML document `document` (the name errors carry) and
 /// returns its root element.
 pub fn parse(document: &'static str, text: &str) -> Result<Element, DocError> {
+    parse_tokens(document, text).map_err(hide_secret)
+}
+
+/// An error whose path goes into a secret element loses what it would have
+/// quoted: its message (an unknown entity, the character the tokenizer
+/// stumbled on) and the path below that element.
+fn hide_secret(mut e: DocError) -> DocError {
+    let mut kept = 0;
+    for segment in e.path.split('/').skip(1) {
+        kept += 1 + segment.len();
+        let local = segment.split('[').next().unwrap_or(segment);
+        if let Some(name) = SECRET_ELEMENTS
+            .iter()
+            .find(|s| s.eq_ignore_ascii_case(local))
+        {
+            e.path.truncate(kept);
+            e.message = format!("the content of {name} is not valid XML (not shown: it is secret)");
+            break;
+        }
+    }
+    e
+}
+
+fn parse_tokens(document: &'static str, text: &str) -> Result<Element, DocError> {
     let mut stack: Vec<Open<'_>> = Vec::new();
     let mut root: Option<Element> = None;
     let mut count = 0usize;
@@ -503,6 +533,24 @@ mod tests {
         assert_eq!(
             err("<!DOCTYPE A [<!ENTITY e \"x\">]><A>&e;</A>"),
             "Doc: /A: unknown entity &e;"
+        );
+    }
+
+    #[test]
+    fn errors_inside_a_secret_element_show_neither_content_nor_deeper_path() {
+        assert_eq!(
+            err("<A><B><wa:UserPassword>p&ss;w</wa:UserPassword></B></A>"),
+            "Doc: /A/B/UserPassword: the content of UserPassword is not valid XML (not shown: it is secret)"
+        );
+        // A stray `<` makes the password's tail an element name.
+        assert_eq!(
+            err("<A><userpassword>pa<ssw</userpassword></A>"),
+            "Doc: /A/userpassword: the content of UserPassword is not valid XML (not shown: it is secret)"
+        );
+        // Elsewhere the entity is named, as before.
+        assert_eq!(
+            err("<A><UserPasswordHint>&hint;</UserPasswordHint></A>"),
+            "Doc: /A/UserPasswordHint: unknown entity &hint;"
         );
     }
 
