@@ -11,33 +11,29 @@ use crate::wire::status::{aggregate_status, AgentStatus};
 use super::*;
 
 impl Daemon {
-    /// A captured image carries the previous VM's goal state; drop it (§9.2).
-    pub(super) fn forget_previous_instance(&self) {
+    /// A captured image carries the previous VM's state (§9.2): its goal
+    /// state, certificates and private keys, journal, `disable_agent`. A new
+    /// instance starts with none of it, so everything in Lib.Dir goes, but
+    /// `ovf-env.xml` when `keep_ovf_env` (cloud-init may already have put
+    /// this instance's there).
+    pub(super) fn forget_previous_instance(&mut self, keep_ovf_env: bool) {
         let Ok(entries) = std::fs::read_dir(&self.lib) else {
             return;
         };
         for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let stale = name.starts_with("GoalState.")
-                || name.starts_with("ExtensionsConfig.")
-                || [
-                    "Incarnation",
-                    "Protocol",
-                    endpoint::CACHE_FILE,
-                    "published_hostname",
-                    "HostingEnvironmentConfig.xml",
-                    "SharedConfig.xml",
-                    "Certificates.xml",
-                    PROVISIONED_FILE,
-                    journal::FILE,
-                ]
-                .contains(&name.as_str());
-            if stale {
-                if let Err(err) = std::fs::remove_file(e.path()) {
-                    log::warn!("cannot remove {}: {err}", e.path().display());
-                }
+            if keep_ovf_env && e.file_name() == "ovf-env.xml" {
+                continue;
+            }
+            let path = e.path();
+            let removed = match e.file_type() {
+                Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
+                _ => std::fs::remove_file(&path),
+            };
+            if let Err(err) = removed {
+                log::warn!("cannot remove {}: {err}", path.display());
             }
         }
+        self.journal = Some(Journal::open(&self.lib));
     }
 
     /// Where the fabric is: `Debug.WireServerAddress` when set (tests and

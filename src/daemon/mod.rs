@@ -342,7 +342,7 @@ impl Daemon {
                         "provisioned for instance {saved}, but this is {}: a captured image; provisioning again",
                         current.unwrap_or_default()
                     );
-                    self.forget_previous_instance();
+                    self.forget_previous_instance(mode == Mode::CloudInit);
                 }
                 match mode {
                     Mode::CloudInit => State::WaitForCloudInit {

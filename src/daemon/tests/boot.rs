@@ -355,11 +355,27 @@ fn restarts_resume_or_redo_by_what_lib_dir_says() {
         &v.path("var/lib/waagent/provisioned"),
         "00000000-1111-2222-3333-444444444444",
     );
-    write(&v.path("var/lib/waagent/GoalState.7.xml"), "<GoalState/>");
+    // What the image's instance left: its goal state, a tenant key, the
+    // ProvisionGuestAgent=false it was given, its journal.
+    let old = [
+        "GoalState.7.xml",
+        "0123456789ABCDEF0123456789ABCDEF01234567.prv",
+        "disable_agent",
+        "waagent-rs.journal",
+        "history/7/GoalState.xml",
+    ];
+    for f in old {
+        write(&v.path(&format!("var/lib/waagent/{f}")), "old instance");
+    }
     let mut d = v.daemon();
-    let trace = v.run_until(&mut d, "ReportReady");
+    let trace = v.run_until(&mut d, "Extension");
     assert_eq!(trace[..2], ["Boot", "ReadMedia"]);
-    assert!(!v.path("var/lib/waagent/GoalState.7.xml").exists());
+    for f in old {
+        let text = v.read(&format!("var/lib/waagent/{f}"));
+        assert!(!text.contains("old instance"), "{f} survived");
+    }
+    // Without the image's disable_agent, this VM's status is uploaded.
+    assert_eq!(v.sim.status_uploads().len(), 1);
     assert!(v.runner.lines().iter().any(|l| l == "useradd -m azureuser"));
     assert_eq!(
         v.read("var/lib/waagent/provisioned"),
