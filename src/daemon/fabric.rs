@@ -6,7 +6,7 @@ use crate::wire::crypto::Openssl;
 use crate::wire::docs::ExtensionsConfig;
 use crate::wire::endpoint::{self, Endpoint};
 use crate::wire::reports::Health;
-use crate::wire::status::{aggregate_status, AgentStatus};
+use crate::wire::status::{self, aggregate_status, AgentStatus, NotRun};
 
 use super::*;
 
@@ -172,6 +172,12 @@ impl Daemon {
         self.in_svd_seq_no = ec
             .and_then(|e| e.in_vm_goal_state_metadata.as_ref())
             .and_then(|m| m.in_svd_seq_no);
+        // No handler is run (yet): each is reported as such, never as done.
+        let why = match self.config.extensions_enabled {
+            true => NotRun::Unsupported,
+            false => NotRun::Disabled,
+        };
+        self.handler_statuses = ec.map(|e| status::not_run(e, why)).unwrap_or_default();
     }
 
     /// The agent's status to the status blob; a failure is logged and the
@@ -187,7 +193,7 @@ impl Daemon {
             computer_name: self.os.hostname().unwrap_or_default(),
             in_svd_seq_no: self.in_svd_seq_no,
         };
-        let body = aggregate_status(&agent, std::time::SystemTime::now());
+        let body = aggregate_status(&agent, &self.handler_statuses, std::time::SystemTime::now());
         match client.upload_status(&blob, body.as_bytes()) {
             Ok(()) => log::debug!("status uploaded"),
             Err(e) => log::warn!("cannot upload the status blob: {e}"),

@@ -229,6 +229,8 @@ pub struct Daemon {
     /// extensions goal state it answers.
     status_blob: Option<StatusUploadBlob>,
     in_svd_seq_no: Option<u64>,
+    /// What the status blob says of each handler of that ExtensionsConfig.
+    handler_statuses: Vec<crate::wire::status::HandlerStatus>,
     /// The Extension state has acted on a goal state since start: polls go
     /// from `InitialGoalStatePeriod` to `GoalStatePeriod`.
     goal_state_handled: bool,
@@ -252,6 +254,7 @@ impl Daemon {
             journal: None,
             status_blob: None,
             in_svd_seq_no: None,
+            handler_statuses: Vec::new(),
             goal_state_handled: false,
             monitors: Monitors::default(),
             clock: Rc::new(SystemClock),

@@ -1,8 +1,17 @@
 //! The aggregate status blob (§12): what the portal shows about the agent
 //! and its extensions, uploaded to the `StatusUploadBlob` SAS URL on every
 //! goal-state period. Built here (pure), uploaded by the client.
+//!
+//! CRP waits for a status from every handler of the goal state, so a handler
+//! the agent does not run is still reported, as failed, with the reason —
+//! waagent does the same for handlers it refuses (`Extensions.Enabled=n`, a
+//! policy): a `NotReady` handler status with a terminal error code, and for
+//! an enable with settings an `error` extension status for that sequence
+//! number, so CRP fails fast instead of waiting out its timeout.
 
 use std::time::SystemTime;
+
+use crate::wire::docs::{ExtensionState, ExtensionsConfig, PluginState};
 
 /// The guest agent's part of the status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,27 +23,188 @@ pub struct AgentStatus {
     pub in_svd_seq_no: Option<u64>,
 }
 
-/// The status document, current agent's shape (§12.2), with no handlers:
-/// the agent is Ready.
-pub fn aggregate_status(agent: &AgentStatus, now: SystemTime) -> String {
+/// `ExtensionErrorCodes.PluginEnableProcessingFailed`: an enable that did not happen.
+pub const CODE_ENABLE_FAILED: i64 = 1009;
+/// `ExtensionErrorCodes.PluginDisableProcessingFailed`: a disable or
+/// uninstall that did not happen (CRP has no code of its own for uninstall).
+pub const CODE_DISABLE_FAILED: i64 = 1010;
+/// `GoalStateAggregateStatusCodes.GoalStateUnknownFailure`.
+const CODE_GOAL_STATE_FAILED: i64 = -1;
+
+/// One entry of `handlerAggregateStatus`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerStatus {
+    /// `{Publisher}.{Type}`.
+    pub name: String,
+    pub version: String,
+    /// `Ready`, `NotReady`, `Installing`, `Unresponsive`.
+    pub status: &'static str,
+    pub code: i64,
+    pub message: Option<String>,
+    /// The extension's own status, reported as `runtimeSettingsStatus`.
+    pub extension: Option<ExtensionStatus>,
+}
+
+/// One extension's status (`runtimeSettingsStatus.settingsStatus`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtensionStatus {
+    /// The extension's name for a multi-config handler (reported as
+    /// `extensionName`); `None` for single-config.
+    pub extension_name: Option<String>,
+    /// The name inside the settings status: the extension's, else the handler's.
+    pub name: String,
+    pub sequence_number: u64,
+    /// `Enable`, `Disable`, …
+    pub operation: &'static str,
+    /// `transitioning`, `warning`, `error`, `success`.
+    pub status: &'static str,
+    pub code: i64,
+    pub message: String,
+}
+
+/// Why the extensions of a goal state were not run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotRun {
+    /// `Extensions.Enabled=n`.
+    Disabled,
+    /// This agent does not run extension handlers yet.
+    Unsupported,
+}
+
+/// The status of every handler of `ec`, none of which was run, and why.
+/// A handler the document itself made invalid reports that reason instead.
+pub fn not_run(ec: &ExtensionsConfig, why: NotRun) -> Vec<HandlerStatus> {
+    let mut out = Vec::new();
+    for plugin in &ec.plugins {
+        let (operation, code) = match plugin.state {
+            Some(PluginState::Enabled) => ("run", CODE_ENABLE_FAILED),
+            _ => ("uninstall", CODE_DISABLE_FAILED),
+        };
+        let handler = |full_name: &str, extension: Option<ExtensionStatus>| {
+            let message = match (&plugin.invalid_reason, why) {
+                (Some(reason), _) => format!("Extension '{full_name}' will not be processed: {reason}"),
+                (None, NotRun::Disabled) => format!(
+                    "Extension '{full_name}' will not be processed since extension processing is disabled. \
+                     To enable extension processing, set Extensions.Enabled=y in waagent.conf"
+                ),
+                (None, NotRun::Unsupported) => format!(
+                    "Extension '{full_name}' will not be processed: waagent-rs {} does not {operation} VM extensions yet",
+                    crate::VERSION
+                ),
+            };
+            HandlerStatus {
+                name: plugin.name.clone(),
+                version: plugin.version.clone(),
+                status: "NotReady",
+                code,
+                extension: extension.map(|e| ExtensionStatus {
+                    message: message.clone(),
+                    ..e
+                }),
+                message: Some(message),
+            }
+        };
+        if plugin.settings.is_empty() {
+            out.push(handler(&plugin.name, None));
+            continue;
+        }
+        for s in &plugin.settings {
+            let full_name = match &s.name {
+                Some(ext) => format!("{}.{ext}", plugin.name),
+                None => plugin.name.clone(),
+            };
+            // As waagent: an extension status only for an enable, so CRP
+            // matches it to the sequence number it is waiting for.
+            let enable =
+                plugin.state == Some(PluginState::Enabled) && s.state == ExtensionState::Enabled;
+            let extension = enable.then(|| ExtensionStatus {
+                extension_name: s.name.clone(),
+                name: s.name.clone().unwrap_or_else(|| plugin.name.clone()),
+                sequence_number: s.seq_no,
+                operation: "Enable",
+                status: "error",
+                code,
+                message: String::new(),
+            });
+            out.push(handler(&full_name, extension));
+            if !plugin.multi_config {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// The status document, current agent's shape (§12.2). The extensions goal
+/// state counts as executed only when no handler of it failed.
+pub fn aggregate_status(
+    agent: &AgentStatus,
+    handlers: &[HandlerStatus],
+    now: SystemTime,
+) -> String {
     let ts = crate::utc::timestamp(now);
     let message = |m: &str| serde_json::json!({"lang": "en-US", "message": m});
+    let handler_entries: Vec<serde_json::Value> = handlers
+        .iter()
+        .map(|h| {
+            let mut v = serde_json::json!({
+                "handlerVersion": h.version,
+                "handlerName": h.name,
+                "status": h.status,
+                "code": h.code,
+                "useExactVersion": true,
+            });
+            if let Some(m) = &h.message {
+                v["formattedMessage"] = message(m);
+            }
+            if let Some(e) = &h.extension {
+                v["runtimeSettingsStatus"] = serde_json::json!({
+                    "settingsStatus": {
+                        "status": {
+                            "name": e.name,
+                            "configurationAppliedTime": ts,
+                            "operation": e.operation,
+                            "status": e.status,
+                            "code": e.code,
+                            "formattedMessage": message(&e.message),
+                        },
+                        "version": 1.0,
+                        "timestampUTC": ts,
+                    },
+                    "sequenceNumber": e.sequence_number,
+                });
+                if let Some(name) = &e.extension_name {
+                    v["runtimeSettingsStatus"]["extensionName"] = name.clone().into();
+                }
+            }
+            v
+        })
+        .collect();
     let mut aggregate = serde_json::json!({
         "guestAgentStatus": {
             "version": crate::VERSION,
             "status": "Ready",
             "formattedMessage": message("Guest Agent is running"),
         },
-        "handlerAggregateStatus": [],
+        "handlerAggregateStatus": handler_entries,
     });
     if let Some(seq) = agent.in_svd_seq_no {
+        let failed = handlers.iter().filter(|h| h.status != "Ready").count();
+        let (text, status, code) = match failed {
+            0 => ("GoalState executed successfully".to_string(), "Success", 0),
+            n => (
+                format!("{n} of {} extension handler(s) not run", handlers.len()),
+                "Failed",
+                CODE_GOAL_STATE_FAILED,
+            ),
+        };
         aggregate["vmArtifactsAggregateStatus"] = serde_json::json!({
             "goalStateAggregateStatus": {
-                "formattedMessage": message("GoalState executed successfully"),
+                "formattedMessage": message(&text),
                 "timestampUTC": ts,
                 "inSvdSeqNo": seq,
-                "status": "Success",
-                "code": 0,
+                "status": status,
+                "code": code,
             }
         });
     }
@@ -66,7 +236,8 @@ mod tests {
             computer_name: "vm1".into(),
             in_svd_seq_no: Some(4),
         };
-        let v: serde_json::Value = serde_json::from_str(&aggregate_status(&a, UNIX_EPOCH)).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&aggregate_status(&a, &[], UNIX_EPOCH)).unwrap();
         assert_eq!(v["version"], "1.1");
         assert_eq!(v["timestampUTC"], "1970-01-01T00:00:00Z");
         assert_eq!(v["aggregateStatus"]["guestAgentStatus"]["status"], "Ready");
@@ -84,5 +255,113 @@ mod tests {
             4
         );
         assert_eq!(v["guestOSInfo"]["computerName"], "vm1");
+    }
+
+    #[test]
+    fn handlers_not_run_are_reported_failed_with_the_reason() {
+        let ec = ExtensionsConfig::parse(&crate::wire::docs::test_support::fixture("ext_conf.xml"))
+            .unwrap();
+        let a = AgentStatus {
+            os_name: "debian".into(),
+            os_version: "12".into(),
+            computer_name: "vm1".into(),
+            in_svd_seq_no: Some(7),
+        };
+        let handlers = not_run(&ec, NotRun::Unsupported);
+        let v: serde_json::Value =
+            serde_json::from_str(&aggregate_status(&a, &handlers, UNIX_EPOCH)).unwrap();
+        let agg = &v["aggregateStatus"];
+        let gs = &agg["vmArtifactsAggregateStatus"]["goalStateAggregateStatus"];
+        assert_eq!(gs["status"], "Failed");
+        assert_eq!(gs["code"], -1);
+        assert_eq!(gs["inSvdSeqNo"], 7);
+        assert_eq!(
+            gs["formattedMessage"]["message"],
+            "3 of 3 extension handler(s) not run"
+        );
+
+        // One entry per single-config handler, one per extension of a
+        // multi-config one; each NotReady with enable's terminal code.
+        let entries = agg["handlerAggregateStatus"].as_array().unwrap();
+        let summary: Vec<(String, String, i64, Option<u64>)> = entries
+            .iter()
+            .map(|h| {
+                (
+                    h["handlerName"].as_str().unwrap().to_string(),
+                    h["status"].as_str().unwrap().to_string(),
+                    h["code"].as_i64().unwrap(),
+                    h["runtimeSettingsStatus"]["sequenceNumber"].as_u64(),
+                )
+            })
+            .collect();
+        let echo = "Contoso.Test.EchoHandler".to_string();
+        let multi = "Contoso.Test.MultiHandler".to_string();
+        let not_ready = "NotReady".to_string();
+        assert_eq!(
+            summary,
+            [
+                (echo, not_ready.clone(), 1009, Some(4)),
+                (multi.clone(), not_ready.clone(), 1009, Some(3)),
+                // Disabled extension: a handler status only.
+                (multi, not_ready, 1009, None),
+            ]
+        );
+        let msg = format!(
+            "Extension 'Contoso.Test.MultiHandler.first' will not be processed: waagent-rs {} does not run VM extensions yet",
+            crate::VERSION
+        );
+        assert_eq!(entries[1]["formattedMessage"]["message"], msg.as_str());
+        let rs = &entries[1]["runtimeSettingsStatus"];
+        assert_eq!(rs["extensionName"], "first");
+        assert_eq!(rs["settingsStatus"]["status"]["status"], "error");
+        assert_eq!(rs["settingsStatus"]["status"]["operation"], "Enable");
+        assert_eq!(
+            rs["settingsStatus"]["status"]["formattedMessage"]["message"],
+            msg.as_str()
+        );
+        assert!(entries[0]["runtimeSettingsStatus"]
+            .get("extensionName")
+            .is_none());
+        assert!(entries[2]["formattedMessage"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Extension 'Contoso.Test.MultiHandler.second' will not"));
+
+        // Extensions.Enabled=n says so, as waagent does.
+        let off = not_run(&ec, NotRun::Disabled);
+        assert!(off[0].message.as_deref().unwrap().ends_with(
+            "since extension processing is disabled. To enable extension processing, set Extensions.Enabled=y in waagent.conf"
+        ));
+    }
+
+    #[test]
+    fn uninstall_and_invalid_handlers_say_so() {
+        let text = crate::wire::docs::test_support::fixture("ext_conf.xml").replacen(
+            "state=\"enabled\"",
+            "state=\"uninstall\"",
+            1,
+        );
+        let ec = ExtensionsConfig::parse(&text).unwrap();
+        let h = not_run(&ec, NotRun::Unsupported);
+        assert_eq!(h[0].code, 1010);
+        assert_eq!(h[0].extension, None);
+        assert!(h[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .ends_with("does not uninstall VM extensions yet"));
+
+        let text = crate::wire::docs::test_support::fixture("ext_conf.xml").replacen(
+            "state=\"enabled\"",
+            "state=\"sideways\"",
+            1,
+        );
+        let ec = ExtensionsConfig::parse(&text).unwrap();
+        let h = not_run(&ec, NotRun::Unsupported);
+        let reason = ec.plugins[0].invalid_reason.clone().unwrap();
+        assert_eq!(
+            h[0].message.as_deref().unwrap(),
+            format!("Extension 'Contoso.Test.EchoHandler' will not be processed: {reason}")
+        );
     }
 }

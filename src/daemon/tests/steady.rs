@@ -370,3 +370,36 @@ fn an_incarnation_that_is_not_a_number_is_refused_and_polling_goes_on() {
     assert_eq!(v.read("var/lib/waagent/Incarnation"), "2");
     assert!(lib.join("GoalState.2.xml").exists());
 }
+
+#[test]
+fn handlers_of_the_goal_state_are_reported_as_not_run_never_as_done() {
+    let v = vm(None, ProvisioningAgent::Disabled);
+    v.sim.inject(
+        "type=extensionsConfig",
+        [Fault::Replace(
+            "<StatusUploadBlob".into(),
+            r#"<Plugins><Plugin name="Contoso.Test.Echo" version="1.0.0" location="http://x/m.xml" state="enabled" autoUpgrade="false" /></Plugins>
+<PluginSettings><Plugin name="Contoso.Test.Echo" version="1.0.0"><RuntimeSettings seqNo="5">{"runtimeSettings":[{"handlerSettings":{"publicSettings":{}}}]}</RuntimeSettings></Plugin></PluginSettings>
+<StatusUploadBlob"#
+                .into(),
+        )],
+    );
+    let mut d = v.daemon();
+    v.run_until(&mut d, "Extension");
+    let uploads = v.sim.status_uploads();
+    let blob: serde_json::Value = serde_json::from_slice(&uploads[0].content).unwrap();
+    let agg = &blob["aggregateStatus"];
+    assert_eq!(
+        agg["vmArtifactsAggregateStatus"]["goalStateAggregateStatus"]["status"],
+        "Failed"
+    );
+    let h = &agg["handlerAggregateStatus"][0];
+    assert_eq!(h["handlerName"], "Contoso.Test.Echo");
+    assert_eq!(h["status"], "NotReady");
+    assert_eq!(h["code"], 1009);
+    assert_eq!(h["runtimeSettingsStatus"]["sequenceNumber"], 5);
+    assert_eq!(
+        h["runtimeSettingsStatus"]["settingsStatus"]["status"]["status"],
+        "error"
+    );
+}
