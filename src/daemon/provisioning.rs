@@ -85,12 +85,22 @@ impl Daemon {
     /// system (it may write `{THUMBPRINT}.pub` into Lib.Dir).
     pub(super) fn plan(&self, ovf: Box<OvfEnv>) -> Result<Plan, String> {
         let user = &ovf.user_name;
+        if self.os.is_dynamic_user(user) {
+            // Not in any passwd file: useradd would make a second account
+            // of that name. Not even AllowResetSysUser allows it.
+            return Err(format!(
+                "refusing to provision {user}: it is a systemd dynamic user (a service's account)"
+            ));
+        }
         if let Some(existing) = self.os.user(user).map_err(|e| e.to_string())? {
             let system = self.os.is_system_user(user).map_err(|e| e.to_string())?;
             if system && !self.config.allow_reset_sys_user {
+                let normal = self.os.normal_uids();
                 return Err(format!(
-                    "refusing to provision the system account {user} (uid {}); Provisioning.AllowResetSysUser=y allows it",
-                    existing.uid
+                    "refusing to provision the system account {user} (uid {}, outside the normal users' {}-{}); Provisioning.AllowResetSysUser=y allows it",
+                    existing.uid,
+                    normal.start(),
+                    normal.end()
                 ));
             }
         }

@@ -2,6 +2,7 @@
 //! generic Linux defaults of [`OsUtil`] (§18.2 of the protocol notes).
 
 use std::net::Ipv4Addr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use super::{
@@ -187,7 +188,9 @@ flavour!(
             if name == "core" {
                 return Ok(false);
             }
-            Ok(self.user(name)?.is_some_and(|u| u.uid < self.uid_min()))
+            let normal = self.normal_uids();
+            Ok(self.is_dynamic_user(name)
+                || self.user(name)?.is_some_and(|u| !normal.contains(&u.uid)))
         }
 
         fn restart_sshd(&self) -> Result<(), OsError> {
@@ -213,9 +216,13 @@ flavour!(
             InitSystem::RcD
         }
 
-        fn uid_min(&self) -> u32 {
-            // pw.conf's minuid default.
-            1000
+        fn normal_uids(&self) -> RangeInclusive<u32> {
+            // pw.conf's minuid and maxuid defaults; nobody is 65534.
+            1000..=32000
+        }
+
+        fn is_dynamic_user(&self, _name: &str) -> bool {
+            false
         }
 
         fn create_user(&self, name: &str, expiration: Option<&str>) -> Result<(), OsError> {

@@ -46,11 +46,12 @@ pub(crate) fn find_user(passwd: &Path, name: &str) -> Result<Option<PasswdEntry>
     }))
 }
 
-pub(crate) fn login_defs_uid_min(path: &Path) -> Option<u32> {
+/// A numeric setting of `/etc/login.defs` (`UID_MIN`, `UID_MAX`).
+pub(crate) fn login_defs_number(path: &Path, key: &str) -> Option<u32> {
     let text = fs::read_to_string(path).ok()?;
     text.lines().find_map(|l| {
         let mut w = l.split_whitespace();
-        (w.next() == Some("UID_MIN")).then(|| w.next()?.parse().ok())?
+        (w.next() == Some(key)).then(|| w.next()?.parse().ok())?
     })
 }
 
@@ -376,7 +377,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("login.defs");
         fs::write(&p, "#UID_MIN 7\nUID_MIN\t\t\t  500\nUID_MAX 60000\n").unwrap();
-        assert_eq!(login_defs_uid_min(&p), Some(500));
+        assert_eq!(login_defs_number(&p, "UID_MIN"), Some(500));
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod testing;
 use std::fmt;
 use std::io;
 use std::net::Ipv4Addr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -229,15 +230,39 @@ pub trait OsUtil {
         linux::find_user(&self.env().path("/etc/passwd"), name)
     }
 
-    /// The lowest UID of a normal user (`UID_MIN` in `/etc/login.defs`).
-    fn uid_min(&self) -> u32 {
-        linux::login_defs_uid_min(&self.env().path("/etc/login.defs")).unwrap_or(1000)
+    /// The UIDs of normal users: `UID_MIN`..=`UID_MAX` of `/etc/login.defs`
+    /// (shadow's defaults, 1000 and 60000, when unset). Everything outside
+    /// is an account of the system: root, daemons, `nobody` (65534),
+    /// systemd's dynamic users (61184–65519).
+    fn normal_uids(&self) -> RangeInclusive<u32> {
+        let defs = self.env().path("/etc/login.defs");
+        let min = linux::login_defs_number(&defs, "UID_MIN").unwrap_or(1000);
+        let max = linux::login_defs_number(&defs, "UID_MAX").unwrap_or(60000);
+        min..=max
     }
 
-    /// True for an existing account below `uid_min` (root, daemons): such an
-    /// account is never provisioned unless `Provisioning.AllowResetSysUser`.
+    /// True for a systemd dynamic user (`DynamicUser=yes`): a service's
+    /// account that exists only while it runs, in no passwd file.
+    fn is_dynamic_user(&self, name: &str) -> bool {
+        self.env()
+            .path("/run/systemd/dynamic-uid")
+            .join(format!("direct:{name}"))
+            .symlink_metadata()
+            .is_ok()
+    }
+
+    /// True for an existing account whose UID lies outside
+    /// [`normal_uids`](Self::normal_uids), and for a dynamic user: such an
+    /// account is never provisioned (a sudoers line for `nobody` would make
+    /// every daemon running as nobody root) unless
+    /// `Provisioning.AllowResetSysUser`, and never deleted by
+    /// `-deprovision+user`.
     fn is_system_user(&self, name: &str) -> Result<bool, OsError> {
-        Ok(self.user(name)?.is_some_and(|u| u.uid < self.uid_min()))
+        if self.is_dynamic_user(name) {
+            return Ok(true);
+        }
+        let normal = self.normal_uids();
+        Ok(self.user(name)?.is_some_and(|u| !normal.contains(&u.uid)))
     }
 
     fn create_user(&self, name: &str, expiration: Option<&str>) -> Result<(), OsError> {

@@ -481,3 +481,45 @@ fn sigterm_while_waiting_for_cloud_init_stops_without_a_report() {
         "no failure claimed"
     );
 }
+
+#[test]
+fn accounts_outside_the_normal_uid_range_are_refused_before_any_change() {
+    // nobody (65534) with a sudoers line would make every daemon that runs
+    // as nobody root.
+    let ovf = full_ovf()
+        .replace(
+            "<UserName>azureuser</UserName>",
+            "<UserName>nobody</UserName>",
+        )
+        .replace("$HOME/azureuser/", "$HOME/nobody/");
+    let v = vm(Some(&ovf), ProvisioningAgent::Waagent);
+    let passwd = v.read("etc/passwd") + "nobody:x:65534:65534::/nonexistent:/usr/sbin/nologin\n";
+    write(&v.path("etc/passwd"), &passwd);
+    let mut d = v.daemon();
+    let trace = v.run_until(&mut d, "Steady");
+    assert!(
+        !trace.iter().any(|s| s.starts_with("Provision:")),
+        "{trace:?}"
+    );
+    assert_eq!(
+        v.sim.health_reports()[1].description.as_deref(),
+        Some("refusing to provision the system account nobody (uid 65534, outside the normal users' 1000-60000); Provisioning.AllowResetSysUser=y allows it")
+    );
+    assert!(!v.path("etc/sudoers.d/waagent").exists());
+    assert!(v.runner.lines().iter().all(|l| !l.starts_with("chpasswd")));
+
+    // A systemd dynamic user, in no passwd file: refused too.
+    let ovf = full_ovf()
+        .replace("<UserName>azureuser</UserName>", "<UserName>svc</UserName>")
+        .replace("$HOME/azureuser/", "$HOME/svc/");
+    let v = vm(Some(&ovf), ProvisioningAgent::Waagent);
+    std::fs::create_dir_all(v.path("run/systemd/dynamic-uid")).unwrap();
+    std::os::unix::fs::symlink("61184", v.path("run/systemd/dynamic-uid/direct:svc")).unwrap();
+    let mut d = v.daemon();
+    v.run_until(&mut d, "Steady");
+    assert_eq!(
+        v.sim.health_reports()[1].description.as_deref(),
+        Some("refusing to provision svc: it is a systemd dynamic user (a service's account)")
+    );
+    assert!(v.runner.lines().iter().all(|l| !l.starts_with("useradd")));
+}

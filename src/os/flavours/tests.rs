@@ -196,18 +196,38 @@ fn system_users() {
         let f = fixture(flavour, "1", true);
         f.write(
             "/etc/passwd",
-            "root:x:0:0::/root:/bin/sh\ncore:x:500:500::/home/core:/bin/bash\nazureuser:x:1000:1000::/home/azureuser:/bin/sh\n",
+            "root:x:0:0::/root:/bin/sh\ncore:x:500:500::/home/core:/bin/bash\nazureuser:x:1000:1000::/home/azureuser:/bin/sh\n\
+             nobody:x:65534:65534::/nonexistent:/usr/sbin/nologin\nbig:x:60001:60001::/home/big:/bin/sh\n",
         );
         f.write("/etc/login.defs", "UID_MIN 1000\n");
         assert!(f.os.is_system_user("root").unwrap());
         assert!(!f.os.is_system_user("azureuser").unwrap());
         assert!(!f.os.is_system_user("newuser").unwrap());
+        // Above UID_MAX (60000 when unset): nobody, and anything up there.
+        assert!(f.os.is_system_user("nobody").unwrap(), "{flavour}");
+        assert!(f.os.is_system_user("big").unwrap(), "{flavour}");
+        f.write("/etc/login.defs", "UID_MIN 1000\nUID_MAX 60001\n");
+        assert!(!f.os.is_system_user("big").unwrap(), "{flavour}");
+        // A systemd dynamic user is in no passwd file.
+        assert!(!f.os.is_system_user("svc").unwrap());
+        let dynamic = f.root.path().join("run/systemd/dynamic-uid");
+        fs::create_dir_all(&dynamic).unwrap();
+        std::os::unix::fs::symlink("61184", dynamic.join("direct:svc")).unwrap();
+        assert!(f.os.is_system_user("svc").unwrap(), "{flavour}");
         assert_eq!(
             f.os.is_system_user("core").unwrap(),
             core_is_system,
             "{flavour}"
         );
     }
+    // FreeBSD: pw's 1000-32000; nobody is 65534 there too.
+    let f = fixture(Flavour::FreeBsd, "13.2", true);
+    f.write(
+        "/etc/passwd",
+        "nobody:*:65534:65534::/nonexistent:/usr/sbin/nologin\nazureuser:*:1001:1001::/home/azureuser:/bin/sh\n",
+    );
+    assert!(f.os.is_system_user("nobody").unwrap());
+    assert!(!f.os.is_system_user("azureuser").unwrap());
 }
 
 #[test]
