@@ -14,6 +14,7 @@ pub mod env;
 pub mod fsutil;
 pub mod http;
 pub mod log;
+pub mod names;
 pub mod os;
 pub mod ovf;
 pub mod pidfile;

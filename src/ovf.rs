@@ -18,6 +18,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use crate::names::{check_host_name, quote};
 use crate::xml::{self, DocError, Node};
 
 /// The name errors carry (and the file name the agent saves).
@@ -266,17 +267,6 @@ fn key_pair(node: &Node<'_>, user: &str) -> Result<KeyPair, DocError> {
     Ok(KeyPair { fingerprint, path })
 }
 
-/// `text` quoted and escaped for a one-line message (control characters
-/// become escapes, so a hostile value cannot forge log lines), cut to 64
-/// characters.
-pub(crate) fn quote(text: &str) -> String {
-    const MAX: usize = 64;
-    match text.char_indices().nth(MAX) {
-        Some((cut, _)) => format!("{:?}…", &text[..cut]),
-        None => format!("{text:?}"),
-    }
-}
-
 /// A POSIX user name as shadow's useradd accepts it (`[a-z_][a-z0-9_-]*[$]?`),
 /// letters in either case (Azure allows capitals, as do Red Hat's and
 /// SUSE's useradd), at most 32 characters, and not `root`. This also keeps
@@ -304,34 +294,6 @@ pub fn check_user_name(name: &str) -> Result<(), String> {
              and hold only letters, digits, '_' and '-'",
             quote(name)
         ));
-    }
-    Ok(())
-}
-
-/// A host name by RFC 1123: dot-separated labels of 1 to 63 letters, digits
-/// and hyphens, no label starting or ending with a hyphen, 253 characters
-/// in all. A fully qualified name is accepted; a trailing dot is not.
-pub fn check_host_name(name: &str) -> Result<(), String> {
-    let invalid = |why: &str| format!("{} is not a valid host name: {why}", quote(name));
-    if name.len() > 253 {
-        return Err(format!(
-            "host name is {} characters long; at most 253 are allowed",
-            name.len()
-        ));
-    }
-    for label in name.split('.') {
-        if label.is_empty() {
-            return Err(invalid("it has an empty label"));
-        }
-        if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            return Err(invalid("only letters, digits, '-' and '.' are allowed"));
-        }
-        if label.len() > 63 {
-            return Err(invalid("a label is longer than 63 characters"));
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err(invalid("a label starts or ends with '-'"));
-        }
     }
     Ok(())
 }

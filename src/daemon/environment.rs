@@ -22,6 +22,8 @@ pub(super) struct Monitors {
     next_net_rules: Option<Instant>,
     next_dhcp: Option<Instant>,
     next_hostname: Option<Instant>,
+    /// The live host name last refused as invalid (so it is said once).
+    refused_hostname: Option<String>,
     /// RDMA set-up in progress (made from the first SharedConfig fetched
     /// for it); `rdma_settled` once it is done, failed or not asked for.
     rdma: Option<rdma::RdmaSetup>,
@@ -290,13 +292,24 @@ impl Daemon {
 
     /// `Provisioning.MonitorHostName`: a host name changed by the user is
     /// made persistent and published through DHCP (§18.7).
-    pub(super) fn monitor_host_name(&self) {
+    ///
+    /// Any local admin (or a compromised service with CAP_SYS_ADMIN in the
+    /// UTS namespace) can set the live name, and it goes into files shells
+    /// source, so it passes provisioning's rule first, every time.
+    pub(super) fn monitor_host_name(&mut self) {
         let (Ok(current), Some(published)) =
             (self.os.hostname(), self.read_lib("published_hostname"))
         else {
             return;
         };
         if current == published || current.is_empty() {
+            return;
+        }
+        if let Err(why) = crate::names::check_host_name(&current) {
+            if self.monitors.refused_hostname.as_deref() != Some(current.as_str()) {
+                log::warn!("the host name changed, but is not published: {why}");
+                self.monitors.refused_hostname = Some(current);
+            }
             return;
         }
         log::info!("host name changed from {published} to {current}; publishing it");

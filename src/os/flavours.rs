@@ -6,8 +6,8 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use super::{
-    linux, parse_mount_table, positional, Cmd, Env, Flavour, InitSystem, MountEntry, OsError,
-    OsUtil, PartitionTable, Probe, SERVICE_NAME,
+    host_name, linux, parse_mount_table, positional, Cmd, Env, Flavour, InitSystem, MountEntry,
+    OsError, OsUtil, PartitionTable, Probe, SERVICE_NAME,
 };
 
 /// Declares a flavour struct holding its [`Env`], with the given overrides.
@@ -105,7 +105,7 @@ flavour!(
         }
 
         fn set_hostname(&self, name: &str) -> Result<(), OsError> {
-            let name = positional("host name", name)?;
+            let name = host_name(name)?;
             if self.env.distro.major() >= 7 {
                 return hostnamectl(&self.env, name);
             }
@@ -125,7 +125,7 @@ flavour!(
             let file = self
                 .env
                 .path(&format!("/etc/sysconfig/network-scripts/ifcfg-{iface}"));
-            linux::set_line(&file, "DHCP_HOSTNAME=", &format!("DHCP_HOSTNAME={}", positional("host name", name)?))
+            linux::set_line(&file, "DHCP_HOSTNAME=", &format!("DHCP_HOSTNAME={}", host_name(name)?))
         }
 
         fn dhcp_lease_files(&self) -> Vec<PathBuf> {
@@ -154,7 +154,7 @@ flavour!(
         }
 
         fn set_hostname(&self, name: &str) -> Result<(), OsError> {
-            let name = positional("host name", name)?;
+            let name = host_name(name)?;
             if self.env.distro.major() >= 12 {
                 return hostnamectl(&self.env, name);
             }
@@ -163,7 +163,7 @@ flavour!(
         }
 
         fn set_dhcp_hostname(&self, name: &str, _iface: &str) -> Result<(), OsError> {
-            let name = positional("host name", name)?;
+            let name = host_name(name)?;
             let file = self.env.path("/etc/sysconfig/network/dhcp");
             let current = std::fs::read_to_string(&file).unwrap_or_default();
             // "AUTO" already sends the live host name.
@@ -258,7 +258,7 @@ flavour!(
         }
 
         fn set_hostname(&self, name: &str) -> Result<(), OsError> {
-            let name = positional("host name", name)?;
+            let name = host_name(name)?;
             linux::set_line(&self.env.path("/etc/rc.conf"), "hostname=", &format!("hostname=\"{name}\""))?;
             self.env.run_ok(Cmd::new("hostname").arg(name)).map(drop)
         }

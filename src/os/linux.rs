@@ -235,7 +235,7 @@ pub(crate) fn set_line(path: &Path, key: &str, line: &str) -> Result<(), OsError
 /// dhclient.conf: `send host-name "{name}";` unless the file already sends
 /// the live host name (`send host-name = gethostname();`).
 pub(crate) fn dhclient_send_host_name(conf: &Path, name: &str) -> Result<(), OsError> {
-    let name = super::positional("host name", name)?;
+    let name = super::host_name(name)?;
     if name.contains(['"', ';', '\\']) {
         return Err(OsError::Invalid(format!("refusing host name {name:?}")));
     }

@@ -156,6 +156,14 @@ pub(crate) fn positional<'a>(what: &str, v: &'a str) -> Result<&'a str, OsError>
     Ok(v)
 }
 
+/// A host name every writer of the system's files checks, whoever gave it
+/// (ovf-env.xml, the live host name): several of those files are sourced by
+/// shells.
+pub(crate) fn host_name(name: &str) -> Result<&str, OsError> {
+    crate::names::check_host_name(name).map_err(OsError::Invalid)?;
+    Ok(name)
+}
+
 /// One line of the mount table (`/proc/mounts`, FreeBSD `mount -p`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
@@ -339,7 +347,7 @@ pub trait OsUtil {
 
     /// Sets the host name now and for the next boot.
     fn set_hostname(&self, name: &str) -> Result<(), OsError> {
-        let name = positional("host name", name)?;
+        let name = host_name(name)?;
         linux::write_file(
             &self.env().path("/etc/hostname"),
             &format!("{name}\n"),
@@ -368,8 +376,12 @@ pub trait OsUtil {
         env.run_ok(cmd).map(drop)
     }
 
-    /// The host name the kernel has now.
+    /// The host name the kernel has now: `/proc/sys/kernel/hostname` (under
+    /// the root, so tests can set it), else gethostname(2).
     fn hostname(&self) -> Result<String, OsError> {
+        if let Ok(name) = std::fs::read_to_string(self.env().path("/proc/sys/kernel/hostname")) {
+            return Ok(name.trim_end_matches('\n').to_string());
+        }
         nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .map_err(|e| OsError::Invalid(format!("cannot read the host name: {e}")))

@@ -403,3 +403,41 @@ fn handlers_of_the_goal_state_are_reported_as_not_run_never_as_done() {
         "error"
     );
 }
+
+#[test]
+fn a_live_host_name_that_is_not_valid_is_never_written_anywhere() {
+    let mut v = vm(None, ProvisioningAgent::Disabled);
+    v.config.monitor_host_name = true;
+    v.config.monitor_host_name_period = 30;
+    write(&v.path("var/lib/waagent/published_hostname"), "vm1");
+    write(&v.path("etc/hostname"), "vm1\n");
+    // Set by someone on the VM; it would end up in files shells source.
+    write(&v.path("proc/sys/kernel/hostname"), "vm1;reboot\n");
+    let mut d = v.daemon();
+    let (_, state) = step_until(&mut d, State::Boot, "Steady", 10);
+    let start = v.clock.elapsed();
+    let state = step_for(&v, &mut d, state, start, 65);
+    assert_eq!(v.read("etc/hostname"), "vm1\n");
+    assert_eq!(v.read("var/lib/waagent/published_hostname"), "vm1");
+    assert!(!v.read("etc/dhcp/dhclient.conf").contains("reboot"));
+    assert!(
+        v.runner.lines().iter().all(|l| !l.starts_with("hostname")),
+        "{:?}",
+        v.runner.lines()
+    );
+
+    // A valid new name is published as before.
+    write(&v.path("proc/sys/kernel/hostname"), "renamed-by-user\n");
+    let start = v.clock.elapsed();
+    step_for(&v, &mut d, state, start, 31);
+    assert_eq!(v.read("etc/hostname"), "renamed-by-user\n");
+    assert_eq!(
+        v.read("var/lib/waagent/published_hostname"),
+        "renamed-by-user"
+    );
+    assert!(v
+        .runner
+        .lines()
+        .iter()
+        .any(|l| l == "hostname renamed-by-user"));
+}
