@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::env::firewall;
+use crate::journal::Journal;
 use crate::os::{Flavour, OsUtil};
 use crate::ovf::OvfEnv;
 
@@ -21,7 +22,17 @@ pub enum Action {
     LockRoot,
     /// A file or a whole directory tree.
     Delete(PathBuf),
-    DeleteUser(String),
+    /// An account provisioning created, with its home directory when that
+    /// is still the one `useradd -m` made.
+    DeleteUser {
+        name: String,
+        remove_home: bool,
+    },
+    /// `+user` keeps this account, and says why.
+    KeepUser {
+        name: String,
+        why: String,
+    },
 }
 
 impl Action {
@@ -35,9 +46,14 @@ impl Action {
                 "WARNING! root password will be disabled. You will not be able to login as root."
                     .into()
             }
-            Action::DeleteUser(u) => {
-                format!("WARNING! {u} account and entire home directory will be deleted.")
+            Action::DeleteUser {
+                name,
+                remove_home: true,
+            } => format!("WARNING! {name} account and entire home directory will be deleted."),
+            Action::DeleteUser { name, .. } => {
+                format!("WARNING! {name} account will be deleted (its home directory is kept).")
             }
+            Action::KeepUser { name, why } => format!("NOTE: {name} is not deleted: {why}."),
             Action::Delete(p) if p.ends_with("resolv.conf") => {
                 format!(
                     "WARNING! Nameserver configuration in {} will be deleted.",
@@ -72,16 +88,10 @@ pub fn plan(config: &Config, os: &dyn OsUtil, with_user: bool) -> Vec<Action> {
     if config.delete_root_password {
         actions.push(Action::LockRoot);
     }
-    // The user name comes from the saved ovf-env.xml: read it before the
+    // Which accounts are ours is in the journal: read it before the
     // Lib.Dir that holds it goes.
     if with_user {
-        match provisioned_user(&config.lib_dir) {
-            Some(u) => actions.push(Action::DeleteUser(u)),
-            None => log::warn!(
-                "no provisioned user found in {}",
-                config.lib_dir.join("ovf-env.xml").display()
-            ),
-        }
+        actions.extend(user_actions(config, os));
     }
     actions.push(Action::Delete(
         config
@@ -114,6 +124,68 @@ pub fn plan(config: &Config, os: &dyn OsUtil, with_user: bool) -> Vec<Action> {
 pub fn provisioned_user(lib_dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(lib_dir.join("ovf-env.xml")).ok()?;
     OvfEnv::parse(&text).ok().map(|e| e.user_name)
+}
+
+/// `+user` deletes only what provisioning created: the accounts the journal
+/// records, each while it still has the UID it was created with and that
+/// UID is a normal user's. Anything else — a user the image already had
+/// (`UserName=www-data` would take `/var/www` with it), one provisioning
+/// refused, one deleted and made again since — is kept, and the reason is
+/// shown. The home directory goes only while it is still the one
+/// `useradd -m` made.
+fn user_actions(config: &Config, os: &dyn OsUtil) -> Vec<Action> {
+    let journal = Journal::open(&config.lib_dir);
+    let created = &journal.entry().created_users;
+    let mut actions = Vec::new();
+    if let Some(name) = provisioned_user(&config.lib_dir) {
+        if !created.iter().any(|u| u.name == name) {
+            actions.push(Action::KeepUser {
+                name,
+                why:
+                    "provisioning did not create it (it was already on the system, or was refused)"
+                        .into(),
+            });
+        }
+    } else if created.is_empty() {
+        log::warn!(
+            "no provisioned user found in {}; no account is deleted",
+            config.lib_dir.join("ovf-env.xml").display()
+        );
+    }
+    let normal = os.normal_uids();
+    for u in created {
+        let keep = |why: String| Action::KeepUser {
+            name: u.name.clone(),
+            why,
+        };
+        let now = match os.user(&u.name) {
+            Ok(Some(now)) => now,
+            Ok(None) => continue,
+            Err(e) => {
+                actions.push(keep(format!("cannot read the user database: {e}")));
+                continue;
+            }
+        };
+        if now.uid != u.uid {
+            actions.push(keep(format!(
+                "its UID is {}, not the {} provisioning created it with",
+                now.uid, u.uid
+            )));
+        } else if !normal.contains(&now.uid) || os.is_dynamic_user(&u.name) {
+            actions.push(keep(format!(
+                "its UID {} is not a normal user's ({}-{})",
+                now.uid,
+                normal.start(),
+                normal.end()
+            )));
+        } else {
+            actions.push(Action::DeleteUser {
+                name: u.name.clone(),
+                remove_home: now.home.to_string_lossy() == u.home,
+            });
+        }
+    }
+    actions
 }
 
 /// Shows the warnings and asks, unless `force`. True: go ahead.
@@ -158,10 +230,14 @@ pub fn apply(actions: &[Action], os: &dyn OsUtil) -> Vec<String> {
             }
             Action::LockRoot => os.lock_root_password().map_err(|e| e.to_string()),
             Action::Delete(p) => delete(p),
-            Action::DeleteUser(u) => os
-                .delete_user(u)
-                .and_then(|_| os.remove_sudoer(u))
+            Action::DeleteUser { name, remove_home } => os
+                .delete_user(name, *remove_home)
+                .and_then(|_| os.remove_sudoer(name))
                 .map_err(|e| e.to_string()),
+            Action::KeepUser { name, why } => {
+                log::warn!("deprovision: {name} is not deleted: {why}");
+                Ok(())
+            }
         };
         if let Err(e) = result {
             // Stopping a service that is not running is not worth alarm.
@@ -237,7 +313,13 @@ mod tests {
 
     #[test]
     fn confirmation() {
-        let actions = vec![Action::StopService, Action::DeleteUser("azureuser".into())];
+        let actions = vec![
+            Action::StopService,
+            Action::DeleteUser {
+                name: "azureuser".into(),
+                remove_home: true,
+            },
+        ];
         let mut out = Vec::new();
         assert!(!confirm(&actions, false, &mut "n\n".as_bytes(), &mut out));
         assert!(confirm(
@@ -274,6 +356,11 @@ mod tests {
         w("var/lib/dhcp/dhclient.eth0.leases", "lease {}");
         w("etc/resolv.conf", "nameserver 168.63.129.16");
         w("etc/sudoers.d/waagent", "azureuser ALL=(ALL) ALL\n");
+        w(
+            "etc/passwd",
+            "root:x:0:0::/root:/bin/sh\nazureuser:x:1000:1000::/home/azureuser:/bin/sh\n",
+        );
+        created(&c, "azureuser", 1000, "/home/azureuser");
         let unit = "lib/systemd/system/waagent-network-setup.service";
         w(unit, "[Unit]\n");
         let wants = "etc/systemd/system/network.target.wants/waagent-network-setup.service";
@@ -302,6 +389,84 @@ mod tests {
             ]
         );
         assert!(!root.path().join("etc/sudoers.d/waagent").exists());
+    }
+
+    /// Records in the journal that provisioning created `name`.
+    fn created(c: &Config, name: &str, uid: u32, home: &str) {
+        let mut j = Journal::open(&c.lib_dir);
+        j.record_user_created(crate::journal::CreatedUser {
+            name: name.into(),
+            uid,
+            home: home.into(),
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn only_an_account_provisioning_created_is_deleted_while_it_is_the_same_one() {
+        let (root, runner, os, c) = setup(Flavour::Debian);
+        let w = |p: &str, t: &str| {
+            let p = root.path().join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, t).unwrap();
+        };
+        let users = |a: &[Action]| -> Vec<Action> {
+            a.iter()
+                .filter(|a| matches!(a, Action::DeleteUser { .. } | Action::KeepUser { .. }))
+                .cloned()
+                .collect()
+        };
+        w(
+            "etc/passwd",
+            "root:x:0:0::/root:/bin/sh\nwww-data:x:33:33::/var/www:/usr/sbin/nologin\n\
+             azureuser:x:1000:1000::/home/azureuser:/bin/sh\nnobody:x:65534:65534::/nonexistent:/usr/sbin/nologin\n",
+        );
+        // The image's own www-data was named (and refused or adopted): the
+        // journal records no creation, so nothing is deleted, and it says so.
+        w(
+            "var/lib/waagent/ovf-env.xml",
+            &OVF.replace("azureuser", "www-data"),
+        );
+        assert_eq!(
+            users(&plan(&c, &*os, true)),
+            [Action::KeepUser {
+                name: "www-data".into(),
+                why:
+                    "provisioning did not create it (it was already on the system, or was refused)"
+                        .into()
+            }]
+        );
+        assert_eq!(
+            users(&plan(&c, &*os, true))[0].warning().unwrap(),
+            "NOTE: www-data is not deleted: provisioning did not create it (it was already on the system, or was refused)."
+        );
+
+        // Created, then deleted and made again by someone else: another UID.
+        w("var/lib/waagent/ovf-env.xml", OVF);
+        created(&c, "azureuser", 1001, "/home/azureuser");
+        assert_eq!(
+            users(&plan(&c, &*os, true)),
+            [Action::KeepUser {
+                name: "azureuser".into(),
+                why: "its UID is 1000, not the 1001 provisioning created it with".into()
+            }]
+        );
+        // A recorded UID outside the normal range is never deleted.
+        created(&c, "nobody", 65534, "/nonexistent");
+        assert!(users(&plan(&c, &*os, true)).contains(&Action::KeepUser {
+            name: "nobody".into(),
+            why: "its UID 65534 is not a normal user's (1000-60000)".into()
+        }));
+        // The right one, whose home was moved since: the home is kept.
+        created(&c, "azureuser", 1000, "/home/old-home");
+        let actions = plan(&c, &*os, true);
+        assert!(users(&actions).contains(&Action::DeleteUser {
+            name: "azureuser".into(),
+            remove_home: false
+        }));
+        apply(&actions, &*os);
+        assert!(runner.lines().contains(&"userdel -f azureuser".to_string()));
+        assert!(!runner.lines().iter().any(|l| l.contains("nobody")));
     }
 
     const OVF: &str = r#"<?xml version="1.0" encoding="utf-8"?>

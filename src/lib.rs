@@ -13,6 +13,7 @@ pub mod deprovision;
 pub mod env;
 pub mod fsutil;
 pub mod http;
+pub mod journal;
 pub mod log;
 pub mod names;
 pub mod os;

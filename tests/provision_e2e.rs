@@ -125,6 +125,20 @@ if [ "$PHASES" = steady ]; then
     exit 0
 fi
 
+if [ "$PHASES" = deprovision ]; then
+    # The image's own accounts first (/work/pre.sh), then provisioning and
+    # -deprovision+user; what is left of the accounts and their homes.
+    [ -x /work/pre.sh ] && /work/pre.sh
+    run_daemon first 1
+    evidence first
+    ./waagent -deprovision+user -force -configuration-path:/work/waagent.conf > /work/ev/deprovision/out 2>&1
+    echo $? > /work/ev/deprovision/rc
+    evidence deprovision
+    cut -d: -f1,3,6 /etc/passwd > /work/ev/deprovision/accounts
+    find /home /srv -mindepth 1 -maxdepth 2 2>/dev/null | sort > /work/ev/deprovision/homes
+    exit 0
+fi
+
 if [ "$PHASES" = retry ]; then
     # The fabric first sends no certificates (the key's thumbprint names
     # nothing): provisioning fails. The next start, with them, succeeds.
@@ -222,7 +236,26 @@ fn run(ovf_xml: &str, conf: &str, phases: &str) -> Run {
 }
 
 fn run_with(ovf_xml: &str, conf: &str, phases: &str, crash_at: &str) -> Run {
+    run_in(
+        tempfile::tempdir().expect("temporary directory"),
+        ovf_xml,
+        conf,
+        phases,
+        crash_at,
+    )
+}
+
+/// `phases` after `pre` (a shell script) ran in the sandbox: the image as
+/// it was before its first boot.
+fn run_after(pre: &str, ovf_xml: &str, conf: &str, phases: &str) -> Run {
     let dir = tempfile::tempdir().expect("temporary directory");
+    let script = dir.path().join("pre.sh");
+    std::fs::write(&script, format!("#!/bin/sh\nset -e\n{pre}")).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    run_in(dir, ovf_xml, conf, phases, "")
+}
+
+fn run_in(dir: tempfile::TempDir, ovf_xml: &str, conf: &str, phases: &str, crash_at: &str) -> Run {
     let d = dir.path();
     for b in ["waagent", "fabric-sim"] {
         std::fs::copy(bin(b), d.join(b)).expect("copy the binaries");
@@ -457,23 +490,19 @@ fn provisioning_reboot_captured_image_and_deprovision() {
         "azureuser ALL=(ALL) ALL\n"
     );
 
-    // --- deprovision+user undoes it ---
+    // --- deprovision+user undoes it, but for the account: this instance
+    // found it in the (captured) image, so it is not this one's to delete ---
     assert_eq!(
         r.ev("deprovision", "rc").trim(),
         "0",
         "{}",
         r.ev("deprovision", "out")
     );
-    assert_eq!(r.ev("deprovision", "passwd"), "");
-    assert_eq!(
-        r.ev("deprovision", "users"),
-        r.ev("first", "users")
-            .lines()
-            .filter(|l| !l.starts_with("azureuser:"))
-            .map(|l| format!("{l}\n"))
-            .collect::<String>()
-    );
-    assert_eq!(r.file("deprovision", "/etc/sudoers.d/waagent"), "");
+    assert_eq!(r.ev("deprovision", "passwd"), r.ev("captured", "passwd"));
+    assert_eq!(r.ev("deprovision", "users"), r.ev("captured", "users"));
+    assert!(r.ev("deprovision", "out").contains(
+        "NOTE: azureuser is not deleted: provisioning did not create it (it was already on the system, or was refused)."
+    ));
     assert_eq!(r.ev("deprovision", "lib"), "");
     assert_eq!(r.ev("deprovision", "host_keys"), "");
     assert_eq!(
@@ -484,9 +513,87 @@ fn provisioning_reboot_captured_image_and_deprovision() {
         r.ev("deprovision", "hostname").trim(),
         "localhost.localdomain"
     );
+}
+
+/// `-deprovision+user` deletes the account provisioning created, and no
+/// other: not one the image had (whose home another account may share),
+/// not one provisioning refused. Real useradd and userdel, in the sandbox.
+#[test]
+fn deprovision_user_deletes_only_the_account_provisioning_created() {
+    if sandbox::skip("deprovision_user_deletes_only_the_account_provisioning_created") {
+        return;
+    }
+    let data = Path::new(MANIFEST).join("test-data/ovf");
+    let full = std::fs::read_to_string(data.join("full.xml")).unwrap();
+    let accounts = |r: &Run| r.ev("deprovision", "accounts");
+
+    // Created by provisioning: deleted, home and all.
+    let r = run(&full, CONF, "deprovision");
+    assert_eq!(
+        r.ev("first", "passwd").split(':').next(),
+        Some("azureuser"),
+        "{}",
+        r.context()
+    );
+    assert_eq!(
+        r.ev("deprovision", "rc").trim(),
+        "0",
+        "{}",
+        r.ev("deprovision", "out")
+    );
     assert!(r
         .ev("deprovision", "out")
         .contains("WARNING! azureuser account and entire home directory will be deleted."));
+    assert!(!accounts(&r).contains("azureuser:"), "{}", accounts(&r));
+    assert!(!r.ev("deprovision", "homes").contains("/home/azureuser"));
+    assert_eq!(r.file("deprovision", "/etc/sudoers.d/waagent"), "");
+
+    // The image already had azureuser, whose home is a directory shared
+    // with the web server: provisioning adopts it; deprovisioning keeps the
+    // account and every file of the shared directory.
+    let pre = "mkdir -p /srv/www && echo site > /srv/www/index.html\n\
+               useradd -u 1500 -d /srv/www -M azureuser\n";
+    let r = run_after(pre, &full, CONF, "deprovision");
+    assert_eq!(
+        states(&r.records("health")).last().map(String::as_str),
+        Some("Ready"),
+        "{}",
+        r.context()
+    );
+    assert_eq!(
+        r.ev("deprovision", "rc").trim(),
+        "0",
+        "{}",
+        r.ev("deprovision", "out")
+    );
+    assert!(
+        accounts(&r).contains("azureuser:1500:/srv/www\n"),
+        "{}",
+        accounts(&r)
+    );
+    assert!(r.ev("deprovision", "homes").contains("/srv/www/index.html"));
+    assert!(r.ev("deprovision", "out").contains(
+        "NOTE: azureuser is not deleted: provisioning did not create it (it was already on the system, or was refused)."
+    ));
+    assert!(!r
+        .ev("deprovision", "out")
+        .contains("WARNING! azureuser account"));
+
+    // A name provisioning refused (nobody, a system account) is kept too.
+    let nobody = std::fs::read_to_string(data.join("minimal.xml"))
+        .unwrap()
+        .replace("<UserName>u</UserName>", "<UserName>nobody</UserName>");
+    let r = run(&nobody, CONF, "deprovision");
+    assert_eq!(
+        states(&r.records("health")).last().map(String::as_str),
+        Some("NotReady/ProvisioningFailed"),
+        "{}",
+        r.context()
+    );
+    assert!(accounts(&r).contains("nobody:65534:"), "{}", accounts(&r));
+    assert!(r
+        .ev("deprovision", "out")
+        .contains("NOTE: nobody is not deleted: provisioning did not create it"));
 }
 
 /// Each bad input ends in NotReady/ProvisioningFailed naming the cause,

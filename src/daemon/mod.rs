@@ -21,7 +21,6 @@
 
 mod environment;
 mod fabric;
-mod journal;
 mod provisioning;
 mod signals;
 
@@ -40,8 +39,8 @@ use crate::wire::docs::StatusUploadBlob;
 use crate::wire::imds;
 use crate::wire::reports::{Health, SubStatus};
 
+pub use crate::journal::Journal;
 use environment::Monitors;
-pub use journal::Journal;
 pub use provisioning::{host_key_fingerprint, Plan, Step};
 pub use signals::{install_handlers, stop_requested};
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::config::{Config, SshHostKeyType};
 use crate::fsutil;
+use crate::journal::CreatedUser;
 use crate::os::{Cmd, Flavour, OsUtil};
 use crate::ovf::OvfEnv;
 use crate::provision::{custom_data, keys, password, sshd};
@@ -149,7 +150,7 @@ impl Daemon {
 
     /// One provisioning action (§9.1 step 6.5 to 6.7). Each is idempotent:
     /// it checks before it acts, so a restart can run it again.
-    pub(super) fn provision_step(&self, step: Step, plan: &mut Plan) -> Result<(), String> {
+    pub(super) fn provision_step(&mut self, step: Step, plan: &mut Plan) -> Result<(), String> {
         let os = &*self.os;
         let c = &self.config;
         let ovf = &plan.ovf;
@@ -179,10 +180,26 @@ impl Daemon {
                 self.write_lib("published_hostname", name, 0o644)
             }
             Step::User => {
+                // Only an account made here is recorded as ours (for
+                // -deprovision+user); one the image had is adopted. The
+                // intent is journalled first, so a crash right after
+                // useradd still knows.
+                let journal = &mut self.journal;
                 if os.user(user).map_err(|e| e.to_string())?.is_none() {
+                    if let Some(j) = journal.as_mut() {
+                        j.begin_user_creation(user)?;
+                    }
                     os.create_user(user, None).map_err(|e| e.to_string())?;
                 }
-                entry().map(drop)
+                let u = entry()?;
+                match journal.as_mut() {
+                    Some(j) if j.creating(user) => j.record_user_created(CreatedUser {
+                        name: u.name,
+                        uid: u.uid,
+                        home: u.home.to_string_lossy().into_owned(),
+                    }),
+                    _ => Ok(()),
+                }
             }
             Step::Password => match &plan.password_hash {
                 Some(hash) => os.set_password_hash(user, hash).map_err(|e| e.to_string()),

@@ -241,10 +241,15 @@ flavour!(
             self.env.run_ok(cmd).map(drop)
         }
 
-        fn delete_user(&self, name: &str) -> Result<(), OsError> {
+        fn delete_user(&self, name: &str, remove_home: bool) -> Result<(), OsError> {
             let name = positional("user name", name)?;
             linux::truncate_if_exists(&self.env.path("/var/run/utx.active"))?;
-            self.env.run_ok(Cmd::new("rmuser").args(["-y", name])).map(drop)
+            let cmd = match remove_home {
+                // rmuser also removes the home directory (if the user owns it).
+                true => Cmd::new("rmuser").args(["-y", name]),
+                false => Cmd::new("pw").args(["userdel", "-n", name]),
+            };
+            self.env.run_ok(cmd).map(drop)
         }
 
         fn lock_root_password(&self) -> Result<(), OsError> {

@@ -292,13 +292,16 @@ pub trait OsUtil {
             .map(drop)
     }
 
-    fn delete_user(&self, name: &str) -> Result<(), OsError> {
+    /// Deletes the account, and its home directory when `remove_home`.
+    fn delete_user(&self, name: &str, remove_home: bool) -> Result<(), OsError> {
         let name = positional("user name", name)?;
         // userdel refuses a user that utmp says is logged in.
         linux::truncate_if_exists(&self.env().path("/var/run/utmp"))?;
-        self.env()
-            .run_ok(Cmd::new("userdel").args(["-f", "-r", name]))
-            .map(drop)
+        let cmd = match remove_home {
+            true => Cmd::new("userdel").args(["-f", "-r", name]),
+            false => Cmd::new("userdel").args(["-f", name]),
+        };
+        self.env().run_ok(cmd).map(drop)
     }
 
     /// Locks root's password in `OS.PasswordPath` (`Provisioning.DeleteRootPassword`).

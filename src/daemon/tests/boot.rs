@@ -523,3 +523,61 @@ fn accounts_outside_the_normal_uid_range_are_refused_before_any_change() {
     );
     assert!(v.runner.lines().iter().all(|l| !l.starts_with("useradd")));
 }
+
+#[test]
+fn the_journal_records_an_account_as_created_only_when_useradd_made_it() {
+    let uid = nix::unistd::getuid().as_raw();
+    let created = |v: &Vm| -> serde_json::Value {
+        let j: serde_json::Value =
+            serde_json::from_str(&v.read("var/lib/waagent/waagent-rs.journal")).unwrap();
+        j["createdUsers"].clone()
+    };
+    // Made by provisioning: recorded with its UID and home, and kept after
+    // provisioning finished.
+    let v = vm(Some(&full_ovf()), ProvisioningAgent::Waagent);
+    let mut d = v.daemon();
+    v.run_until(&mut d, "Steady");
+    assert_eq!(
+        created(&v),
+        serde_json::json!([{"name": "azureuser", "uid": uid, "home": v.path("home/azureuser").to_string_lossy()}])
+    );
+
+    // The image already had it: adopted, not recorded. (Our own UID, which
+    // is root's under CI: allowed, to keep chown working unprivileged.)
+    let mut v = vm(Some(&full_ovf()), ProvisioningAgent::Waagent);
+    v.config.allow_reset_sys_user = true;
+    let passwd = v.read("etc/passwd") + &format!("azureuser:x:{uid}:{uid}::/srv/shared:/bin/sh\n");
+    write(&v.path("etc/passwd"), &passwd);
+    let mut d = v.daemon();
+    v.run_until(&mut d, "Steady");
+    assert!(v.runner.lines().iter().all(|l| !l.starts_with("useradd")));
+    assert_eq!(created(&v), serde_json::json!([]));
+
+    // Killed after useradd, before the step was journalled: the restart
+    // finds the account, and the intent says it is ours.
+    let mut v = vm(Some(&full_ovf()), ProvisioningAgent::Waagent);
+    v.config.allow_reset_sys_user = true;
+    let mut d = v.daemon();
+    let (_, state) = step_until(&mut d, State::Boot, "Provision", 20);
+    let (_, state) = step_until(&mut d, state, "Provision", 1);
+    let State::Provision { plan, goal, .. } = state else {
+        unreachable!()
+    };
+    let mut j = Journal::open(&v.path("var/lib/waagent"));
+    j.begin_user_creation("azureuser").unwrap();
+    v.runner
+        .run(&crate::os::Cmd::new("useradd").arg("-m").arg("azureuser"))
+        .unwrap();
+    drop((plan, goal));
+    let mut d = v.daemon();
+    v.run_until(&mut d, "Steady");
+    assert_eq!(created(&v)[0]["name"], "azureuser");
+    assert_eq!(
+        v.runner
+            .lines()
+            .iter()
+            .filter(|l| l.starts_with("useradd"))
+            .count(),
+        1
+    );
+}

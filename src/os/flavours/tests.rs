@@ -134,7 +134,7 @@ fn users_on_linux_and_freebsd() {
         f.os.create_user("azureuser", None).unwrap();
         f.os.create_user("azureuser", Some("2030-01-01")).unwrap();
         f.os.set_password_hash("azureuser", "$6$salt$hash").unwrap();
-        f.os.delete_user("azureuser").unwrap();
+        f.os.delete_user("azureuser", true).unwrap();
         assert_eq!(
             f.take(),
             [
@@ -158,7 +158,7 @@ fn users_on_linux_and_freebsd() {
     f.write("/var/run/utx.active", "records");
     f.os.create_user("azureuser", None).unwrap();
     f.os.set_password_hash("azureuser", "$6$salt$hash").unwrap();
-    f.os.delete_user("azureuser").unwrap();
+    f.os.delete_user("azureuser", true).unwrap();
     f.os.lock_root_password().unwrap();
     assert_eq!(
         f.take(),
@@ -183,7 +183,7 @@ fn names_that_look_like_options_never_reach_a_command() {
         assert!(f.os.create_user("-o", None).is_err());
         assert!(f.os.create_user("", None).is_err());
         assert!(f.os.set_password_hash("-p", "x").is_err());
-        assert!(f.os.delete_user("--help").is_err());
+        assert!(f.os.delete_user("--help", true).is_err());
         assert!(f.os.set_hostname("-F").is_err());
         assert!(f.os.publish_hostname("-a").is_err());
         assert!(f.take().is_empty(), "{flavour}");

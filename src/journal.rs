@@ -6,6 +6,11 @@
 //! Ready report is sent once per incarnation even when the daemon is killed
 //! between writing `provisioned` and reporting. Written atomically after
 //! each change, so a crash leaves the previous entry or the new one.
+//!
+//! It also remembers which accounts provisioning *created* (not adopted:
+//! a user the image already had is never ours), with their UIDs, so
+//! `-deprovision+user` deletes those and nothing else. The daemon writes it;
+//! deprovisioning reads it.
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +29,20 @@ pub struct Entry {
     pub steps_done: Vec<String>,
     /// The goal-state incarnation the Ready report was last sent for.
     pub ready_reported: Option<String>,
+    /// A user about to be created (recorded before `useradd` runs): if it
+    /// exists after a crash, we made it.
+    pub creating_user: Option<String>,
+    /// The accounts provisioning created. Kept when provisioning finishes.
+    pub created_users: Vec<CreatedUser>,
+}
+
+/// An account provisioning created, as it was then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedUser {
+    pub name: String,
+    pub uid: u32,
+    /// Its home directory as `useradd -m` made it.
+    pub home: String,
 }
 
 pub struct Journal {
@@ -72,13 +91,36 @@ impl Journal {
         self.save()
     }
 
-    /// Provisioning finished (or starts over): forget its steps.
+    /// Provisioning finished (or starts over): forget its steps. The users
+    /// it created are remembered.
     pub fn clear_steps(&mut self) -> Result<(), String> {
-        if self.entry.steps_done.is_empty() && self.entry.provisioning.is_none() {
+        let e = &mut self.entry;
+        if e.steps_done.is_empty() && e.provisioning.is_none() && e.creating_user.is_none() {
             return Ok(());
         }
-        self.entry.steps_done.clear();
-        self.entry.provisioning = None;
+        e.steps_done.clear();
+        e.provisioning = None;
+        e.creating_user = None;
+        self.save()
+    }
+
+    /// `name` is about to be created: said before `useradd` runs, so a
+    /// crash in between still knows the account is ours.
+    pub fn begin_user_creation(&mut self, name: &str) -> Result<(), String> {
+        self.entry.creating_user = Some(name.to_string());
+        self.save()
+    }
+
+    /// Whether `name`'s creation was begun (and not yet recorded as done).
+    pub fn creating(&self, name: &str) -> bool {
+        self.entry.creating_user.as_deref() == Some(name)
+    }
+
+    /// Provisioning created this account.
+    pub fn record_user_created(&mut self, user: CreatedUser) -> Result<(), String> {
+        self.entry.creating_user = None;
+        self.entry.created_users.retain(|u| u.name != user.name);
+        self.entry.created_users.push(user);
         self.save()
     }
 
@@ -88,10 +130,18 @@ impl Journal {
     }
 
     fn save(&self) -> Result<(), String> {
+        let created: Vec<serde_json::Value> = self
+            .entry
+            .created_users
+            .iter()
+            .map(|u| serde_json::json!({"name": u.name, "uid": u.uid, "home": u.home}))
+            .collect();
         let v = serde_json::json!({
             "provisioning": self.entry.provisioning,
             "stepsDone": self.entry.steps_done,
             "readyReported": self.entry.ready_reported,
+            "creatingUser": self.entry.creating_user,
+            "createdUsers": created,
         });
         fsutil::write_atomic(&self.path, format!("{v}\n").as_bytes(), 0o600)
             .map_err(|e| format!("{}: {e}", self.path.display()))
@@ -114,6 +164,24 @@ fn parse(text: &str) -> Option<Entry> {
             .get("readyReported")
             .and_then(|r| r.as_str())
             .map(str::to_string),
+        creating_user: v
+            .get("creatingUser")
+            .and_then(|r| r.as_str())
+            .map(str::to_string),
+        // Journals of earlier versions have none: nothing is known to be ours.
+        created_users: v
+            .get("createdUsers")
+            .and_then(|c| c.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|u| {
+                Some(CreatedUser {
+                    name: u.get("name")?.as_str()?.to_string(),
+                    uid: u32::try_from(u.get("uid")?.as_u64()?).ok()?,
+                    home: u.get("home")?.as_str()?.to_string(),
+                })
+            })
+            .collect(),
     })
 }
 
@@ -152,6 +220,37 @@ mod tests {
         j.begin("other@vm2").unwrap();
         assert!(!j.step_done("User"), "another document starts afresh");
         assert_eq!(j.entry().ready_reported.as_deref(), Some("3"));
+
+        // Created users outlive the provisioning that made them.
+        let mut j = Journal::open(lib.path());
+        j.begin_user_creation("azureuser").unwrap();
+        assert!(Journal::open(lib.path()).creating("azureuser"));
+        j.record_user_created(CreatedUser {
+            name: "azureuser".into(),
+            uid: 1000,
+            home: "/home/azureuser".into(),
+        })
+        .unwrap();
+        j.clear_steps().unwrap();
+        let j = Journal::open(lib.path());
+        assert!(!j.creating("azureuser"));
+        assert_eq!(
+            j.entry().created_users,
+            [CreatedUser {
+                name: "azureuser".into(),
+                uid: 1000,
+                home: "/home/azureuser".into(),
+            }]
+        );
+
+        // A journal of an earlier version (no createdUsers) still loads.
+        std::fs::write(
+            lib.path().join(FILE),
+            r#"{"provisioning":"a@b","stepsDone":["HostName","User"],"readyReported":null}"#,
+        )
+        .unwrap();
+        let j = Journal::open(lib.path());
+        assert!(j.step_done("User") && j.entry().created_users.is_empty());
 
         std::fs::write(lib.path().join(FILE), "{not json").unwrap();
         assert_eq!(Journal::open(lib.path()).entry(), &Entry::default());
