@@ -23,6 +23,7 @@ pub mod provision;
 pub mod redact;
 #[cfg(feature = "simulator")]
 pub mod sim;
+pub mod userfs;
 pub mod utc;
 pub mod wire;
 pub mod xml;

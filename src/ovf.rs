@@ -412,6 +412,12 @@ fn normalise(path: &str) -> PathBuf {
 /// does, then normalised lexically — and refused unless the result lies
 /// inside `{home_dir}/{user}/`.
 ///
+/// The directory every key path of `user` lies in: `{home_dir}/{user}`,
+/// normalised as [`resolve_key_path`] does.
+pub fn key_base(home_dir: &Path, user: &str) -> PathBuf {
+    normalise(&home_dir.to_string_lossy()).join(user)
+}
+
 /// Why refuse: the path comes from outside, and the agent creates these
 /// files *as root*. waagent writes wherever the path points, so
 /// `$HOME/../../etc/shadow`, `/root/.ssh/authorized_keys` or another
@@ -446,7 +452,7 @@ pub fn resolve_key_path(path: &str, home_dir: &Path, user: &str) -> Result<PathB
         )));
     }
     let resolved = normalise(&replaced);
-    let base = normalise(home).join(user);
+    let base = key_base(home_dir, user);
     if resolved.starts_with(&base) && resolved != base {
         Ok(resolved)
     } else {

@@ -71,7 +71,7 @@ evidence() {
     done
     for f in /home/azureuser/.ssh/authorized_keys /home/azureuser/.ssh/id_rsa.pub /etc/sudoers.d/waagent \
              /etc/ssh/sshd_config /etc/ssh/sshd_config.d/00-waagent.conf /var/lib/waagent/ovf-env.xml /var/lib/waagent/provisioned /var/tmp/custom-data-ran; do
-        [ -e $f ] && cp $f $e/$(echo $f | tr / _)
+        [ -f $f ] && cp $f $e/$(echo $f | tr / _)
     done
     ls /var/lib/waagent > $e/lib 2>/dev/null
     ls /etc/ssh | grep '^ssh_host_' > $e/host_keys
@@ -125,17 +125,13 @@ if [ "$PHASES" = steady ]; then
     exit 0
 fi
 
-if [ "$PHASES" = deprovision ]; then
-    # The image's own accounts first (/work/pre.sh), then provisioning and
-    # -deprovision+user; what is left of the accounts and their homes.
+if [ "$PHASES" = custom ]; then
+    # The image as it was before its first boot (/work/pre.sh), the first
+    # boot, then whatever the test wants done or seen (/work/post.sh).
     [ -x /work/pre.sh ] && /work/pre.sh
     run_daemon first 1
     evidence first
-    ./waagent -deprovision+user -force -configuration-path:/work/waagent.conf > /work/ev/deprovision/out 2>&1
-    echo $? > /work/ev/deprovision/rc
-    evidence deprovision
-    cut -d: -f1,3,6 /etc/passwd > /work/ev/deprovision/accounts
-    find /home /srv -mindepth 1 -maxdepth 2 2>/dev/null | sort > /work/ev/deprovision/homes
+    [ -x /work/post.sh ] && /work/post.sh
     exit 0
 fi
 
@@ -245,14 +241,18 @@ fn run_with(ovf_xml: &str, conf: &str, phases: &str, crash_at: &str) -> Run {
     )
 }
 
-/// `phases` after `pre` (a shell script) ran in the sandbox: the image as
-/// it was before its first boot.
-fn run_after(pre: &str, ovf_xml: &str, conf: &str, phases: &str) -> Run {
+/// The first boot after `pre` (a shell script: the image as it was before
+/// it) ran in the sandbox, then `post` (another, for what the test does or
+/// looks at afterwards, under /work/ev).
+fn run_custom(pre: &str, ovf_xml: &str, conf: &str, post: &str) -> Run {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let script = dir.path().join("pre.sh");
-    std::fs::write(&script, format!("#!/bin/sh\nset -e\n{pre}")).unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    run_in(dir, ovf_xml, conf, phases, "")
+    for (name, body) in [("pre.sh", pre), ("post.sh", post)] {
+        let script = dir.path().join(name);
+        std::fs::write(&script, format!("#!/bin/sh\nset -e\n{body}")).unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    }
+    run_in(dir, ovf_xml, conf, "custom", "")
 }
 
 fn run_in(dir: tempfile::TempDir, ovf_xml: &str, conf: &str, phases: &str, crash_at: &str) -> Run {
@@ -526,9 +526,16 @@ fn deprovision_user_deletes_only_the_account_provisioning_created() {
     let data = Path::new(MANIFEST).join("test-data/ovf");
     let full = std::fs::read_to_string(data.join("full.xml")).unwrap();
     let accounts = |r: &Run| r.ev("deprovision", "accounts");
+    let deprovision = "cd /work; rc=0\n\
+        ./waagent -deprovision+user -force -configuration-path:/work/waagent.conf > ev/deprovision/out 2>&1 || rc=$?\n\
+        echo $rc > ev/deprovision/rc\n\
+        getent passwd azureuser > /work/ev/deprovision/passwd || true\n\
+        cut -d: -f1,3,6 /etc/passwd > /work/ev/deprovision/accounts\n\
+        cat /etc/sudoers.d/waagent > /work/ev/deprovision/_etc_sudoers.d_waagent 2>/dev/null || true\n\
+        find /home /srv -mindepth 1 -maxdepth 2 2>/dev/null | sort > /work/ev/deprovision/homes\n";
 
     // Created by provisioning: deleted, home and all.
-    let r = run(&full, CONF, "deprovision");
+    let r = run_custom("", &full, CONF, deprovision);
     assert_eq!(
         r.ev("first", "passwd").split(':').next(),
         Some("azureuser"),
@@ -553,7 +560,7 @@ fn deprovision_user_deletes_only_the_account_provisioning_created() {
     // account and every file of the shared directory.
     let pre = "mkdir -p /srv/www && echo site > /srv/www/index.html\n\
                useradd -u 1500 -d /srv/www -M azureuser\n";
-    let r = run_after(pre, &full, CONF, "deprovision");
+    let r = run_custom(pre, &full, CONF, deprovision);
     assert_eq!(
         states(&r.records("health")).last().map(String::as_str),
         Some("Ready"),
@@ -583,7 +590,7 @@ fn deprovision_user_deletes_only_the_account_provisioning_created() {
     let nobody = std::fs::read_to_string(data.join("minimal.xml"))
         .unwrap()
         .replace("<UserName>u</UserName>", "<UserName>nobody</UserName>");
-    let r = run(&nobody, CONF, "deprovision");
+    let r = run_custom("", &nobody, CONF, deprovision);
     assert_eq!(
         states(&r.records("health")).last().map(String::as_str),
         Some("NotReady/ProvisioningFailed"),
@@ -867,4 +874,107 @@ fn steady_state_survives_a_slow_fabric_and_publishes_a_renamed_host() {
             .contains("added a route to 168.63.129.16 via 10.0.0.1"),
         "{ctx}"
     );
+}
+
+/// Root writes keys into a tree the user owns, so every planted trap there
+/// is refused: a symlink at any directory of a key path (even a path that
+/// is not the default one), a FIFO or a hard link to /etc/shadow at
+/// authorized_keys, a symlink at a key pair's file. Each ends in
+/// ProvisioningFailed naming the trap, and nothing outside the home changes.
+/// (The race itself cannot be timed; the traps are there before the agent.)
+#[test]
+fn key_files_are_written_through_descriptors_never_through_a_planted_link() {
+    if sandbox::skip("key_files_are_written_through_descriptors_never_through_a_planted_link") {
+        return;
+    }
+    let full = std::fs::read_to_string(Path::new(MANIFEST).join("test-data/ovf/full.xml")).unwrap();
+    // The image's user, whose home the traps are in.
+    let user = "useradd -u 1500 -m azureuser\nmkdir -p /home/azureuser/.ssh\n";
+    // What is outside the home afterwards, and a checksum of /etc/shadow
+    // less the lines provisioning may change (root's and azureuser's).
+    let post = "cd /work\n\
+        find /root/.ssh /etc/cron.d -mindepth 1 -printf '%p %s %m %u\\n' 2>&1 | sort > ev/first/outside\n\
+        grep -v '^root:\\|^azureuser:' /etc/shadow | md5sum > ev/first/shadow_rest\n\
+        f=/home/azureuser/.ssh/authorized_keys; [ ! -f $f ] || cat $f > ev/first/keys\n\
+        [ ! -f $f ] || stat -c %u $f > ev/first/keys_owner\n";
+    let before = "cd /work; mkdir -p ev/first\n\
+        find /root/.ssh /etc/cron.d -mindepth 1 -printf '%p %s %m %u\\n' 2>&1 | sort > ev/outside_before\n\
+        grep -v '^root:\\|^azureuser:' /etc/shadow | md5sum > ev/shadow_rest_before\n";
+    let cases = [
+        (
+            "~/.ssh is a symlink to root's",
+            "mkdir -p /root/.ssh; rm -rf /home/azureuser/.ssh; ln -s /root/.ssh /home/azureuser/.ssh\n",
+            full.clone(),
+            "/home/azureuser/.ssh is a symbolic link; refusing to write through it as root",
+        ),
+        (
+            "a directory of a non-default key path is a symlink to /etc",
+            "ln -s /etc /home/azureuser/conf\n",
+            full.replace(
+                "<Path>/home/azureuser/.ssh/authorized_keys</Path>",
+                "<Path>/home/azureuser/conf/cron.d/authorized_keys</Path>",
+            ),
+            "/home/azureuser/conf is a symbolic link; refusing to write through it as root",
+        ),
+        (
+            "authorized_keys is a FIFO",
+            "mkfifo /home/azureuser/.ssh/authorized_keys\n",
+            full.clone(),
+            "/home/azureuser/.ssh/authorized_keys is not a regular file; refusing to write through it as root",
+        ),
+        (
+            "authorized_keys is a hard link to /etc/shadow",
+            "ln /etc/shadow /home/azureuser/.ssh/authorized_keys\n",
+            full.clone(),
+            // By the time keys are written, chpasswd has replaced /etc/shadow,
+            // so the link is the old shadow's only one; root's, all the same.
+            "/home/azureuser/.ssh/authorized_keys is owned by uid 0, not the user's; refusing to write through it as root",
+        ),
+        (
+            "authorized_keys is a hard link to a file that stays",
+            "ln /etc/login.defs /home/azureuser/.ssh/authorized_keys\n",
+            full.clone(),
+            "/home/azureuser/.ssh/authorized_keys is a file with other hard links; refusing to write through it as root",
+        ),
+        (
+            "the key pair's file is a symlink into /etc/cron.d",
+            "mkdir -p /etc/cron.d; ln -s /etc/cron.d/evil /home/azureuser/.ssh/id_rsa\n",
+            full.clone(),
+            "/home/azureuser/.ssh/id_rsa is a symbolic link; refusing to write through it as root",
+        ),
+    ];
+    for (name, trap, ovf, reason) in cases {
+        // The user's own tree is theirs; the traps keep their owners.
+        let pre = format!(
+            "{user}chown -h -R 1500:1500 /home/azureuser\n{trap}chown -h 1500:1500 /home/azureuser/* /home/azureuser/.ssh 2>/dev/null || true\n{before}"
+        );
+        let r = run_custom(&pre, &ovf, CONF, post);
+        let reports = r.records("health");
+        assert_eq!(
+            states(&reports).last().map(String::as_str),
+            Some("NotReady/ProvisioningFailed"),
+            "{name}\n{}",
+            r.context()
+        );
+        let description = reports.last().unwrap()["description"]
+            .as_str()
+            .unwrap_or("");
+        assert!(description.ends_with(reason), "{name}: {description}");
+        assert_eq!(
+            std::fs::read_to_string(r.dir.path().join("ev/outside_before")).unwrap(),
+            r.ev("first", "outside"),
+            "{name}: something changed outside the home"
+        );
+        assert_eq!(
+            std::fs::read_to_string(r.dir.path().join("ev/shadow_rest_before")).unwrap(),
+            r.ev("first", "shadow_rest"),
+            "{name}"
+        );
+        // Shadow's content is never handed to the user.
+        assert!(
+            !(r.ev("first", "keys").contains("root:")
+                && r.ev("first", "keys_owner").trim() == "1500"),
+            "{name}: shadow's content is the user's"
+        );
+    }
 }

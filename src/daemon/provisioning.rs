@@ -258,13 +258,13 @@ impl Daemon {
                 let u = entry()?;
                 plan.public_keys
                     .iter()
-                    .try_for_each(|f| keys::install_public_keys(f, &u))
+                    .try_for_each(|f| keys::install_public_keys(f, &c.home_dir, &u))
             }
             Step::KeyPairs => {
                 let u = entry()?;
                 plan.key_pairs
                     .iter()
-                    .try_for_each(|kp| keys::install_key_pair(kp, &self.lib, &u))
+                    .try_for_each(|kp| keys::install_key_pair(kp, &self.lib, &c.home_dir, &u))
             }
             Step::CustomData => {
                 let Some(data) = &ovf.custom_data else {

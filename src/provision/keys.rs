@@ -8,12 +8,13 @@
 //! Planning (which lines go to which file) is separate from writing, so a
 //! bad key is refused before anything on the system changes.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use crate::fsutil::{self, Owner};
+use crate::fsutil::Owner;
 use crate::os::PasswdEntry;
 use crate::ovf::{self, OvfEnv};
+use crate::userfs::UserDir;
 use crate::wire::crypto;
 use crate::wire::imds::ImdsPublicKey;
 
@@ -131,39 +132,40 @@ fn owner_of(user: &PasswdEntry) -> Owner {
     }
 }
 
-/// Creates the file's directory (0700, the user's) if missing, and refuses
-/// a symlink there: the agent writes as root into a user-owned tree.
-fn prepare_dir(path: &Path, user: &PasswdEntry) -> Result<(), String> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| format!("{}: no directory", path.display()))?;
-    match std::fs::symlink_metadata(dir) {
-        Ok(md) if md.file_type().is_symlink() => {
-            return Err(format!(
-                "{} is a symbolic link; refusing to write keys through it",
-                dir.display()
-            ))
-        }
-        Ok(_) => return Ok(()),
-        Err(_) => {}
-    }
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid))
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| format!("{}: {e}", dir.display()))
+/// The most of an existing `authorized_keys` the agent reads.
+const MAX_KEY_FILE: u64 = 1 << 20;
+
+/// The directory of `path` (which lies in `{home_dir}/{user}`, checked in
+/// Plan), reached through descriptors from that base; see [`userfs`].
+fn open_dir_of(
+    path: &Path,
+    home_dir: &Path,
+    user: &PasswdEntry,
+) -> Result<(UserDir, OsString), String> {
+    let base = ovf::key_base(home_dir, &user.name);
+    let rel = path
+        .strip_prefix(&base)
+        .map_err(|_| format!("{} is not in {}", path.display(), base.display()))?;
+    let (Some(dir), Some(name)) = (rel.parent(), rel.file_name()) else {
+        return Err(format!("{} names no file", path.display()));
+    };
+    let dir = UserDir::open(&base, owner_of(user))?.walk(dir)?;
+    Ok((dir, name.to_os_string()))
 }
 
 /// Appends the keys not already present; the file ends up 0600, the user's.
-pub fn install_public_keys(file: &KeyFile, user: &PasswdEntry) -> Result<(), String> {
-    prepare_dir(&file.path, user)?;
-    if std::fs::symlink_metadata(&file.path).is_ok_and(|m| m.file_type().is_symlink()) {
-        return Err(format!(
-            "{} is a symbolic link; refusing to write keys through it",
-            file.path.display()
-        ));
-    }
-    let existing = std::fs::read_to_string(&file.path).unwrap_or_default();
+pub fn install_public_keys(
+    file: &KeyFile,
+    home_dir: &Path,
+    user: &PasswdEntry,
+) -> Result<(), String> {
+    let (dir, name) = open_dir_of(&file.path, home_dir, user)?;
+    let existing = match dir.read(&name, MAX_KEY_FILE)? {
+        Some(bytes) => {
+            String::from_utf8(bytes).map_err(|_| format!("{} is not text", file.path.display()))?
+        }
+        None => String::new(),
+    };
     let mut text = existing.clone();
     for line in &file.lines {
         let id = key_identity(line);
@@ -176,35 +178,26 @@ pub fn install_public_keys(file: &KeyFile, user: &PasswdEntry) -> Result<(), Str
         text.push_str(line);
         text.push('\n');
     }
-    let unchanged = text == existing
-        && std::fs::metadata(&file.path)
-            .is_ok_and(|m| m.uid() == user.uid && m.mode() & 0o777 == 0o600);
-    if unchanged {
-        return Ok(());
-    }
-    fsutil::write_atomic_owned(&file.path, text.as_bytes(), 0o600, Some(owner_of(user)))
-        .map_err(|e| format!("{}: {e}", file.path.display()))
+    // Written even when nothing is new: the mode and owner are put right.
+    dir.write(&name, text.as_bytes(), 0o600)
 }
 
 /// The private key (0600) and its OpenSSH public key beside it (0644), the
 /// user's. (waagent 2.2.5 inverted these modes and left root as owner.)
-pub fn install_key_pair(kp: &KeyPair, lib_dir: &Path, user: &PasswdEntry) -> Result<(), String> {
-    prepare_dir(&kp.path, user)?;
+pub fn install_key_pair(
+    kp: &KeyPair,
+    lib_dir: &Path,
+    home_dir: &Path,
+    user: &PasswdEntry,
+) -> Result<(), String> {
     let prv = lib_dir.join(format!("{}.prv", kp.thumbprint));
     let key = std::fs::read(&prv).map_err(|e| format!("{}: {e}", prv.display()))?;
     let public = crypto::ssh_public_key(lib_dir, &kp.thumbprint).map_err(|e| e.to_string())?;
-    fsutil::write_atomic_owned(&kp.path, &key, 0o600, Some(owner_of(user)))
-        .map_err(|e| format!("{}: {e}", kp.path.display()))?;
-    let mut pub_path = kp.path.clone().into_os_string();
-    pub_path.push(".pub");
-    let pub_path = PathBuf::from(pub_path);
-    fsutil::write_atomic_owned(
-        &pub_path,
-        format!("{public}\n").as_bytes(),
-        0o644,
-        Some(owner_of(user)),
-    )
-    .map_err(|e| format!("{}: {e}", pub_path.display()))
+    let (dir, name) = open_dir_of(&kp.path, home_dir, user)?;
+    dir.write(&name, &key, 0o600)?;
+    let mut pub_name = name;
+    pub_name.push(".pub");
+    dir.write(&pub_name, format!("{public}\n").as_bytes(), 0o644)
 }
 
 #[cfg(test)]
@@ -285,19 +278,22 @@ mod tests {
         }
     }
 
+    use std::os::unix::fs::MetadataExt;
+
     #[test]
     fn appends_only_missing_keys_with_owner_and_mode() {
-        let home = tempfile::tempdir().unwrap();
-        let path = home.path().join(".ssh/authorized_keys");
-        let user = me(home.path());
+        let homes = tempfile::tempdir().unwrap();
+        let home = homes.path().join("me");
+        let path = home.join(".ssh/authorized_keys");
+        let user = me(&home);
         let f = KeyFile {
             path: path.clone(),
             lines: vec!["ssh-rsa AAAA new".into(), "ssh-ed25519 BBBB".into()],
         };
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, "ssh-ed25519 BBBB already here").unwrap();
-        install_public_keys(&f, &user).unwrap();
-        install_public_keys(&f, &user).unwrap();
+        install_public_keys(&f, homes.path(), &user).unwrap();
+        install_public_keys(&f, homes.path(), &user).unwrap();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             "ssh-ed25519 BBBB already here\nssh-rsa AAAA new\n"
@@ -306,38 +302,40 @@ mod tests {
     }
 
     #[test]
-    fn creates_the_ssh_dir_private_and_refuses_symlinks() {
-        let home = tempfile::tempdir().unwrap();
-        let user = me(home.path());
-        let path = home.path().join(".ssh/authorized_keys");
-        install_public_keys(
-            &KeyFile {
-                path: path.clone(),
-                lines: vec!["ssh-rsa AAAA".into()],
-            },
-            &user,
-        )
-        .unwrap();
+    fn creates_the_ssh_dir_private_and_refuses_symlinks_and_fifos() {
+        let homes = tempfile::tempdir().unwrap();
+        let user = me(&homes.path().join("me"));
+        let keys = |rel: &str| KeyFile {
+            path: homes.path().join("me").join(rel),
+            lines: vec!["ssh-rsa AAAA".into()],
+        };
+        install_public_keys(&keys(".ssh/authorized_keys"), homes.path(), &user).unwrap();
         assert_eq!(
-            std::fs::metadata(home.path().join(".ssh")).unwrap().mode() & 0o777,
+            std::fs::metadata(homes.path().join("me/.ssh"))
+                .unwrap()
+                .mode()
+                & 0o777,
             0o700
         );
 
-        let home2 = tempfile::tempdir().unwrap();
+        // A symlink where a directory of the path should be, at any depth.
         let target = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(target.path(), home2.path().join(".ssh")).unwrap();
-        let err = install_public_keys(
-            &KeyFile {
-                path: home2.path().join(".ssh/authorized_keys"),
-                lines: vec!["ssh-rsa AAAA".into()],
-            },
-            &me(home2.path()),
-        )
-        .unwrap_err();
+        std::os::unix::fs::symlink(target.path(), homes.path().join("me/keys")).unwrap();
+        let err = install_public_keys(&keys("keys/deep/authorized_keys"), homes.path(), &user)
+            .unwrap_err();
         assert!(
-            err.ends_with("is a symbolic link; refusing to write keys through it"),
+            err.ends_with("keys is a symbolic link; refusing to write through it as root"),
             "{err}"
         );
         assert!(std::fs::read_dir(target.path()).unwrap().next().is_none());
+
+        // A FIFO at authorized_keys would block a blocking open for ever.
+        nix::unistd::mkfifo(
+            &homes.path().join("me/.ssh/fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let err = install_public_keys(&keys(".ssh/fifo"), homes.path(), &user).unwrap_err();
+        assert!(err.contains("fifo is not a regular file"), "{err}");
     }
 }
