@@ -165,17 +165,22 @@ fn start(inv: &Invocation, config_path: &Path) -> i32 {
 /// `-daemon`: claims the pid file and runs the state machine until SIGTERM.
 fn daemon(config: Config) -> i32 {
     let env = Env::system(config.clone());
-    let _pid = match PidFile::acquire(&config.pid_file, &env.path("/proc")) {
+    // First, so a SIGTERM while waiting for the pid file is a clean stop.
+    if let Err(e) = crate::daemon::install_handlers() {
+        log::warn!("{e}");
+    }
+    let _pid = match PidFile::acquire(&config.pid_file, &env.path("/proc"), PidFile::WAIT) {
         Ok(p) => p,
+        Err(e @ crate::pidfile::PidFileError::Stopped { .. }) => {
+            log::info!("{e}");
+            return EXIT_OK;
+        }
         Err(e) => {
             eprintln!("waagent: {e}");
             log::error!("{e}");
             return EXIT_FAILURE;
         }
     };
-    if let Err(e) = crate::daemon::install_handlers() {
-        log::warn!("{e}");
-    }
     // Every openssl (and, later, extension) child inherits it, as in waagent.
     crate::wire::crypto::export_fips_env(config.enable_fips);
     log::info!(

@@ -157,37 +157,6 @@ fn verbose_logs_to_stdout_too() {
     );
 }
 
-#[test]
-fn daemon_claims_the_pid_file_and_refuses_a_second_daemon() {
-    let s = Sandbox::new("");
-    // A live waagent holding the pid file keeps the daemon out. The holder is
-    // sleep(1) run through a symlink, so its argv[0] names waagent; spawn()
-    // returns after exec, so its cmdline is already in place.
-    let holder_path = s.path("waagent-holder");
-    std::os::unix::fs::symlink("/bin/sleep", &holder_path).unwrap();
-    let mut holder = std::process::Command::new(&holder_path)
-        .arg("30")
-        .spawn()
-        .expect("spawn holder");
-    std::fs::write(s.pid_path(), format!("{}\n", holder.id())).unwrap();
-    let o = s.run(&["-daemon"]);
-    let _ = holder.kill();
-    let _ = holder.wait();
-    assert_eq!(o.status.code(), Some(1));
-    assert_eq!(
-        stderr(&o),
-        format!(
-            "waagent: another waagent daemon is already running (pid {}, from {})\n",
-            holder.id(),
-            s.pid_path().display()
-        )
-    );
-
-    // Now stale: the daemon takes it over.
-    let o = s.run(&["-version"]);
-    assert_eq!(o.status.code(), Some(0));
-}
-
 /// A loopback fabric and a config that sends the daemon there and asks it
 /// to report only (`Provisioning.Agent=disabled`): the state machine runs for
 /// real on this machine without touching the system or the platform address.
@@ -304,4 +273,258 @@ fn start_detaches_a_daemon() {
     assert_eq!(nix::unistd::getsid(Some(pid)).unwrap(), pid);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     wait_for("the daemon to exit", || !s.pid_path().exists());
+}
+
+/// The daemons a test started: SIGKILLed and reaped when the test ends, pass
+/// or fail, so a failing test leaves none behind.
+struct Daemons(Vec<std::process::Child>);
+
+impl Daemons {
+    fn start(&mut self, s: &Sandbox) -> u32 {
+        let child = std::process::Command::new(common::bin())
+            .arg(format!("-configuration-path:{}", s.conf_path().display()))
+            .arg("-daemon")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn the daemon");
+        let pid = child.id();
+        self.0.push(child);
+        pid
+    }
+
+    fn get(&mut self, pid: u32) -> &mut std::process::Child {
+        self.0
+            .iter_mut()
+            .find(|c| c.id() == pid)
+            .expect("a daemon of this test")
+    }
+
+    fn running(&mut self, pid: u32) -> bool {
+        matches!(self.get(pid).try_wait(), Ok(None))
+    }
+
+    /// Its exit code and standard error, once it has exited.
+    fn exited(&mut self, pid: u32) -> Option<(Option<i32>, String)> {
+        let child = self.get(pid);
+        let status = child.try_wait().ok()??;
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        Some((status.code(), err))
+    }
+
+    fn signal(&mut self, pid: u32, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
+    }
+
+    /// SIGTERM and the exit code.
+    fn stop(&mut self, pid: u32) -> Option<i32> {
+        self.signal(pid, nix::sys::signal::Signal::SIGTERM);
+        self.get(pid).wait().unwrap().code()
+    }
+}
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A pid file naming a live process whose command line says "waagent"
+/// (a recycled pid) blocks nothing: the lock decides. The daemon then
+/// refuses a second one, naming itself, and removes the file as it stops.
+#[test]
+fn a_recycled_pid_does_not_block_and_a_running_daemon_refuses_a_second() {
+    let (sim, s) = fabric_and_config();
+    let lookalike = s.path("waagent-lookalike");
+    std::os::unix::fs::symlink("/bin/sleep", &lookalike).unwrap();
+    let mut other = std::process::Command::new(&lookalike)
+        .arg("60")
+        .spawn()
+        .expect("spawn the look-alike");
+    wait_for("the look-alike's command line", || {
+        std::fs::read(format!("/proc/{}/cmdline", other.id()))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("waagent"))
+    });
+    std::fs::write(s.pid_path(), format!("{}\n", other.id())).unwrap();
+
+    let mut d = Daemons(Vec::new());
+    let first = d.start(&s);
+    wait_for("Ready", || {
+        sim.health_reports().iter().any(|h| h.state == "Ready")
+    });
+    let _ = other.kill();
+    let _ = other.wait();
+    assert!(d.running(first));
+    assert_eq!(waagent::pidfile::read_pid(&s.pid_path()), Some(first));
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(s.pid_path()).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+
+    // A second daemon waits out the bound, then refuses.
+    let second = d.start(&s);
+    let mut refused = None;
+    wait_for("the second daemon to give up", || {
+        refused = d.exited(second);
+        refused.is_some()
+    });
+    let (code, err) = refused.unwrap();
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "waagent: another waagent daemon is already running (pid {first}, from {})\n",
+            s.pid_path().display()
+        )
+    );
+    assert!(d.running(first));
+    assert_eq!(d.stop(first), Some(0));
+    assert!(!s.pid_path().exists());
+}
+
+/// Started together, exactly one daemon runs; the others wait out the bound
+/// and exit 1 naming it.
+#[test]
+fn simultaneous_starts_run_exactly_one_daemon() {
+    let (sim, s) = fabric_and_config();
+    let mut d = Daemons(Vec::new());
+    let pids: Vec<u32> = (0..3).map(|_| d.start(&s)).collect();
+    let mut outcomes = Vec::new();
+    wait_for("all but one daemon to exit", || {
+        outcomes = pids
+            .iter()
+            .filter_map(|p| d.exited(*p).map(|o| (*p, o)))
+            .collect();
+        outcomes.len() >= pids.len() - 1
+    });
+    let running: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|p| outcomes.iter().all(|(q, _)| q != p))
+        .collect();
+    assert_eq!(running.len(), 1, "{outcomes:?}");
+    let winner = running[0];
+    for (_, (code, err)) in &outcomes {
+        assert_eq!(*code, Some(1), "{err}");
+        assert!(
+            err.contains(&format!(
+                "another waagent daemon is already running (pid {winner}, "
+            )),
+            "{err}"
+        );
+    }
+    wait_for("Ready", || {
+        sim.health_reports().iter().any(|h| h.state == "Ready")
+    });
+    assert!(d.running(winner));
+    assert_eq!(waagent::pidfile::read_pid(&s.pid_path()), Some(winner));
+    assert_eq!(d.stop(winner), Some(0));
+}
+
+/// As a supervisor does it: the daemon is SIGKILLed 0.05 s after it started
+/// and a new one started at once. The new one runs.
+#[test]
+fn a_daemon_killed_at_start_is_replaced_at_once() {
+    let (sim, s) = fabric_and_config();
+    let mut d = Daemons(Vec::new());
+    let first = d.start(&s);
+    std::thread::sleep(Duration::from_millis(50));
+    d.signal(first, nix::sys::signal::Signal::SIGKILL);
+    // Not reaped yet: it may still be in /proc, dying.
+    let second = d.start(&s);
+    wait_for("the new daemon to hold the pid file", || {
+        waagent::pidfile::read_pid(&s.pid_path()) == Some(second) || !d.running(second)
+    });
+    assert!(d.running(second), "{:?}", d.exited(second));
+    wait_for("Ready", || {
+        sim.health_reports().iter().any(|h| h.state == "Ready")
+    });
+    // Still the new one, polling.
+    let polls = sim.requests_to("comp=goalstate").len();
+    wait_for("a steady-state poll", || {
+        sim.requests_to("comp=goalstate").len() > polls
+    });
+    assert!(d.running(second));
+    assert_eq!(d.stop(second), Some(0));
+}
+
+/// A SIGKILLed daemon is held while dying (stopped by ptrace at its exit,
+/// with its files still open and its /proc entry whole): the new start
+/// waits for it to finish dying, then runs.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_start_waits_for_a_dying_daemon_then_runs() {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let (sim, s) = fabric_and_config();
+    let mut d = Daemons(Vec::new());
+    let first = d.start(&s);
+    wait_for("the first daemon to hold the pid file", || {
+        waagent::pidfile::read_pid(&s.pid_path()) == Some(first)
+    });
+    let ptrace = |req: libc::c_uint, data: libc::c_long| {
+        // SAFETY: plain ptrace requests on our own child; no memory is passed.
+        let r = unsafe {
+            libc::ptrace(
+                req,
+                first as libc::pid_t,
+                std::ptr::null_mut::<libc::c_void>(),
+                data,
+            )
+        };
+        assert_eq!(r, 0, "ptrace {req}: {}", std::io::Error::last_os_error());
+    };
+    ptrace(libc::PTRACE_SEIZE, libc::PTRACE_O_TRACEEXIT as libc::c_long);
+    // Detached however the test ends: Daemons' drop could not reap a
+    // tracee stopped for its tracer.
+    struct Detach(u32);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            // SAFETY: as above; fails harmlessly if already detached.
+            unsafe {
+                libc::ptrace(
+                    libc::PTRACE_DETACH,
+                    self.0 as libc::pid_t,
+                    std::ptr::null_mut::<libc::c_void>(),
+                    0 as libc::c_long,
+                )
+            };
+        }
+    }
+    let traced = Detach(first);
+    d.signal(first, nix::sys::signal::Signal::SIGKILL);
+    let pid = nix::unistd::Pid::from_raw(first as i32);
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::__WALL)).unwrap() {
+            WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_EXIT) => break,
+            // A signal that arrived just before the kill.
+            WaitStatus::Stopped(..) => ptrace(libc::PTRACE_CONT, 0),
+            other => panic!("the first daemon: {other:?}"),
+        }
+    }
+    let cmdline = std::fs::read(format!("/proc/{first}/cmdline")).unwrap();
+    assert!(String::from_utf8_lossy(&cmdline).contains("waagent"));
+
+    let second = d.start(&s);
+    let waiting = format!("is locked (pid {first}); waiting up to 10s for it");
+    wait_for("the new daemon to wait", || {
+        s.log().contains(&waiting) || !d.running(second)
+    });
+    assert!(d.running(second), "{:?}", d.exited(second));
+    // Let the first finish dying.
+    drop(traced);
+    wait_for("the new daemon to hold the pid file", || {
+        waagent::pidfile::read_pid(&s.pid_path()) == Some(second) || !d.running(second)
+    });
+    assert!(d.running(second), "{:?}", d.exited(second));
+    wait_for("Ready", || {
+        sim.health_reports().iter().any(|h| h.state == "Ready")
+    });
+    assert!(d.running(second));
+    assert_eq!(d.stop(second), Some(0));
 }

@@ -96,6 +96,39 @@ if [ "$PHASES" = crash ]; then
     exit 0
 fi
 
+if [ "$PHASES" = customdata ]; then
+    # A custom-data script that hangs or leaves a process behind. Every wait
+    # is bounded, so a daemon that hangs fails the test instead of blocking it.
+    alive() { [ -r /proc/$1/stat ] && ! grep -q ') Z ' /proc/$1/stat; }
+    # stop_bounded PHASE: SIGTERM, then 10 s to exit; "hung" if it did not.
+    stop_bounded() {
+        kill -TERM $pid; i=0
+        while alive $pid && [ $i -lt 200 ]; do i=$((i+1)); sleep 0.05; done
+        if alive $pid; then kill -KILL $pid; wait $pid; echo hung > /work/ev/$1/daemon.rc
+        else wait $pid; echo $? > /work/ev/$1/daemon.rc; fi
+    }
+    mkdir -p /work/ev/last
+    hook=${CD_TIMEOUT:+WAAGENT_RS_TEST_CUSTOM_DATA_TIMEOUT=$CD_TIMEOUT}
+    env $hook ./waagent -daemon -configuration-path:/work/waagent.conf &
+    pid=$!
+    if [ "$MODE" = sigterm ]; then
+        i=0; until [ -s /var/tmp/custom-data-pid ]; do i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.05; done
+        stop_bounded first
+        reports > /work/ev/first/reports
+        alive "$(cat /var/tmp/custom-data-pid)" && echo yes > /work/ev/first/script_alive
+        # The next start finishes provisioning; "last" is its evidence.
+        ./waagent -daemon -configuration-path:/work/waagent.conf &
+        pid=$!
+    fi
+    i=0; until [ "$(reports)" -ge 1 ]; do i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.05; done
+    stop_bounded last
+    for f in pid bgpid; do
+        [ -s /var/tmp/custom-data-$f ] && alive "$(cat /var/tmp/custom-data-$f)" && echo yes > /work/ev/last/${f}_alive
+    done
+    cp /var/tmp/custom-data-runs /work/ev/last/runs 2>/dev/null
+    exit 0
+fi
+
 if [ "$PHASES" = steady ]; then
     # The fabric refuses the first two connections; then, in steady state,
     # the user renames the VM and the host-name monitor publishes it.
@@ -232,13 +265,13 @@ fn run(ovf_xml: &str, conf: &str, phases: &str) -> Run {
 }
 
 fn run_with(ovf_xml: &str, conf: &str, phases: &str, crash_at: &str) -> Run {
-    run_in(
-        tempfile::tempdir().expect("temporary directory"),
-        ovf_xml,
-        conf,
-        phases,
-        crash_at,
-    )
+    run_env(ovf_xml, conf, phases, &[("CRASH_AT", crash_at)])
+}
+
+/// Runs the driver with `env` (`NAME`, value) added to its environment.
+fn run_env(ovf_xml: &str, conf: &str, phases: &str, env: &[(&str, &str)]) -> Run {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    run_in(dir, ovf_xml, conf, phases, env)
 }
 
 /// The first boot after `pre` (a shell script: the image as it was before
@@ -252,10 +285,16 @@ fn run_custom(pre: &str, ovf_xml: &str, conf: &str, post: &str) -> Run {
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
     }
-    run_in(dir, ovf_xml, conf, "custom", "")
+    run_in(dir, ovf_xml, conf, "custom", &[])
 }
 
-fn run_in(dir: tempfile::TempDir, ovf_xml: &str, conf: &str, phases: &str, crash_at: &str) -> Run {
+fn run_in(
+    dir: tempfile::TempDir,
+    ovf_xml: &str,
+    conf: &str,
+    phases: &str,
+    env: &[(&str, &str)],
+) -> Run {
     let d = dir.path();
     for b in ["waagent", "fabric-sim"] {
         std::fs::copy(bin(b), d.join(b)).expect("copy the binaries");
@@ -273,21 +312,24 @@ fn run_in(dir: tempfile::TempDir, ovf_xml: &str, conf: &str, phases: &str, crash
     std::fs::write(&driver, DRIVER).unwrap();
     std::fs::set_permissions(&driver, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let iso = d.join("ovf.iso");
-    Sandbox::make_ovf_iso(&d.join("ovf-env.xml"), &iso, &[]).expect("make the provisioning ISO");
+    // A test may have made its own (hostile) media.
+    if !iso.exists() {
+        Sandbox::make_ovf_iso(&d.join("ovf-env.xml"), &iso, &[])
+            .expect("make the provisioning ISO");
+    }
     let opts = Options::default()
         .iso(&iso)
         .bind(d, "/work")
         .dmi_uuid(DMI_UUID);
-    let mut cmd = Sandbox::command(
-        &opts,
-        &[
-            "env",
-            &format!("PHASES={phases}"),
-            &format!("IMDS_KEY={IMDS_KEY}"),
-            &format!("CRASH_AT={crash_at}"),
-            "/work/driver.sh",
-        ],
-    );
+    let mut args = vec![
+        "env".to_string(),
+        format!("PHASES={phases}"),
+        format!("IMDS_KEY={IMDS_KEY}"),
+    ];
+    args.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+    args.push("/work/driver.sh".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = Sandbox::command(&opts, &args);
     let output = cmd
         .stdin(std::process::Stdio::null())
         .output()
@@ -976,5 +1018,188 @@ fn key_files_are_written_through_descriptors_never_through_a_planted_link() {
                 && r.ev("first", "keys_owner").trim() == "1500"),
             "{name}: shadow's content is the user's"
         );
+    }
+}
+
+/// full.xml with `script` as its custom data, run by the `customdata`
+/// phase: `mode` "sigterm" stops the daemon while the script runs and
+/// starts it again; `timeout` is the custom-data timeout hook's value.
+fn run_custom_data(script: &str, mode: &str, timeout: &str) -> Run {
+    use base64::Engine;
+    let full = std::fs::read_to_string(Path::new(MANIFEST).join("test-data/ovf/full.xml")).unwrap();
+    let encoded = base64::engine::general_purpose::STANDARD.encode(script);
+    let ovf = full.replace(
+        "IyEvYmluL3NoCmVjaG8gJ2hlbGxvIGZyb20gY3VzdG9tIGRhdGEnID4gL3Zhci90bXAvY3VzdG9tLWRhdGEtcmFuCg==",
+        &encoded,
+    );
+    assert_ne!(ovf, full);
+    run_env(
+        &ovf,
+        CONF,
+        "customdata",
+        &[("MODE", mode), ("CD_TIMEOUT", timeout)],
+    )
+}
+
+/// Records its pid and a run, closes its output and hangs.
+const HANGING_SCRIPT: &str = "#!/bin/sh
+echo $$ > /var/tmp/custom-data-pid
+echo run >> /var/tmp/custom-data-runs
+exec >/dev/null 2>&1
+exec sleep 600
+";
+
+/// A script that closed its output and hangs is killed at its timeout, and
+/// provisioning goes on to Ready (its failure is only a warning, as in
+/// waagent); the daemon then stops on SIGTERM.
+#[test]
+fn a_hanging_custom_data_script_times_out_and_ready_is_reported() {
+    if sandbox::skip("a_hanging_custom_data_script_times_out_and_ready_is_reported") {
+        return;
+    }
+    let r = run_custom_data(HANGING_SCRIPT, "timeout", "3");
+    let ctx = r.context();
+    assert_eq!(
+        states(&r.records("health")),
+        ["NotReady/Provisioning", "Ready"],
+        "{ctx}"
+    );
+    assert_eq!(r.ev("last", "daemon.rc").trim(), "0", "{ctx}");
+    assert_eq!(r.ev("last", "runs"), "run\n", "{ctx}");
+    assert_eq!(
+        r.ev("last", "pid_alive"),
+        "",
+        "the script outlived its timeout\n{ctx}"
+    );
+    assert!(
+        r.log().contains("did not finish within 3s and was killed"),
+        "{ctx}"
+    );
+}
+
+/// SIGTERM while the script hangs (with the production timeout of an hour)
+/// stops the daemon at once and leaves the script running; the next start
+/// does not run it again and reports Ready.
+#[test]
+fn sigterm_stops_the_daemon_while_custom_data_hangs() {
+    if sandbox::skip("sigterm_stops_the_daemon_while_custom_data_hangs") {
+        return;
+    }
+    let r = run_custom_data(HANGING_SCRIPT, "sigterm", "");
+    let ctx = r.context();
+    assert_eq!(r.ev("first", "daemon.rc").trim(), "0", "{ctx}");
+    assert_eq!(r.ev("first", "reports").trim(), "0", "{ctx}");
+    assert_eq!(r.ev("first", "script_alive"), "yes\n", "{ctx}");
+    assert!(
+        r.log()
+            .contains("the agent is stopping: abandoning /var/lib/waagent/CustomData"),
+        "{ctx}"
+    );
+    assert_eq!(r.ev("last", "daemon.rc").trim(), "0", "{ctx}");
+    let finals: Vec<String> = states(&r.records("health"))
+        .into_iter()
+        .filter(|s| !s.ends_with("/Provisioning"))
+        .collect();
+    assert_eq!(finals, ["Ready"], "{ctx}");
+    assert_eq!(r.ev("last", "runs"), "run\n", "run again\n{ctx}");
+}
+
+/// A script that starts a service in the background, which keeps the
+/// output pipes open, and exits: Ready at once, and the service lives on.
+#[test]
+fn a_service_started_by_custom_data_survives_and_ready_is_reported() {
+    if sandbox::skip("a_service_started_by_custom_data_survives_and_ready_is_reported") {
+        return;
+    }
+    let script = "#!/bin/sh
+echo run >> /var/tmp/custom-data-runs
+sleep 600 &
+echo $! > /var/tmp/custom-data-bgpid
+echo 'started a service'
+exit 0
+";
+    let r = run_custom_data(script, "background", "");
+    let ctx = r.context();
+    assert_eq!(
+        states(&r.records("health")),
+        ["NotReady/Provisioning", "Ready"],
+        "{ctx}"
+    );
+    assert_eq!(r.ev("last", "daemon.rc").trim(), "0", "{ctx}");
+    assert_eq!(r.ev("last", "runs"), "run\n", "{ctx}");
+    assert_eq!(
+        r.ev("last", "bgpid_alive"),
+        "yes\n",
+        "the service was killed\n{ctx}"
+    );
+}
+
+/// Hostile media: ovf-env.xml on a real ISO is a symlink to /etc/shadow, or
+/// a FIFO. The document is opened without following links and must be a
+/// regular file, so each ends in ProvisioningFailed saying which, at once,
+/// and nothing of /etc/shadow is read. The media is mounted read-only,
+/// nodev, nosuid and noexec.
+#[test]
+fn hostile_media_is_mounted_without_exec_and_its_links_are_not_followed() {
+    if sandbox::skip("hostile_media_is_mounted_without_exec_and_its_links_are_not_followed") {
+        return;
+    }
+    let conf = format!("{CONF}Logs.Verbose=y\n");
+    for (what, make, reason) in [
+        (
+            "a symlink to /etc/shadow",
+            "ln -s /etc/shadow",
+            "/mnt/cdrom/secure/ovf-env.xml is a symbolic link; refused",
+        ),
+        (
+            "a FIFO",
+            "mkfifo",
+            "/mnt/cdrom/secure/ovf-env.xml is not a regular file; refused",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let stage = dir.path().join("stage");
+        std::fs::create_dir(&stage).unwrap();
+        let made = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{make} \"$1/ovf-env.xml\" && xorriso -as mkisofs -quiet -o \"$2\" -R -J \"$1\""
+            ))
+            .args([
+                "sh",
+                &stage.to_string_lossy(),
+                &dir.path().join("ovf.iso").to_string_lossy(),
+            ])
+            .status()
+            .unwrap();
+        assert!(made.success(), "{what}: cannot make the ISO");
+        let r = run_in(dir, "", &conf, "first", &[]);
+        let reports = r.records("health");
+        assert_eq!(
+            states(&reports).last().map(String::as_str),
+            Some("NotReady/ProvisioningFailed"),
+            "{what}\n{}",
+            r.context()
+        );
+        let description = reports.last().unwrap()["description"]
+            .as_str()
+            .unwrap_or("");
+        assert_eq!(
+            description,
+            format!("provisioning media: {reason}"),
+            "{what}"
+        );
+        assert!(
+            r.ev("first", "lib").lines().all(|f| f != "ovf-env.xml"),
+            "{what}"
+        );
+        let log = r.log();
+        assert!(
+            log.contains(
+                "running mount -t udf,iso9660 -o ro,nodev,nosuid,noexec /dev/sr0 /mnt/cdrom/secure"
+            ),
+            "{what}: {log}"
+        );
+        assert!(!log.contains("root:"), "{what}: shadow in the log");
     }
 }

@@ -235,6 +235,8 @@ pub struct Daemon {
     goal_state_handled: bool,
     monitors: Monitors,
     clock: Rc<dyn Clock>,
+    /// The provisioning media's drive, ejected once `provisioned` is written.
+    media_device: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -257,6 +259,7 @@ impl Daemon {
             goal_state_handled: false,
             monitors: Monitors::default(),
             clock: Rc::new(SystemClock),
+            media_device: None,
         }
     }
 
@@ -362,7 +365,8 @@ impl Daemon {
                     &*self.clock,
                 ) {
                     Err(e) => Job::Fail(format!("provisioning media: {e}")),
-                    Ok(text) => {
+                    Ok(media::Media { text, device }) => {
+                        self.media_device = device;
                         if let Err(e) = self.write_lib("ovf-env.xml", &ovf::masked(&text), 0o600) {
                             log::warn!("{e}");
                         }
@@ -548,6 +552,11 @@ impl Daemon {
                 let id = self.os.instance_id().unwrap_or_default();
                 if let Err(e) = self.write_lib(PROVISIONED_FILE, &id, 0o644) {
                     return State::ReportFailed { goal, reason: e };
+                }
+                // Only now: a daemon killed before `provisioned` was written
+                // reads the media again.
+                if let Some(device) = self.media_device.take() {
+                    media::eject(&*self.os, &device);
                 }
                 if disable_agent {
                     if let Err(e) = self.write_lib(DISABLE_AGENT_FILE, "", 0o644) {

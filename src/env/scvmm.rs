@@ -219,9 +219,9 @@ mod tests {
             f.runner.lines(),
             vec![
                 "modprobe ata_piix".to_string(),
-                format!("mount -t udf,iso9660 -o ro /dev/sr0 {m}"),
+                format!("mount -t udf,iso9660 -o ro,nodev,nosuid,noexec /dev/sr0 {m}"),
                 format!("umount {m}"),
-                format!("mount -t udf,iso9660 -o ro /dev/sr1 {m}"),
+                format!("mount -t udf,iso9660 -o ro,nodev,nosuid,noexec /dev/sr1 {m}"),
             ]
         );
     }
@@ -239,8 +239,8 @@ mod tests {
             f.runner.lines(),
             vec![
                 "modprobe ata_piix".to_string(),
-                format!("mount -t udf,iso9660 -o ro /dev/hdc {m}"),
-                format!("mount -t udf,iso9660 -o ro /dev/sr0 {m}"),
+                format!("mount -t udf,iso9660 -o ro,nodev,nosuid,noexec /dev/hdc {m}"),
+                format!("mount -t udf,iso9660 -o ro,nodev,nosuid,noexec /dev/sr0 {m}"),
                 format!("umount {m}"),
             ]
         );
@@ -255,7 +255,7 @@ mod tests {
         let m = f.mnt().display().to_string();
         assert_eq!(
             f.runner.lines(),
-            vec![format!("mount_udf -o ro /dev/cd0 {m}")]
+            vec![format!("mount_udf -o ro,nosuid,noexec /dev/cd0 {m}")]
         );
     }
 }

@@ -331,12 +331,14 @@ flavour!(
         fn mount_dvd(&self, device: &Path, mount_point: &Path) -> Result<(), OsError> {
             let dev = device.to_string_lossy();
             let mp = mount_point.to_string_lossy();
-            let udf = self.env.run_ok(Cmd::new("mount_udf").args(["-o", "ro"]).arg(dev.clone()).arg(mp.clone()));
+            // nodev is the default (and obsolete) on FreeBSD.
+            let opts = "ro,nosuid,noexec";
+            let udf = self.env.run_ok(Cmd::new("mount_udf").args(["-o", opts]).arg(dev.clone()).arg(mp.clone()));
             match udf {
                 Ok(_) => Ok(()),
                 Err(_) => self
                     .env
-                    .run_ok(Cmd::new("mount_cd9660").args(["-o", "ro"]).arg(dev).arg(mp))
+                    .run_ok(Cmd::new("mount_cd9660").args(["-o", opts]).arg(dev).arg(mp))
                     .map(drop),
             }
         }

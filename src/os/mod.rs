@@ -477,8 +477,15 @@ pub trait OsUtil {
         linux::sysfs_cdroms(&self.env().path("/sys/block"))
     }
 
+    /// Mounts the provisioning media: read-only, and nothing on it (a
+    /// device node, a set-uid program, any program) is honoured.
     fn mount_dvd(&self, device: &Path, mount_point: &Path) -> Result<(), OsError> {
-        self.mount(device, mount_point, Some("udf,iso9660"), Some("ro"))
+        self.mount(
+            device,
+            mount_point,
+            Some("udf,iso9660"),
+            Some("ro,nodev,nosuid,noexec"),
+        )
     }
 
     fn mount(

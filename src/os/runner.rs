@@ -12,7 +12,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -187,6 +187,11 @@ pub enum RunError {
         cmd: String,
         source: io::Error,
     },
+    /// The agent is stopping (SIGTERM): the command was not waited for, or
+    /// not started. See [`SystemRunner`].
+    Interrupted {
+        cmd: String,
+    },
 }
 
 impl RunError {
@@ -213,6 +218,9 @@ impl fmt::Display for RunError {
                 Ok(())
             }
             RunError::Io { cmd, source } => write!(f, "`{cmd}`: {source}"),
+            RunError::Interrupted { cmd } => {
+                write!(f, "`{cmd}` was abandoned: the agent is stopping")
+            }
         }
     }
 }
@@ -248,12 +256,38 @@ pub trait CommandRunner {
 }
 
 /// Spawns real processes.
+///
+/// The deadline is enforced on the process, not on its pipes: a child that
+/// redirects its output and hangs is still killed on time, and a child that
+/// exits while a background grandchild (`app &`) keeps the pipes open
+/// returns at once with what it wrote. A finished command's process group is
+/// never signalled: its background children are the user's (waagent's unit
+/// has KillMode=process for the same reason).
+///
+/// A stop request (SIGTERM) ends the wait within a tick (100 ms) with
+/// [`RunError::Interrupted`], and the command is abandoned, not killed: a
+/// command killed halfway (useradd, or dpkg under a user's script that
+/// restarts this very service) can leave the system inconsistent, while one
+/// left alone only finishes what it was asked to do. That is also what
+/// waagent does: its daemon dies on SIGTERM and systemd leaves its children
+/// alone. The abandoned command's pipes close when the agent exits.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemRunner;
 
 /// Cap on captured output per stream; the rest is read and dropped so the
 /// child never blocks on a full pipe.
 const MAX_CAPTURE: usize = 1 << 20;
+/// One read from a pipe.
+const CHUNK: usize = 8192;
+
+/// The longest the runner waits without looking at the child, the deadline
+/// and the stop flag.
+const TICK: Duration = Duration::from_millis(100);
+
+/// How long a SIGKILLed command is waited for: a process dies only when its
+/// current system call returns, which for one stuck on a dead disk may be
+/// never.
+const REAP_WAIT: Duration = Duration::from_secs(2);
 
 impl CommandRunner for SystemRunner {
     fn spawn(&self, cmd: &Cmd) -> Result<u32, RunError> {
@@ -266,6 +300,10 @@ impl CommandRunner for SystemRunner {
 
     fn run(&self, cmd: &Cmd) -> Result<Output, RunError> {
         let shown = cmd.display();
+        if crate::clock::stop_requested() {
+            // Nothing would wait for it.
+            return Err(RunError::Interrupted { cmd: shown });
+        }
         log::debug!("running {shown}");
         let mut command = Command::new(&cmd.program);
         command
@@ -299,73 +337,140 @@ impl CommandRunner for SystemRunner {
             }
         }
         let deadline = Instant::now() + cmd.timeout;
-        let (stdout, stderr, timed_out) = drain(&mut child, deadline).map_err(io_err)?;
-        if timed_out {
-            kill_group(&mut child);
-            return Err(RunError::TimedOut {
-                cmd: shown,
-                after: cmd.timeout,
-            });
-        }
-        let status = child.wait().map_err(io_err)?;
+        let mut capture = Capture::new(&mut child);
+        // While the pipes are closed there is nothing to poll: sleep, from
+        // 1 ms (the child is usually exiting) up to TICK.
+        let mut pause = Duration::from_millis(1);
+        let status = loop {
+            if let Some(status) = child.try_wait().map_err(io_err)? {
+                // What it wrote is in the pipes; a background grandchild may
+                // hold them open for ever, so take what is there, no more.
+                capture.take_buffered().map_err(io_err)?;
+                break status;
+            }
+            if crate::clock::stop_requested() {
+                log::warn!(
+                    "the agent is stopping: abandoning {shown} (pid {})",
+                    child.id()
+                );
+                return Err(RunError::Interrupted { cmd: shown });
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                kill_group(&mut child);
+                return Err(RunError::TimedOut {
+                    cmd: shown,
+                    after: cmd.timeout,
+                });
+            }
+            if capture.is_open() {
+                capture.poll(left.min(TICK)).map_err(io_err)?;
+            } else {
+                std::thread::sleep(left.min(pause));
+                pause = (pause * 2).min(TICK);
+            }
+        };
         let code = status
             .code()
             .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-        let out = Output {
-            code,
-            stdout: String::from_utf8_lossy(&stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&stderr).into_owned(),
-        };
+        let (stdout, stderr) = capture.into_output();
         log::debug!("{shown} exited with {code}");
-        Ok(out)
+        Ok(Output {
+            code,
+            stdout,
+            stderr,
+        })
     }
 }
 
-/// Reads stdout and stderr until both close or `deadline` passes.
-fn drain(child: &mut Child, deadline: Instant) -> io::Result<(Vec<u8>, Vec<u8>, bool)> {
-    let mut out = child.stdout.take();
-    let mut err = child.stderr.take();
-    let (mut out_buf, mut err_buf) = (Vec::new(), Vec::new());
-    let mut chunk = [0u8; 8192];
-    while out.is_some() || err.is_some() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok((out_buf, err_buf, true));
-        }
-        let ms = u16::try_from(left.as_millis().min(u128::from(u16::MAX))).unwrap_or(u16::MAX);
-        let (out_ready, err_ready) = {
-            let mut fds = Vec::with_capacity(2);
-            if let Some(o) = &out {
-                fds.push(PollFd::new(o.as_fd(), PollFlags::POLLIN));
-            }
-            if let Some(e) = &err {
-                fds.push(PollFd::new(e.as_fd(), PollFlags::POLLIN));
-            }
-            match poll(&mut fds, PollTimeout::from(ms)) {
-                Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-            let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-            let mut it = fds.iter();
-            let o = out
-                .as_ref()
-                .map(|_| it.next().is_some_and(ready))
-                .unwrap_or(false);
-            let e = err
-                .as_ref()
-                .map(|_| it.next().is_some_and(ready))
-                .unwrap_or(false);
-            (o, e)
-        };
-        if out_ready {
-            read_chunk(&mut out, &mut out_buf, &mut chunk)?;
-        }
-        if err_ready {
-            read_chunk(&mut err, &mut err_buf, &mut chunk)?;
+/// A child's stdout and stderr, read as they fill.
+struct Capture {
+    out: Option<ChildStdout>,
+    err: Option<ChildStderr>,
+    out_buf: Vec<u8>,
+    err_buf: Vec<u8>,
+}
+
+impl Capture {
+    fn new(child: &mut Child) -> Self {
+        Capture {
+            out: child.stdout.take(),
+            err: child.stderr.take(),
+            out_buf: Vec::new(),
+            err_buf: Vec::new(),
         }
     }
-    Ok((out_buf, err_buf, false))
+
+    fn is_open(&self) -> bool {
+        self.out.is_some() || self.err.is_some()
+    }
+
+    /// Waits up to `timeout` for output and reads one chunk from each
+    /// stream that has some (or closes the ones at end of file).
+    fn poll(&mut self, timeout: Duration) -> io::Result<()> {
+        let (out_ready, err_ready) = self.ready(timeout)?;
+        self.read_ready(out_ready, err_ready)
+    }
+
+    fn read_ready(&mut self, out_ready: bool, err_ready: bool) -> io::Result<()> {
+        let mut chunk = [0u8; CHUNK];
+        if out_ready {
+            read_chunk(&mut self.out, &mut self.out_buf, &mut chunk)?;
+        }
+        if err_ready {
+            read_chunk(&mut self.err, &mut self.err_buf, &mut chunk)?;
+        }
+        Ok(())
+    }
+
+    /// Reads what the pipes hold now, without waiting. Bounded, since a
+    /// grandchild may keep writing: enough rounds to fill the capture.
+    fn take_buffered(&mut self) -> io::Result<()> {
+        for _ in 0..=MAX_CAPTURE / CHUNK {
+            if !self.is_open() {
+                break;
+            }
+            let (out_ready, err_ready) = self.ready(Duration::ZERO)?;
+            if !out_ready && !err_ready {
+                break;
+            }
+            self.read_ready(out_ready, err_ready)?;
+        }
+        Ok(())
+    }
+
+    /// Which streams are readable (or at end of file) within `timeout`.
+    fn ready(&self, timeout: Duration) -> io::Result<(bool, bool)> {
+        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = Vec::with_capacity(2);
+        if let Some(o) = &self.out {
+            fds.push(PollFd::new(o.as_fd(), PollFlags::POLLIN));
+        }
+        if let Some(e) = &self.err {
+            fds.push(PollFd::new(e.as_fd(), PollFlags::POLLIN));
+        }
+        loop {
+            match poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(_) => break,
+                Err(nix::errno::Errno::EINTR) if timeout.is_zero() => {}
+                // A signal (SIGTERM): the caller looks at the stop flag.
+                Err(nix::errno::Errno::EINTR) => return Ok((false, false)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+        let mut it = fds.iter();
+        let o = self.out.is_some() && it.next().is_some_and(ready);
+        let e = self.err.is_some() && it.next().is_some_and(ready);
+        Ok((o, e))
+    }
+
+    fn into_output(self) -> (String, String) {
+        (
+            String::from_utf8_lossy(&self.out_buf).into_owned(),
+            String::from_utf8_lossy(&self.err_buf).into_owned(),
+        )
+    }
 }
 
 fn read_chunk<R: Read>(
@@ -386,6 +491,8 @@ fn read_chunk<R: Read>(
     Ok(())
 }
 
+/// SIGKILLs the command's whole process group and reaps the command,
+/// waiting at most [`REAP_WAIT`].
 fn kill_group(child: &mut Child) {
     if let Ok(pid) = i32::try_from(child.id()) {
         // Negative pid: the whole process group made by process_group(0).
@@ -394,7 +501,17 @@ fn kill_group(child: &mut Child) {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
-    let _ = child.wait();
+    let until = Instant::now() + REAP_WAIT;
+    while Instant::now() < until {
+        match child.try_wait() {
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            _ => return,
+        }
+    }
+    log::warn!(
+        "pid {} is still there {REAP_WAIT:?} after SIGKILL; not waiting for it",
+        child.id()
+    );
 }
 
 /// Starts `cmd` in a new session with its standard streams on /dev/null and
@@ -538,6 +655,139 @@ mod tests {
         );
         std::thread::sleep(Duration::from_millis(2500));
         assert!(!marker.exists(), "grandchild survived the timeout");
+    }
+
+    /// Polls `cond` for up to 30 s (the machine may be loaded).
+    fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        cond()
+    }
+
+    #[test]
+    fn a_child_that_closed_its_pipes_and_hangs_still_times_out() {
+        let started = Instant::now();
+        let err = SystemRunner
+            .run(
+                &Cmd::new("sh")
+                    .args(["-c", "exec >/dev/null 2>&1; sleep 30"])
+                    .timeout(Duration::from_millis(300)),
+            )
+            .unwrap_err();
+        assert!(matches!(err, RunError::TimedOut { .. }), "{err}");
+        // Not the 30 s of the sleep.
+        assert!(started.elapsed() < Duration::from_secs(20), "{err}");
+    }
+
+    #[test]
+    fn a_finished_command_returns_at_once_and_its_background_children_live_on() {
+        let dir = tempfile::tempdir().unwrap();
+        for code in [0, 3] {
+            let marker = dir.path().join(format!("alive-{code}"));
+            // The background child inherits stdout and stderr and holds them
+            // for 4 s, beyond the 3 s timeout: only a runner that looks at
+            // the process, not at the pipes, returns the output.
+            let script = format!(
+                "echo started; (sleep 4; touch {}) & echo done >&2; exit {code}",
+                marker.display()
+            );
+            let out = SystemRunner
+                .run(
+                    &Cmd::new("sh")
+                        .args(["-c", &script])
+                        .timeout(Duration::from_secs(3)),
+                )
+                .unwrap_or_else(|e| panic!("exit {code}: {e}"));
+            assert_eq!(
+                out,
+                Output {
+                    code,
+                    stdout: "started\n".into(),
+                    stderr: "done\n".into()
+                }
+            );
+        }
+        for code in [0, 3] {
+            let marker = dir.path().join(format!("alive-{code}"));
+            assert!(
+                eventually(|| marker.exists()),
+                "the background child of a command that exited {code} was killed"
+            );
+        }
+    }
+
+    /// The stop flag is process-wide, so this test sets it in a child
+    /// process: the test binary run again for this one test.
+    #[test]
+    fn a_stop_request_abandons_the_command_without_killing_it() {
+        const CHILD: &str = "WAAGENT_RS_TEST_STOP_CHILD";
+        let name = "os::runner::tests::a_stop_request_abandons_the_command_without_killing_it";
+        if std::env::var_os(CHILD).is_none() {
+            let out = Command::new(std::env::current_exe().unwrap())
+                .args([name, "--exact", "--nocapture", "--test-threads=1"])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains("1 passed"),
+                "{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
+        crate::daemon::install_handlers().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let script = format!("echo $$ > {}; exec sleep 30", pid_file.display());
+        // SIGTERM once the command runs, as from systemd.
+        let watched = pid_file.clone();
+        std::thread::spawn(move || {
+            while !std::fs::read_to_string(&watched).is_ok_and(|p| p.ends_with('\n')) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ =
+                nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGTERM);
+        });
+        let started = Instant::now();
+        let err = SystemRunner
+            .run(
+                &Cmd::new("sh")
+                    .args(["-c", &script])
+                    .timeout(Duration::from_secs(60)),
+            )
+            .unwrap_err();
+        assert!(matches!(err, RunError::Interrupted { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!("`sh -c '{script}'` was abandoned: the agent is stopping")
+        );
+        assert!(started.elapsed() < Duration::from_secs(20), "{err}");
+        // Abandoned, not killed: still running (not a zombie).
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let state = stat.rsplit(')').next().unwrap().split_whitespace().next();
+        assert_ne!(state, Some("Z"), "{stat}");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        // Once stopping, nothing new is started.
+        let marker = dir.path().join("ran");
+        let err = SystemRunner
+            .run(&Cmd::new("touch").arg(marker.to_string_lossy()))
+            .unwrap_err();
+        assert!(matches!(err, RunError::Interrupted { .. }), "{err}");
+        assert!(!marker.exists());
     }
 
     #[test]

@@ -13,8 +13,13 @@ use crate::os::{Cmd, CommandRunner};
 
 /// The file name waagent uses in Lib.Dir.
 pub const FILE: &str = "CustomData";
-/// Custom data runs to completion before Ready is reported; bound it.
+/// Custom data runs to completion before Ready is reported; bound it
+/// (waagent waits for ever).
 pub const EXECUTE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Test hook: `WAAGENT_RS_TEST_CUSTOM_DATA_TIMEOUT=<seconds>` replaces
+/// [`EXECUTE_TIMEOUT`], so an end-to-end test can watch a hanging script
+/// time out. Unset in production.
+pub const TIMEOUT_HOOK_ENV: &str = "WAAGENT_RS_TEST_CUSTOM_DATA_TIMEOUT";
 
 /// Writes the custom data, decoded when `decode` (the current agent also
 /// decodes whenever it will execute).
@@ -33,14 +38,19 @@ pub fn save(lib_dir: &Path, data: &str, decode: bool) -> Result<PathBuf, String>
 }
 
 /// Runs the saved custom data (made 0700 first). Its failure is reported
-/// to the caller, who logs it: a user's script failing does not make the
-/// VM's provisioning fail, as with waagent.
+/// to the caller, who logs it: a user's script failing (or timing out) does
+/// not make the VM's provisioning fail, as with waagent. Background
+/// processes it starts outlive it; on timeout its process group is killed.
 pub fn execute(runner: &dyn CommandRunner, path: &Path) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| format!("{}: {e}", path.display()))?;
+    let timeout = std::env::var(TIMEOUT_HOOK_ENV)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(EXECUTE_TIMEOUT, Duration::from_secs);
     runner
-        .run_ok(&Cmd::new(path.to_string_lossy()).timeout(EXECUTE_TIMEOUT))
+        .run_ok(&Cmd::new(path.to_string_lossy()).timeout(timeout))
         .map(drop)
         .map_err(|e| e.to_string())
 }

@@ -1,6 +1,9 @@
 //! The provisioning media: Azure attaches a small UDF/ISO "DVD" holding
-//! `ovf-env.xml` (§8.1). Find it, mount it read-only with the system's
-//! mount(8) as waagent does, copy the document, unmount and eject.
+//! `ovf-env.xml` (§8.1). Find it, mount it read-only (and nodev, nosuid,
+//! noexec) with the system's mount(8) as waagent does, read the document,
+//! unmount. It is ejected only once provisioning is recorded as done
+//! ([`eject`]): a daemon killed before that reads the document again, and
+//! the password is never kept on disk in the meantime.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -70,15 +73,25 @@ fn existing_mount(os: &dyn OsUtil, device: &Path) -> Option<PathBuf> {
     })
 }
 
-/// Mounts the media, returns ovf-env.xml's text, unmounts and ejects.
-/// Failing to unmount or eject is a warning (a missing `eject` binary
-/// included): the document is what matters.
+/// What was read from the media.
+#[derive(Debug)]
+pub struct Media {
+    /// ovf-env.xml's text.
+    pub text: String,
+    /// The drive it came from, to [`eject`] once provisioning is recorded;
+    /// `None` when the media was already mounted by someone else (it is
+    /// left as it was found).
+    pub device: Option<PathBuf>,
+}
+
+/// Mounts the media, reads ovf-env.xml and unmounts. Failing to unmount is
+/// a warning: the document is what matters.
 pub fn read_ovf_env(
     os: &dyn OsUtil,
     mount_point: &Path,
     retry: MountRetry,
     clock: &dyn Clock,
-) -> Result<String, String> {
+) -> Result<Media, String> {
     let devices = candidate_devices(os);
     if devices.is_empty() {
         return Err("no provisioning media (DVD drive) found".into());
@@ -91,7 +104,7 @@ pub fn read_ovf_env(
                 device.display(),
                 mp.display()
             );
-            return read_document(&mp);
+            return read_document(&mp).map(|text| Media { text, device: None });
         }
         std::fs::create_dir_all(mount_point).map_err(|e| {
             format!(
@@ -103,8 +116,13 @@ pub fn read_ovf_env(
             match os.mount_dvd(device, mount_point) {
                 Ok(()) => {
                     let doc = read_document(mount_point);
-                    release(os, device, mount_point);
-                    return doc;
+                    if let Err(e) = os.umount(mount_point) {
+                        log::warn!("cannot unmount the provisioning media: {e}");
+                    }
+                    return doc.map(|text| Media {
+                        text,
+                        device: Some(device.clone()),
+                    });
                 }
                 Err(e) => {
                     last_err = format!("cannot mount {}: {e}", device.display());
@@ -121,9 +139,26 @@ pub fn read_ovf_env(
     Err(last_err)
 }
 
+/// ovf-env.xml, opened without following a symlink and read through the
+/// descriptor that was checked: a regular file, at most [`MAX_OVF_BYTES`]
+/// (non-blocking, so a FIFO on hostile media cannot hang the agent).
 fn read_document(dir: &Path) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join("ovf-env.xml");
-    let md = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => format!("{} is a symbolic link; refused", path.display()),
+            _ => fail(&e),
+        })?;
+    let md = file.metadata().map_err(|e| fail(&e))?;
+    if !md.is_file() {
+        return Err(format!("{} is not a regular file; refused", path.display()));
+    }
     if md.len() > MAX_OVF_BYTES {
         return Err(format!(
             "{} is {} bytes, more than an ovf-env.xml can be",
@@ -131,15 +166,22 @@ fn read_document(dir: &Path) -> Result<String, String> {
             md.len()
         ));
     }
-    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_OVF_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(&e))?;
+    if bytes.len() as u64 > MAX_OVF_BYTES {
+        return Err(format!(
+            "{} grew past {MAX_OVF_BYTES} bytes while read",
+            path.display()
+        ));
+    }
     String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))
 }
 
-fn release(os: &dyn OsUtil, device: &Path, mount_point: &Path) {
-    if let Err(e) = os.umount(mount_point) {
-        log::warn!("cannot unmount the provisioning media: {e}");
-        return;
-    }
+/// Ejects the media; a failure (a missing `eject` binary included) is a
+/// warning.
+pub fn eject(os: &dyn OsUtil, device: &Path) {
     match os.eject(device) {
         Ok(()) => {}
         Err(crate::os::OsError::Run(e)) if e.is_not_found() => {
@@ -193,7 +235,7 @@ mod tests {
     }
 
     #[test]
-    fn mounts_reads_unmounts_and_ejects() {
+    fn mounts_reads_and_unmounts_and_ejects_only_when_asked() {
         let (root, runner, os) = setup(Flavour::Debian);
         let p = root.path().join("sys/block/sr0/device");
         std::fs::create_dir_all(&p).unwrap();
@@ -202,16 +244,20 @@ mod tests {
         // The recording runner does not mount: put the file where mount would.
         std::fs::create_dir_all(&mp).unwrap();
         std::fs::write(mp.join("ovf-env.xml"), "<Environment/>").unwrap();
-        let text = read_ovf_env(&*os, &mp, fast(), &SystemClock).unwrap();
-        assert_eq!(text, "<Environment/>");
+        let media = read_ovf_env(&*os, &mp, fast(), &SystemClock).unwrap();
+        assert_eq!(media.text, "<Environment/>");
         assert_eq!(
             runner.lines(),
             [
-                format!("mount -t udf,iso9660 -o ro /dev/sr0 {}", mp.display()),
+                format!(
+                    "mount -t udf,iso9660 -o ro,nodev,nosuid,noexec /dev/sr0 {}",
+                    mp.display()
+                ),
                 format!("umount {}", mp.display()),
-                "eject /dev/sr0".to_string()
             ]
         );
+        eject(&*os, media.device.as_deref().unwrap());
+        assert_eq!(runner.lines().last().unwrap(), "eject /dev/sr0");
     }
 
     #[test]
@@ -230,7 +276,9 @@ mod tests {
         let mp = root.path().join("mnt");
         let err = read_ovf_env(&*os, &mp, fast(), &SystemClock).unwrap_err();
         assert!(
-            err.starts_with("cannot mount /dev/sr0: `mount -t udf,iso9660 -o ro /dev/sr0 "),
+            err.starts_with(
+                "cannot mount /dev/sr0: `mount -t udf,iso9660 -o ro,nodev,nosuid,noexec /dev/sr0 "
+            ),
             "{err}"
         );
         assert!(
@@ -260,7 +308,13 @@ mod tests {
                 })
             })
         });
-        assert_eq!(read_ovf_env(&*os, &mp, fast(), &SystemClock).unwrap(), "x");
+        let media = read_ovf_env(&*os, &mp, fast(), &SystemClock).unwrap();
+        assert_eq!(media.text, "x");
+        eject(&*os, &media.device.unwrap());
+        assert_eq!(
+            runner.lines().last().unwrap(),
+            "cdcontrol -f /dev/cd0 eject"
+        );
     }
 
     #[test]
@@ -277,11 +331,37 @@ mod tests {
             format!("/dev/sr0 {} udf ro 0 0\n", elsewhere.display()),
         )
         .unwrap();
-        assert_eq!(
-            read_ovf_env(&*os, &root.path().join("mnt"), fast(), &SystemClock).unwrap(),
-            "doc"
-        );
+        let media = read_ovf_env(&*os, &root.path().join("mnt"), fast(), &SystemClock).unwrap();
+        assert_eq!((media.text.as_str(), media.device), ("doc", None));
         assert!(runner.lines().is_empty());
+    }
+
+    #[test]
+    fn a_symlink_fifo_or_oversized_ovf_env_is_refused() {
+        let (root, _runner, os) = setup(Flavour::Default);
+        std::fs::create_dir_all(root.path().join("dev")).unwrap();
+        std::fs::write(root.path().join("dev/sr0"), "").unwrap();
+        let mp = root.path().join("mnt");
+        std::fs::create_dir_all(&mp).unwrap();
+        let doc = mp.join("ovf-env.xml");
+        let secret = root.path().join("shadow");
+        std::fs::write(&secret, "root:$6$secret").unwrap();
+        std::os::unix::fs::symlink(&secret, &doc).unwrap();
+        assert_eq!(
+            read_ovf_env(&*os, &mp, fast(), &SystemClock).unwrap_err(),
+            format!("{} is a symbolic link; refused", doc.display())
+        );
+        std::fs::remove_file(&doc).unwrap();
+        nix::unistd::mkfifo(&doc, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert_eq!(
+            read_ovf_env(&*os, &mp, fast(), &SystemClock).unwrap_err(),
+            format!("{} is not a regular file; refused", doc.display())
+        );
+        std::fs::remove_file(&doc).unwrap();
+        std::fs::write(&doc, vec![b' '; (MAX_OVF_BYTES + 1) as usize]).unwrap();
+        assert!(read_ovf_env(&*os, &mp, fast(), &SystemClock)
+            .unwrap_err()
+            .ends_with("bytes, more than an ovf-env.xml can be"));
     }
 
     #[test]

@@ -40,7 +40,7 @@ fn first_boot_through_every_provisioning_transition() {
     assert_eq!(v.sim.role_properties()[0].1, "SHA256abcd+ef");
     let lines = v.runner.lines();
     let mount = format!(
-        "mount -t udf,iso9660 -o ro /dev/sr0 {}",
+        "mount -t udf,iso9660 -o ro,nodev,nosuid,noexec /dev/sr0 {}",
         v.path("mnt/cdrom/secure").display()
     );
     for want in [
@@ -430,7 +430,7 @@ fn scvmm_media_hands_the_vm_over_and_the_daemon_exits() {
     let lines = v.runner.lines();
     for want in [
         "modprobe ata_piix".to_string(),
-        format!("mount -t udf,iso9660 -o ro /dev/sr0 {m}"),
+        format!("mount -t udf,iso9660 -o ro,nodev,nosuid,noexec /dev/sr0 {m}"),
         format!("/bin/bash {m}/install '-p {m}'"),
     ] {
         assert!(lines.contains(&want), "{want} not in {lines:#?}");
@@ -526,7 +526,7 @@ fn accounts_outside_the_normal_uid_range_are_refused_before_any_change() {
 
 #[test]
 fn the_journal_records_an_account_as_created_only_when_useradd_made_it() {
-    let uid = nix::unistd::getuid().as_raw();
+    let uid = test_uid();
     let created = |v: &Vm| -> serde_json::Value {
         let j: serde_json::Value =
             serde_json::from_str(&v.read("var/lib/waagent/waagent-rs.journal")).unwrap();
@@ -542,10 +542,8 @@ fn the_journal_records_an_account_as_created_only_when_useradd_made_it() {
         serde_json::json!([{"name": "azureuser", "uid": uid, "home": v.path("home/azureuser").to_string_lossy()}])
     );
 
-    // The image already had it: adopted, not recorded. (Our own UID, which
-    // is root's under CI: allowed, to keep chown working unprivileged.)
-    let mut v = vm(Some(&full_ovf()), ProvisioningAgent::Waagent);
-    v.config.allow_reset_sys_user = true;
+    // The image already had it: adopted, not recorded.
+    let v = vm(Some(&full_ovf()), ProvisioningAgent::Waagent);
     let passwd = v.read("etc/passwd") + &format!("azureuser:x:{uid}:{uid}::/srv/shared:/bin/sh\n");
     write(&v.path("etc/passwd"), &passwd);
     let mut d = v.daemon();
@@ -555,8 +553,7 @@ fn the_journal_records_an_account_as_created_only_when_useradd_made_it() {
 
     // Killed after useradd, before the step was journalled: the restart
     // finds the account, and the intent says it is ours.
-    let mut v = vm(Some(&full_ovf()), ProvisioningAgent::Waagent);
-    v.config.allow_reset_sys_user = true;
+    let v = vm(Some(&full_ovf()), ProvisioningAgent::Waagent);
     let mut d = v.daemon();
     let (_, state) = step_until(&mut d, State::Boot, "Provision", 20);
     let (_, state) = step_until(&mut d, state, "Provision", 1);
@@ -580,4 +577,45 @@ fn the_journal_records_an_account_as_created_only_when_useradd_made_it() {
             .count(),
         1
     );
+}
+
+#[test]
+fn the_media_is_ejected_only_once_provisioned_is_written_so_a_restart_can_read_it() {
+    let v = vm(Some(&full_ovf()), ProvisioningAgent::Waagent);
+    // eject really takes the media away, and notes whether `provisioned`
+    // was on disk by then.
+    let (dvd, provisioned) = (
+        v.path("mnt/cdrom/secure/ovf-env.xml"),
+        v.path("var/lib/waagent/provisioned"),
+    );
+    let ejected_after_provisioned = Rc::new(std::cell::RefCell::new(Vec::new()));
+    let seen = ejected_after_provisioned.clone();
+    v.runner.respond(move |cmd| {
+        (cmd.program == "eject").then(|| {
+            seen.borrow_mut().push(provisioned.exists());
+            let _ = std::fs::remove_file(&dvd);
+            Ok(Output::default())
+        })
+    });
+    // Killed in the middle of provisioning, after the media was read.
+    let mut d = v.daemon();
+    let trace = v.run_until(&mut d, "Provision:Sudoers");
+    assert!(trace.contains(&"ReadMedia".to_string()));
+    drop(d);
+    assert!(
+        v.path("mnt/cdrom/secure/ovf-env.xml").exists(),
+        "ejected too early"
+    );
+
+    // The next start reads it again and finishes.
+    let mut d = v.daemon();
+    v.run_until(&mut d, "Steady");
+    assert_eq!(
+        health(&v.sim).last().map(String::as_str),
+        Some("Ready"),
+        "{:?}",
+        v.sim.health_reports().last()
+    );
+    assert_eq!(*ejected_after_provisioned.borrow(), [true]);
+    assert!(!v.path("mnt/cdrom/secure/ovf-env.xml").exists());
 }

@@ -91,6 +91,15 @@ impl Vm {
     }
 }
 
+/// The UID the fixture's useradd gives: a normal user's (1000) when the
+/// tests run as root, else our own, so chown works unprivileged.
+fn test_uid() -> u32 {
+    match nix::unistd::getuid().as_raw() {
+        0 => 1000,
+        uid => uid,
+    }
+}
+
 fn write(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, text).unwrap();
@@ -166,10 +175,7 @@ fn vm(ovf: Option<&str>, agent: ProvisioningAgent) -> Vm {
     runner.respond(move |cmd| match cmd.program.as_str() {
         "useradd" => {
             let name = cmd.argv().last().cloned().unwrap_or_default();
-            let (uid, gid) = (
-                nix::unistd::getuid().as_raw(),
-                nix::unistd::getgid().as_raw(),
-            );
+            let (uid, gid) = (test_uid(), test_uid());
             let line = format!("{name}:x:{uid}:{gid}::{}/{name}:/bin/sh\n", home.display());
             let mut text = std::fs::read_to_string(&passwd).unwrap_or_default();
             text.push_str(&line);

@@ -550,7 +550,7 @@ fn dvd_mount_eject() {
     assert_eq!(
         f.take(),
         [
-            "mount -t udf,iso9660 -o ro /dev/sr0 /mnt/cdrom/secure",
+            "mount -t udf,iso9660 -o ro,nodev,nosuid,noexec /dev/sr0 /mnt/cdrom/secure",
             "umount /mnt/cdrom/secure",
             "eject /dev/sr0"
         ]
@@ -588,8 +588,8 @@ fn dvd_mount_eject() {
     assert_eq!(
         f.take(),
         [
-            "mount_udf -o ro /dev/cd0 /mnt/cdrom/secure",
-            "mount_cd9660 -o ro /dev/cd0 /mnt/cdrom/secure",
+            "mount_udf -o ro,nosuid,noexec /dev/cd0 /mnt/cdrom/secure",
+            "mount_cd9660 -o ro,nosuid,noexec /dev/cd0 /mnt/cdrom/secure",
             "cdcontrol -f /dev/cd0 eject"
         ]
     );
