@@ -191,7 +191,9 @@ fn lease_expired(value: &str, now: u64) -> bool {
 /// Four hex bytes, separated by `sep` (or packed when `sep` is empty).
 fn decode_hex_ip(s: &str, sep: &str) -> Option<Ipv4Addr> {
     let parts: Vec<&str> = if sep.is_empty() {
-        if s.len() != 8 {
+        // Hex digits only: they are one byte each, so the slices below
+        // stay on character boundaries.
+        if s.len() != 8 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         (0..4).map(|i| &s[i * 2..i * 2 + 2]).collect()
@@ -273,6 +275,19 @@ mod tests {
         );
         assert_eq!(networkd_option_245("OPTION_245=a83f81\n"), None);
         assert_eq!(networkd_option_245("ADDRESS=10.0.0.69\n"), None);
+    }
+
+    /// Found by the dhcp_leases fuzz target: eight bytes that are not
+    /// eight characters (slicing panicked inside the U+FFFD), and a sign
+    /// that `from_str_radix` would take.
+    #[test]
+    fn networkd_option_245_is_eight_hex_digits() {
+        assert_eq!(networkd_option_245("OPTION_245=\u{fffd}a83f8\n"), None);
+        assert_eq!(networkd_option_245("OPTION_245=+a+3f811\n"), None);
+        assert_eq!(
+            networkd_option_245("OPTION_245=A83F8110\n"),
+            Some(WELL_KNOWN)
+        );
     }
 
     #[test]
