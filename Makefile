@@ -7,6 +7,8 @@
 #   make uninstall              remove what install put there
 #   make test                   fmt check, clippy, cargo test
 #   make size                   release binary size and start-up time
+#   make fuzz                   fuzz every parser of outside input, FUZZ_SECONDS
+#                               (default 60) per target (scripts/fuzz)
 #   make demo                   build, install into a throwaway root and run the agent there
 #
 # Every variable below can be overridden on the command line, e.g.
@@ -122,7 +124,7 @@ $(error DISTRO='$(DISTRO)' is not valid; use one of: $(VALID_DISTROS))
 endif
 endif
 
-.PHONY: all build install uninstall test size bench clean demo
+.PHONY: all build install uninstall test size bench clean demo fuzz
 
 all: build
 
@@ -203,6 +205,14 @@ size: build
 # CPU in sandboxed VMs against fabric-sim: see scripts/bench.
 bench:
 	./scripts/bench
+
+# Every fuzz target of tests/fuzz for FUZZ_SECONDS each: libFuzzer with the
+# nightly toolchain, else a bounded stable loop; the table it ends with is
+# also in target/fuzz/summary.txt. Not part of "test" (it takes minutes);
+# tests/fuzz_targets.rs runs the same bodies briefly in every cargo test.
+FUZZ_SECONDS ?= 60
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) CARGO=$(CARGO) ./scripts/fuzz $(FUZZ_TARGETS)
 
 # The README's first command: the agent's main job, in a throwaway root.
 demo:

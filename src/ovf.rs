@@ -494,8 +494,11 @@ pub fn masked(xml: &str) -> String {
                 out.push_str(&xml[copied..content]);
                 out.push('*');
                 match find_close(xml, content) {
+                    // The closing tag goes out now: a stray closing tag
+                    // after it masks back to it, never over it.
                     Some((start, end)) => {
-                        copied = start;
+                        out.push_str(&xml[start..end]);
+                        copied = end;
                         from = end;
                     }
                     None => return out,
@@ -1238,6 +1241,14 @@ mod tests {
             ("<", "<"),
             ("", ""),
             ("<UserPassword", "<UserPassword*"),
+            // Found by the ovf_env fuzz target: a closing tag without its
+            // `>` followed by a stray one. The stray tag masked back over
+            // the first, whose bytes were lost, and masking again changed
+            // the result.
+            (
+                "<UserPassword>x</UserPassword\0x</UserPassword\0>",
+                "<UserPassword>*</UserPassword*</UserPassword\0>",
+            ),
         ] {
             assert_eq!(masked(input), expected, "{input:?}");
             assert_eq!(masked(expected), expected, "again {input:?}");

@@ -67,13 +67,17 @@ fn redact_pem_keys(text: &str) -> String {
         out.push_str(&rest[..start]);
         out.push_str("[REDACTED PRIVATE KEY]");
         let after = &rest[start..];
-        // Skip to the end of the END line, or drop everything if it is cut off.
+        // Skip past the END line's closing dashes (or, when they are
+        // missing, to the end of that line: dashes further on belong to the
+        // next block, whose key must be found too), or drop everything if
+        // there is no END.
         rest = match after.find("-----END") {
             Some(end) => {
                 let tail = &after[end + 8..];
-                match tail.find("-----") {
+                let line = tail.find('\n').unwrap_or(tail.len());
+                match tail[..line].find("-----") {
                     Some(close) => &tail[close + 5..],
-                    None => "",
+                    None => &tail[line..],
                 }
             }
             None => "",
@@ -278,6 +282,18 @@ mod tests {
         assert!(r.contains("MIIpublic"), "certificates are public: {r}");
         let cut = redact("-----BEGIN PRIVATE KEY-----\nMIIEsecret");
         assert_eq!(cut, "[REDACTED PRIVATE KEY]");
+    }
+
+    /// Found by the log_redaction fuzz target: an END line without its
+    /// closing dashes made the skip run on to the next block's BEGIN
+    /// dashes, so that block's key was never seen and stayed in the line.
+    #[test]
+    fn an_end_line_without_dashes_does_not_hide_the_next_key() {
+        let t = "-----BEGIN PRIVATE KEY-----\nMIIEfirst\n-----END PRIVATE KEY\n\
+                 -----BEGIN PRIVATE KEY-----\nMIIEsecond\n-----END PRIVATE KEY-----\nafter";
+        let r = redact(t);
+        assert!(!r.contains("MIIEsecond"), "{r}");
+        assert_eq!(r, "[REDACTED PRIVATE KEY]\n[REDACTED PRIVATE KEY]\nafter");
     }
 
     #[test]

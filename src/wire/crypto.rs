@@ -362,14 +362,7 @@ pub fn decrypt_certificates(
         doc,
     )?;
     drop(work);
-    Ok(found
-        .certs
-        .into_iter()
-        .map(|c| Certificate {
-            thumbprint: c.thumbprint,
-            has_private_key: c.key_pem.is_some(),
-        })
-        .collect())
+    Ok(found.summary())
 }
 
 /// The `<Data>` text as bytes; whitespace (the 64-column wrapping) ignored.
@@ -458,6 +451,18 @@ struct Found {
 
 struct Bundle {
     certs: Vec<Found>,
+}
+
+impl Bundle {
+    fn summary(self) -> Vec<Certificate> {
+        self.certs
+            .into_iter()
+            .map(|c| Certificate {
+                thumbprint: c.thumbprint,
+                has_private_key: c.key_pem.is_some(),
+            })
+            .collect()
+    }
 }
 
 /// Splits the decrypted PEM bundle and pairs each private key with the
@@ -611,10 +616,21 @@ pub fn ssh_public_key(lib_dir: &Path, thumbprint: &str) -> Result<String, Crypto
     let path = lib_dir.join(&doc);
     let text = fs::read_to_string(&path)
         .map_err(|e| CryptoError::new(&doc, format!("cannot read {}", path.display()), e))?;
-    let cert = first_certificate(&text)
-        .map_err(|e| CryptoError::new(&doc, "holds no usable certificate", e))?;
+    let (line, spki) = ssh_line(&doc, &text)?;
+    let pub_path = lib_dir.join(format!("{thumb}.pub"));
+    if let Err(e) = fsutil::write_atomic(&pub_path, public_key_pem(&spki).as_bytes(), 0o644) {
+        log::warn!("cannot write {}: {e}", pub_path.display());
+    }
+    Ok(line)
+}
+
+/// The `ssh-rsa AAAA…` line of the first certificate in `text` (the file
+/// `doc`), and that certificate's SubjectPublicKeyInfo.
+fn ssh_line(doc: &str, text: &str) -> Result<(String, Vec<u8>), CryptoError> {
+    let cert = first_certificate(text)
+        .map_err(|e| CryptoError::new(doc, "holds no usable certificate", e))?;
     let info = der::certificate(&cert)
-        .map_err(|e| CryptoError::new(&doc, "cannot parse the certificate", e))?;
+        .map_err(|e| CryptoError::new(doc, "cannot parse the certificate", e))?;
     let key = match der::rsa_public_key(info.spki) {
         Ok(Some(k)) => k,
         Ok(None) => {
@@ -622,25 +638,21 @@ pub fn ssh_public_key(lib_dir: &Path, thumbprint: &str) -> Result<String, Crypto
                 .map(der::oid_text)
                 .unwrap_or_else(|_| "unknown".to_string());
             return Err(CryptoError::new(
-                &doc,
+                doc,
                 format!("the certificate's key (algorithm {alg}) is not RSA"),
                 "only ssh-rsa keys can be derived from certificates",
             ));
         }
         Err(e) => {
             return Err(CryptoError::new(
-                &doc,
+                doc,
                 "cannot read the certificate's RSA key",
                 e,
             ))
         }
     };
     let line = format!("ssh-rsa {}", STANDARD.encode(ssh_rsa_blob(&key)));
-    let pub_path = lib_dir.join(format!("{thumb}.pub"));
-    if let Err(e) = fsutil::write_atomic(&pub_path, public_key_pem(info.spki).as_bytes(), 0o644) {
-        log::warn!("cannot write {}: {e}", pub_path.display());
-    }
-    Ok(line)
+    Ok((line, info.spki.to_vec()))
 }
 
 /// The OpenSSH wire form of an RSA key: string "ssh-rsa", mpint e, mpint n.
@@ -679,6 +691,31 @@ fn public_key_pem(spki: &[u8]) -> String {
         "-----BEGIN PUBLIC KEY-----\n{}-----END PUBLIC KEY-----\n",
         wrap64(&STANDARD.encode(spki))
     )
+}
+
+// ---------------------------------------------------------------------------
+// Fuzzing
+
+/// Entry points for the fuzz targets in `tests/fuzz`; not an API. The agent
+/// reaches the PEM and DER readers only through functions that read, write
+/// and fsync files in Lib.Dir, which would slow a fuzzer a hundredfold:
+/// these run the same code on text in memory.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{pair_bundle, Certificate, CryptoError, Openssl};
+
+    /// What [`decrypt_certificates`](super::decrypt_certificates) makes of
+    /// the PEM bundle openssl decrypted, without writing it anywhere.
+    /// `openssl` is asked only for the public half of non-RSA keys.
+    pub fn read_bundle(openssl: &Openssl, bundle: &str) -> Result<Vec<Certificate>, CryptoError> {
+        pair_bundle(openssl, bundle).map(|b| b.summary())
+    }
+
+    /// The line [`ssh_public_key`](super::ssh_public_key) derives from the
+    /// text of the certificate file `doc`.
+    pub fn ssh_line(doc: &str, cert_pem: &str) -> Result<String, CryptoError> {
+        super::ssh_line(doc, cert_pem).map(|(line, _)| line)
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -180,7 +180,15 @@ fn lease_expired(value: &str, now: u64) -> bool {
     };
     let d: Vec<i64> = date.split('/').filter_map(|x| x.parse().ok()).collect();
     let t: Vec<i64> = time.split(':').filter_map(|x| x.parse().ok()).collect();
-    if d.len() != 3 || t.len() != 3 {
+    // Out-of-range fields are unreadable too; in range, the arithmetic
+    // below cannot overflow.
+    let in_range = |v: &[i64], ranges: [(i64, i64); 3]| {
+        v.len() == 3
+            && v.iter()
+                .zip(ranges)
+                .all(|(x, (lo, hi))| (lo..=hi).contains(x))
+    };
+    if !in_range(&d, [(0, 9999), (1, 12), (1, 31)]) || !in_range(&t, [(0, 23), (0, 59), (0, 60)]) {
         return true;
     }
     let secs =
@@ -191,7 +199,9 @@ fn lease_expired(value: &str, now: u64) -> bool {
 /// Four hex bytes, separated by `sep` (or packed when `sep` is empty).
 fn decode_hex_ip(s: &str, sep: &str) -> Option<Ipv4Addr> {
     let parts: Vec<&str> = if sep.is_empty() {
-        if s.len() != 8 {
+        // Hex digits only: they are one byte each, so the slices below
+        // stay on character boundaries.
+        if s.len() != 8 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         (0..4).map(|i| &s[i * 2..i * 2 + 2]).collect()
@@ -273,6 +283,42 @@ mod tests {
         );
         assert_eq!(networkd_option_245("OPTION_245=a83f81\n"), None);
         assert_eq!(networkd_option_245("ADDRESS=10.0.0.69\n"), None);
+    }
+
+    /// Found by the dhcp_leases fuzz target: a year, day or hour of 20
+    /// digits overflowed the day count (a panic in debug builds, a
+    /// wrapped-around expiry in release). Such a date is unreadable, so
+    /// the lease counts as expired.
+    #[test]
+    fn absurd_expiry_dates_are_unreadable() {
+        for expire in [
+            "0 88888888888888888888/07/23 23:27:10",
+            "0 2152/07/1510191259405068243 23:27:10",
+            "0 2152/07/23 9223372036854775807:27:10",
+            "0 2152/13/23 23:27:10",
+            "0 2152/07/23 23:61:10",
+        ] {
+            assert_eq!(
+                dhclient_option_245(&lease("a8:3f:81:10", expire), t(NOW)),
+                None,
+                "{expire}"
+            );
+        }
+        let last = lease("a8:3f:81:10", "0 9999/12/31 23:59:60");
+        assert_eq!(dhclient_option_245(&last, t(NOW)), Some(WELL_KNOWN));
+    }
+
+    /// Found by the dhcp_leases fuzz target: eight bytes that are not
+    /// eight characters (slicing panicked inside the U+FFFD), and a sign
+    /// that `from_str_radix` would take.
+    #[test]
+    fn networkd_option_245_is_eight_hex_digits() {
+        assert_eq!(networkd_option_245("OPTION_245=\u{fffd}a83f8\n"), None);
+        assert_eq!(networkd_option_245("OPTION_245=+a+3f811\n"), None);
+        assert_eq!(
+            networkd_option_245("OPTION_245=A83F8110\n"),
+            Some(WELL_KNOWN)
+        );
     }
 
     #[test]
