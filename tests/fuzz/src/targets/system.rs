@@ -47,7 +47,11 @@ fn linux(text: &str) {
             assert_eq!(user.name, name);
         }
     }
-    let _ = os.uid_min();
+    // login.defs: an inverted UID_MIN/UID_MAX makes every account a
+    // system one, which is the safe side.
+    if os.normal_uids().is_empty() && matches!(os.user(first), Ok(Some(_))) {
+        assert!(os.is_system_user(first).unwrap_or(true));
+    }
     let _ = os.mounts().expect("/proc/mounts is there");
     let _ = os.active_swap_files().expect("/proc/swaps is there");
     let _ = os.probe(Path::new("/dev/sdb"));
