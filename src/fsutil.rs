@@ -5,6 +5,13 @@
 //! never a truncated mix: the data goes to a temporary file in the same
 //! directory, is fsynced, gets its mode (and owner), and is renamed over the
 //! target; then the directory is fsynced so the rename itself is durable.
+//!
+//! The new file is a new inode, which would come with the directory's
+//! default SELinux label: `/etc/shadow` labelled `etc_t` instead of
+//! `shadow_t` breaks logins on RHEL. So the extended attributes of the file
+//! being replaced (its `security.selinux` label, ACLs, `user.*`) are copied
+//! to the new one first; file capabilities are not (a rewritten file is not
+//! the program they were granted to).
 
 use std::fs::{self, File, Permissions};
 use std::io::{self, Write};
@@ -45,6 +52,7 @@ pub fn write_atomic_owned(
         .permissions(Permissions::from_mode(0o600))
         .tempfile_in(dir)?;
     tmp.write_all(data)?;
+    keep_xattrs(path, tmp.as_file())?;
     tmp.as_file().sync_all()?;
     if let Some(o) = owner {
         std::os::unix::fs::fchown(tmp.as_file(), Some(o.uid), Some(o.gid))?;
@@ -54,6 +62,110 @@ pub fn write_atomic_owned(
         .set_permissions(Permissions::from_mode(mode))?;
     tmp.persist(path).map_err(|e| e.error)?;
     sync_dir(dir)
+}
+
+/// Copies the extended attributes of the file at `path` (if there is one;
+/// a symlink there is not followed) to `to`. The SELinux label must come
+/// across, or the replacement does not happen; another attribute that
+/// cannot is a warning.
+#[cfg(target_os = "linux")]
+fn keep_xattrs(path: &Path, to: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(from) = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+    else {
+        return Ok(());
+    };
+    let names = xattr::list(from.as_raw_fd())?;
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        if name == b"security.capability" {
+            continue;
+        }
+        let shown = String::from_utf8_lossy(name);
+        let copied = xattr::get(from.as_raw_fd(), name)
+            .and_then(|value| xattr::set(to.as_raw_fd(), name, &value));
+        match copied {
+            Ok(()) => {}
+            Err(e) if name == b"security.selinux" => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot keep the SELinux label of {}: {e}", path.display()),
+                ))
+            }
+            Err(e) => log::warn!("{}: {shown} not kept: {e}", path.display()),
+        }
+    }
+    Ok(())
+}
+
+/// FreeBSD has no SELinux; its extattrs are left to the administrator.
+#[cfg(not(target_os = "linux"))]
+fn keep_xattrs(_path: &Path, _to: &File) -> io::Result<()> {
+    Ok(())
+}
+
+/// The three xattr calls on descriptors, each sized by a first call.
+#[cfg(target_os = "linux")]
+mod xattr {
+    use std::io;
+    use std::os::fd::RawFd;
+
+    /// A size query and a read: the buffer is allocated from the answer;
+    /// an attribute that grew in between (ERANGE) is asked for again.
+    fn sized(mut call: impl FnMut(*mut u8, usize) -> isize) -> io::Result<Vec<u8>> {
+        for _ in 0..3 {
+            let len = call(std::ptr::null_mut(), 0);
+            if len < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut buf = vec![0u8; len as usize];
+            let got = call(buf.as_mut_ptr(), buf.len());
+            if got >= 0 {
+                buf.truncate(got as usize);
+                return Ok(buf);
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ERANGE) {
+                return Err(e);
+            }
+        }
+        Err(io::Error::from_raw_os_error(libc::ERANGE))
+    }
+
+    fn c_name(name: &[u8]) -> io::Result<std::ffi::CString> {
+        std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    }
+
+    /// The names, each NUL-terminated. A file system without xattrs has none.
+    pub fn list(fd: RawFd) -> io::Result<Vec<u8>> {
+        // SAFETY: the buffer pointer and length describe a live allocation
+        // (or are null and 0 for the size query).
+        match sized(|buf, len| unsafe { libc::flistxattr(fd, buf.cast(), len) }) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Ok(Vec::new()),
+            other => other,
+        }
+    }
+
+    pub fn get(fd: RawFd, name: &[u8]) -> io::Result<Vec<u8>> {
+        let name = c_name(name)?;
+        // SAFETY: as above; `name` is NUL-terminated.
+        sized(|buf, len| unsafe { libc::fgetxattr(fd, name.as_ptr(), buf.cast(), len) })
+    }
+
+    pub fn set(fd: RawFd, name: &[u8], value: &[u8]) -> io::Result<()> {
+        let name = c_name(name)?;
+        // SAFETY: `value` is a live slice; `name` is NUL-terminated.
+        let r =
+            unsafe { libc::fsetxattr(fd, name.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
 }
 
 /// Creates `path` (and missing parents) and sets its mode, even if it existed.
@@ -125,6 +237,39 @@ mod tests {
         write_atomic_owned(&p, b"ssh-rsa AAAA", 0o600, Some(me)).unwrap();
         let md = fs::metadata(&p).unwrap();
         assert_eq!((md.uid(), md.gid()), (me.uid, me.gid));
+    }
+
+    /// On the test machine's file system; the sandbox test does the same
+    /// for /etc/shadow on tmpfs.
+    #[test]
+    fn replacing_keeps_the_selinux_label_and_other_xattrs_but_not_capabilities() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("shadow");
+        fs::write(&p, "root:x:::::::\n").unwrap();
+        let f = File::open(&p).unwrap();
+        let label = b"system_u:object_r:shadow_t:s0\0";
+        if let Err(e) = xattr::set(f.as_raw_fd(), b"user.origin", b"image") {
+            eprintln!("skipping: this file system has no user xattrs ({e})");
+            return;
+        }
+        // security.* needs root where there is no LSM to ask.
+        let selinux = xattr::set(f.as_raw_fd(), b"security.selinux", label).is_ok();
+        drop(f);
+        write_atomic(&p, b"root:*LOCK*:::::::\n", 0o640).unwrap();
+        let f = File::open(&p).unwrap();
+        assert_eq!(xattr::get(f.as_raw_fd(), b"user.origin").unwrap(), b"image");
+        if selinux {
+            assert_eq!(
+                xattr::get(f.as_raw_fd(), b"security.selinux").unwrap(),
+                label
+            );
+        }
+        // A new file gets nothing from anywhere.
+        let q = dir.path().join("new");
+        write_atomic(&q, b"x", 0o600).unwrap();
+        let names = xattr::list(File::open(&q).unwrap().as_raw_fd()).unwrap();
+        assert!(!String::from_utf8_lossy(&names).contains("user.origin"));
     }
 
     #[test]

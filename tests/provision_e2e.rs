@@ -1203,3 +1203,55 @@ fn hostile_media_is_mounted_without_exec_and_its_links_are_not_followed() {
         assert!(!log.contains("root:"), "{what}: shadow in the log");
     }
 }
+
+/// The files the agent replaces keep their SELinux label (and other
+/// extended attributes), on the sandbox's tmpfs: /etc/shadow (root locked,
+/// `Provisioning.DeleteRootPassword=y`, as the RHEL conf sets), /etc/hostname
+/// and sshd_config. The image's user is adopted and no password is set, so
+/// the agent is the only one to rewrite /etc/shadow (useradd and chpasswd
+/// would label their own copy only where SELinux runs).
+#[test]
+fn replaced_system_files_keep_their_selinux_label() {
+    if sandbox::skip("replaced_system_files_keep_their_selinux_label") {
+        return;
+    }
+    let full = std::fs::read_to_string(Path::new(MANIFEST).join("test-data/ovf/full.xml")).unwrap();
+    let no_password = full.replace(
+        "<UserPassword>Sup3r$ecret P@ss &amp; más &lt;x&gt;</UserPassword>",
+        "",
+    );
+    let files = "/etc/shadow /etc/hostname /etc/ssh/sshd_config";
+    let pre = format!(
+        "useradd -u 1500 -m azureuser\n\
+         for f in {files}; do\n\
+             setfattr -n security.selinux -v system_u:object_r:label_of$(echo $f | tr / _)_t:s0 $f\n\
+             setfattr -n user.origin -v image $f\n\
+         done\n"
+    );
+    let post = format!(
+        "cd /work\n\
+         for f in {files}; do\n\
+             echo \"$f $(stat -c %i $f) $(getfattr --absolute-names -n security.selinux --only-values $f) $(getfattr --absolute-names -n user.origin --only-values $f)\"\n\
+         done > ev/first/labels 2>&1\n\
+         grep '^root:' /etc/shadow | cut -d: -f2 > ev/first/root_field\n"
+    );
+    let r = run_custom(&pre, &no_password, CONF, &post);
+    assert_eq!(
+        states(&r.records("health")).last().map(String::as_str),
+        Some("Ready"),
+        "{}",
+        r.context()
+    );
+    // The agent did replace /etc/shadow (root is locked) and the others.
+    assert_eq!(r.ev("first", "root_field").trim(), "*LOCK*");
+    assert_eq!(r.ev("first", "hostname").trim(), "web-01.contoso.internal");
+    let labels = r.ev("first", "labels");
+    for f in ["/etc/shadow", "/etc/hostname", "/etc/ssh/sshd_config"] {
+        let label = format!("system_u:object_r:label_of{}_t:s0", f.replace('/', "_"));
+        let line = labels
+            .lines()
+            .find(|l| l.starts_with(&format!("{f} ")))
+            .unwrap_or("");
+        assert!(line.ends_with(&format!(" {label} image")), "{f}: {labels}");
+    }
+}
