@@ -250,7 +250,8 @@ mod tests {
         let f = File::open(&p).unwrap();
         let label = b"system_u:object_r:shadow_t:s0\0";
         if let Err(e) = xattr::set(f.as_raw_fd(), b"user.origin", b"image") {
-            eprintln!("skipping: this file system has no user xattrs ({e})");
+            let why = format!("this file system has no user xattrs ({e})");
+            crate::sim::skips::note("lib", "fsutil::replacing_keeps_the_selinux_label", &why);
             return;
         }
         // security.* needs root where there is no LSM to ask.

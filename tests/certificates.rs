@@ -56,7 +56,12 @@ fn samples() -> Option<PathBuf> {
     if dir.is_dir() {
         Some(dir)
     } else {
-        eprintln!("skipped: {} not found", dir.display());
+        let test = std::thread::current().name().unwrap_or("?").to_string();
+        waagent::sim::skips::note(
+            "certificates",
+            &test,
+            &format!("{} not found", dir.display()),
+        );
         None
     }
 }

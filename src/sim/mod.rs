@@ -10,6 +10,7 @@
 
 pub mod certs;
 pub mod server;
+pub mod skips;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -123,7 +123,7 @@ pub fn skip(test: &str) -> bool {
             panic!("{test}: the sandbox is required (WAAGENT_RS_REQUIRE_SANDBOX=1) but {why}")
         }
         Err(why) => {
-            eprintln!("skipping {test}: {why}");
+            waagent::sim::skips::note(env!("CARGO_CRATE_NAME"), test, &why);
             true
         }
     }

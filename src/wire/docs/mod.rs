@@ -76,7 +76,9 @@ pub(crate) mod test_support {
         if dir.is_dir() {
             Some(dir)
         } else {
-            eprintln!("skipped: {} not found", dir.display());
+            let why = format!("{} not found", dir.display());
+            let test = std::thread::current().name().unwrap_or("?").to_string();
+            crate::sim::skips::note("lib", &test, &why);
             None
         }
     }
