@@ -1021,6 +1021,18 @@ fn key_files_are_written_through_descriptors_never_through_a_planted_link() {
     }
 }
 
+/// One NotReady/Provisioning and one Ready, the daemon stopped cleanly and
+/// the custom data ran exactly once.
+fn assert_ready_after_one_run(r: &Run, ctx: &str) {
+    assert_eq!(
+        states(&r.records("health")),
+        ["NotReady/Provisioning", "Ready"],
+        "{ctx}"
+    );
+    assert_eq!(r.ev("last", "daemon.rc").trim(), "0", "{ctx}");
+    assert_eq!(r.ev("last", "runs"), "run\n", "{ctx}");
+}
+
 /// full.xml with `script` as its custom data, run by the `customdata`
 /// phase: `mode` "sigterm" stops the daemon while the script runs and
 /// starts it again; `timeout` is the custom-data timeout hook's value.
@@ -1059,13 +1071,7 @@ fn a_hanging_custom_data_script_times_out_and_ready_is_reported() {
     }
     let r = run_custom_data(HANGING_SCRIPT, "timeout", "3");
     let ctx = r.context();
-    assert_eq!(
-        states(&r.records("health")),
-        ["NotReady/Provisioning", "Ready"],
-        "{ctx}"
-    );
-    assert_eq!(r.ev("last", "daemon.rc").trim(), "0", "{ctx}");
-    assert_eq!(r.ev("last", "runs"), "run\n", "{ctx}");
+    assert_ready_after_one_run(&r, &ctx);
     assert_eq!(
         r.ev("last", "pid_alive"),
         "",
@@ -1120,13 +1126,7 @@ exit 0
 ";
     let r = run_custom_data(script, "background", "");
     let ctx = r.context();
-    assert_eq!(
-        states(&r.records("health")),
-        ["NotReady/Provisioning", "Ready"],
-        "{ctx}"
-    );
-    assert_eq!(r.ev("last", "daemon.rc").trim(), "0", "{ctx}");
-    assert_eq!(r.ev("last", "runs"), "run\n", "{ctx}");
+    assert_ready_after_one_run(&r, &ctx);
     assert_eq!(
         r.ev("last", "bgpid_alive"),
         "yes\n",

@@ -278,6 +278,22 @@ fn status_blob_url(base: &str) -> String {
     format!("{base}/blob/vmstatus.status?sr=b&sp=rw&se=9999-01-01&sv=2014-02-14&sig=c2ltdWxhdG9y")
 }
 
+/// A full reply with its body changed by `f`; any other reply as it is.
+fn with_body(reply: Reply, f: impl FnOnce(Vec<u8>) -> Vec<u8>) -> Reply {
+    match reply {
+        Reply::Full {
+            status,
+            headers,
+            body,
+        } => Reply::Full {
+            status,
+            headers,
+            body: f(body),
+        },
+        other => other,
+    }
+}
+
 fn handle(state: &Mutex<State>, service: Service, req: &HttpRequest) -> Reply {
     let fault = {
         let mut s = lock(state);
@@ -295,32 +311,14 @@ fn handle(state: &Mutex<State>, service: Service, req: &HttpRequest) -> Reply {
             Reply::Full { status, body, .. } => Reply::Truncated { status, body },
             other => other,
         },
-        Some(Fault::Malformed) => match route(state, service, req) {
-            Reply::Full {
-                status,
-                headers,
-                body,
-            } => Reply::Full {
-                status,
-                headers,
-                body: body[..body.len() / 2].to_vec(),
-            },
-            other => other,
-        },
-        Some(Fault::Replace(from, to)) => match route(state, service, req) {
-            Reply::Full {
-                status,
-                headers,
-                body,
-            } => Reply::Full {
-                status,
-                headers,
-                body: String::from_utf8_lossy(&body)
-                    .replacen(&from, &to, 1)
-                    .into_bytes(),
-            },
-            other => other,
-        },
+        Some(Fault::Malformed) => {
+            with_body(route(state, service, req), |b| b[..b.len() / 2].to_vec())
+        }
+        Some(Fault::Replace(from, to)) => with_body(route(state, service, req), |b| {
+            String::from_utf8_lossy(&b)
+                .replacen(&from, &to, 1)
+                .into_bytes()
+        }),
         None => route(state, service, req),
     };
     let status = match &reply {
