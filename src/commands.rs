@@ -90,7 +90,7 @@ pub fn main(args: &[String]) -> i32 {
         Command::DeprovisionUser => deprovision(config, true, inv.force),
         Command::RegisterService => register_service(Env::system(config)),
         Command::SetupFirewall => match inv.firewall_endpoint {
-            Some(ip) => setup_firewall(Env::system(config), ip),
+            Some(ip) => setup_firewall(&*os::for_env(Env::system(config)), ip),
             None => {
                 eprintln!(
                     "{argv0}: -setup-firewall needs the WireServer address: -setup-firewall=IP"
@@ -237,8 +237,8 @@ fn deprovision(config: Config, with_user: bool, force: bool) -> i32 {
 /// `-serialconsole`: kernel messages and a login on the serial console (the
 /// portal's serial console and boot diagnostics read it), from the next boot.
 fn serial_console(config: Config) -> i32 {
-    let env = Env::system(config);
-    match crate::env::console::enable_serial_console(&env) {
+    let os = os::for_env(Env::system(config));
+    match crate::env::console::enable_serial_console(&*os) {
         Ok(a) if !a.changed => {
             println!(
                 "waagent: the serial console is already enabled in {}",
@@ -287,11 +287,11 @@ fn register_service(env: Env) -> i32 {
 /// before the network is up — the WireServer firewall rules for IP, for
 /// this process's uid (root). waagent appends them unchecked; this checks
 /// first, so a second run changes nothing.
-fn setup_firewall(env: Env, ip: Ipv4Addr) -> i32 {
+fn setup_firewall(os: &dyn os::OsUtil, ip: Ipv4Addr) -> i32 {
     use crate::env::firewall::{Ensured, Firewall};
     let uid = nix::unistd::getuid().as_raw();
     log::info!("setting up the WireServer firewall rules for {ip}");
-    let result = Firewall::detect(&env, ip, uid).and_then(|fw| fw.ensure().map(|r| (r, fw)));
+    let result = Firewall::detect(os, ip, uid).and_then(|fw| fw.ensure().map(|r| (r, fw)));
     match result {
         Ok((done, fw)) => {
             let said = match done {

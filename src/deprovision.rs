@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::config::Config;
 use crate::env::firewall;
 use crate::journal::Journal;
-use crate::os::{Flavour, OsUtil};
+use crate::os::OsUtil;
 use crate::ovf::OvfEnv;
 
 /// One thing deprovisioning does.
@@ -99,11 +99,10 @@ pub fn plan(config: &Config, os: &dyn OsUtil, with_user: bool) -> Vec<Action> {
             .join("sshd_config.d")
             .join(crate::provision::sshd::DROP_IN),
     ));
-    if os.flavour() != Flavour::FreeBsd {
+    if let Some(unit) = firewall::unit_path(os) {
         // The unit that puts the firewall rules back at boot (§18.6), and
         // its enablement, so the image carries no dangling link.
-        let unit = firewall::unit_path(env);
-        actions.push(Action::Delete(unit.clone()));
+        actions.push(Action::Delete(unit));
         actions.push(Action::Delete(
             env.path("/etc/systemd/system/network.target.wants")
                 .join(firewall::NETWORK_SETUP_UNIT),
@@ -114,9 +113,7 @@ pub fn plan(config: &Config, os: &dyn OsUtil, with_user: bool) -> Vec<Action> {
     actions.push(Action::Delete(env.path("/root/.bash_history")));
     actions.push(Action::Delete(config.log_file.clone()));
     actions.push(Action::Delete(env.path("/etc/resolv.conf")));
-    if os.flavour() == Flavour::CoreOs {
-        actions.push(Action::Delete(env.path("/etc/machine-id")));
-    }
+    actions.extend(os.deprovision_extra_files().into_iter().map(Action::Delete));
     actions
 }
 
@@ -277,6 +274,7 @@ fn delete_matching(dir: &Path, pred: impl Fn(&str) -> bool) -> Result<(), String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::os::Flavour;
     use crate::os::{for_env, Distro, Env, RecordingRunner};
     use std::rc::Rc;
 

@@ -76,7 +76,7 @@ impl Daemon {
             }
         }
         if let Some(release) = kernel::kernel_release(env) {
-            match kernel::disable_numa_if_needed(env, &release) {
+            match kernel::disable_numa_if_needed(&*self.os, &release) {
                 Ok(kernel::NumaCheck::Disabled(a)) if a.changed => {
                     log::warn!(
                         "kernel {release} needs numa=off: added to {} for the next boot",
@@ -118,7 +118,7 @@ impl Daemon {
             period(c.root_device_scsi_timeout_period),
         ) {
             if let Some(t) = m.scsi_timeout.as_mut() {
-                let r = t.apply(self.os.env());
+                let r = t.apply(&*self.os);
                 if !r.changed.is_empty() {
                     log::info!("SCSI timeout set on {:?}", r.changed);
                 }
@@ -128,9 +128,9 @@ impl Daemon {
             &mut m.next_net_rules,
             now,
             period(c.remove_persistent_net_rules_period),
-        ) && network::moves_persistent_net_rules(self.os.flavour())
+        ) && self.os.moves_persistent_net_rules()
         {
-            match network::remove_persistent_net_rules(self.os.env()) {
+            match network::remove_persistent_net_rules(&*self.os) {
                 Ok(moved) if !moved.is_empty() => {
                     log::info!("moved persistent-net udev rules: {moved:?}")
                 }
@@ -187,7 +187,7 @@ impl Daemon {
         let exe = std::env::current_exe().ok();
         let uid = nix::unistd::getuid().as_raw();
         let mut fw = firewall::FirewallMonitor::new(ip, uid, exe);
-        fw.initialize(self.os.env());
+        fw.initialize(&*self.os);
         self.monitors.firewall = Some(fw);
     }
 
@@ -217,7 +217,7 @@ impl Daemon {
             return;
         }
         if let Some(fw) = self.monitors.firewall.as_mut() {
-            fw.check(self.os.env(), now);
+            fw.check(&*self.os, now);
         }
     }
 

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ProvisioningAgent};
 use crate::fsutil;
-use crate::os::{Flavour, OsUtil};
+use crate::os::OsUtil;
 use crate::ovf::{self, OvfEnv};
 use crate::provision::media;
 use crate::wire::client::{ClientOptions, FullGoalState, WireClient};
@@ -662,7 +662,7 @@ impl Daemon {
                 if !c.is_explicit("Provisioning.Agent") && !c.provisioning_enabled =>
             {
                 // 2.2.x: Enabled=n meant cloud-init on Ubuntu, no provisioning elsewhere.
-                if self.os.flavour() == Flavour::Ubuntu {
+                if self.os.provisioning_disabled_means_cloud_init() {
                     Mode::CloudInit
                 } else {
                     Mode::Disabled

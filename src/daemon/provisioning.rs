@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::config::{Config, SshHostKeyType};
 use crate::fsutil;
 use crate::journal::CreatedUser;
-use crate::os::{Cmd, Flavour, OsUtil};
+use crate::os::{Cmd, OsUtil};
 use crate::ovf::OvfEnv;
 use crate::provision::{custom_data, keys, password, sshd};
 use crate::wire::imds;
@@ -209,8 +209,8 @@ impl Daemon {
                 .add_sudoer(user, plan.password_hash.is_none())
                 .map_err(|e| e.to_string()),
             Step::SshdConfig => {
-                if os.flavour() == Flavour::CoreOs {
-                    // /etc/ssh is read-only there; CoreOS ships the settings.
+                if !os.sshd_config_writable() {
+                    // The image ships the settings (CoreOS: /etc/ssh is read-only).
                     return Ok(());
                 }
                 let path = &c.sshd_config_path;

@@ -29,7 +29,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::os::{Cmd, Env, Flavour, OsError};
+use crate::os::{BootLoader, Cmd, Env, OsError, OsUtil};
 
 /// What `-serialconsole` adds to the Linux kernel command line.
 pub const SERIAL_CONSOLE_ARGS: [&str; 2] = ["console=ttyS0", "earlyprintk=ttyS0"];
@@ -86,42 +86,30 @@ pub struct Applied {
     pub commands: Vec<Cmd>,
 }
 
-/// Finds the boot loader configuration of this system (under the root).
-pub fn boot_config(env: &Env) -> Result<BootConfig, OsError> {
-    let flavour = env.distro.flavour;
-    if flavour == Flavour::FreeBsd {
-        return Ok(BootConfig::LoaderConf {
-            path: env.path("/boot/loader.conf"),
-        });
-    }
-    if flavour == Flavour::CoreOs {
-        return Err(OsError::Invalid(
-            "CoreOS/Flatcar keep the kernel command line in the OEM partition's grub.cfg; \
-             set it in the image"
-                .into(),
-        ));
-    }
+/// Finds the boot loader configuration of this system (under the root):
+/// what the distro uses ([`OsUtil::boot_loader`]), then which file is there.
+pub fn boot_config(os: &dyn OsUtil) -> Result<BootConfig, OsError> {
+    let env = os.env();
     let default_grub = env.path("/etc/default/grub");
     let menu_lst = env.path("/boot/grub/menu.lst");
-    // Grub legacy boots RHEL 6 even where a stray /etc/default/grub exists.
-    let major = env.distro.major();
-    let legacy = flavour == Flavour::RedHat && major > 0 && major < 7;
-    if default_grub.is_file() && !legacy {
-        let text = fs::read_to_string(&default_grub).map_err(OsError::io(&default_grub))?;
-        let (var, regenerate) = match flavour {
-            Flavour::Debian | Flavour::Ubuntu => {
-                ("GRUB_CMDLINE_LINUX_DEFAULT", Cmd::new("update-grub"))
-            }
-            Flavour::Suse => ("GRUB_CMDLINE_LINUX_DEFAULT", grub2_mkconfig()),
-            _ => ("GRUB_CMDLINE_LINUX", grub2_mkconfig()),
-        };
-        let bls = shell_var(&text, "GRUB_ENABLE_BLSCFG").is_some_and(|v| v.trim() == "true");
-        return Ok(BootConfig::GrubDefault {
-            path: default_grub,
-            var,
-            regenerate,
-            bls,
-        });
+    match os.boot_loader() {
+        BootLoader::LoaderConf => {
+            return Ok(BootConfig::LoaderConf {
+                path: env.path("/boot/loader.conf"),
+            })
+        }
+        BootLoader::Unsupported(why) => return Err(OsError::Invalid(why.into())),
+        BootLoader::Grub { var, regenerate } if default_grub.is_file() => {
+            let text = fs::read_to_string(&default_grub).map_err(OsError::io(&default_grub))?;
+            let bls = shell_var(&text, "GRUB_ENABLE_BLSCFG").is_some_and(|v| v.trim() == "true");
+            return Ok(BootConfig::GrubDefault {
+                path: default_grub,
+                var,
+                regenerate,
+                bls,
+            });
+        }
+        BootLoader::Grub { .. } | BootLoader::GrubLegacy => {}
     }
     if menu_lst.exists() {
         return Ok(BootConfig::MenuLst { path: menu_lst });
@@ -133,14 +121,11 @@ pub fn boot_config(env: &Env) -> Result<BootConfig, OsError> {
     )))
 }
 
-fn grub2_mkconfig() -> Cmd {
-    Cmd::new("grub2-mkconfig").args(["-o", "/boot/grub2/grub.cfg"])
-}
-
 /// `-serialconsole`: sends the kernel's console (and the loader's, on
 /// FreeBSD) to the first serial port from the next boot on.
-pub fn enable_serial_console(env: &Env) -> Result<Applied, OsError> {
-    match boot_config(env)? {
+pub fn enable_serial_console(os: &dyn OsUtil) -> Result<Applied, OsError> {
+    let env = os.env();
+    match boot_config(os)? {
         BootConfig::LoaderConf { path } => {
             let path = resolve_symlinks(env, &path);
             let old = read_optional(&path)?.unwrap_or_default();
@@ -160,13 +145,14 @@ pub fn enable_serial_console(env: &Env) -> Result<Applied, OsError> {
 }
 
 /// Adds `args` to the Linux kernel command line for the next boot.
-pub fn add_kernel_args(env: &Env, args: &[&str]) -> Result<Applied, OsError> {
-    match boot_config(env)? {
+pub fn add_kernel_args(os: &dyn OsUtil, args: &[&str]) -> Result<Applied, OsError> {
+    match boot_config(os)? {
         BootConfig::LoaderConf { .. } => Err(OsError::Invalid(format!(
-            "FreeBSD has no Linux kernel command line for {}",
+            "{} has no Linux kernel command line for {}",
+            os.kernel_name(),
             args.join(" ")
         ))),
-        config => apply_kernel_args(env, config, args),
+        config => apply_kernel_args(os.env(), config, args),
     }
 }
 
@@ -468,6 +454,7 @@ fn read_optional(path: &Path) -> Result<Option<String>, OsError> {
 mod tests {
     use super::*;
     use crate::os::testing;
+    use crate::os::{grub2_mkconfig, Flavour};
     use crate::os::{Output, RecordingRunner};
     use std::os::unix::fs::MetadataExt;
     use std::os::unix::fs::PermissionsExt;
@@ -630,10 +617,10 @@ mod tests {
             testing::read(self.root.path(), abs)
         }
 
-        fn env(&self, flavour: Flavour, version: &str) -> Env {
+        fn os(&self, flavour: Flavour, version: &str) -> Box<dyn OsUtil> {
             let mut env = testing::env(self.root.path(), flavour, self.runner.clone());
             env.distro.version = version.into();
-            env
+            crate::os::for_env(env)
         }
     }
 
@@ -645,8 +632,8 @@ mod tests {
             "GRUB_CMDLINE_LINUX_DEFAULT=\"quiet splash\"\nGRUB_CMDLINE_LINUX=\"\"\n",
             0o644,
         );
-        let env = f.env(Flavour::Ubuntu, "22.04");
-        let a = enable_serial_console(&env).unwrap();
+        let os = f.os(Flavour::Ubuntu, "22.04");
+        let a = enable_serial_console(&*os).unwrap();
         assert!(a.changed);
         assert_eq!(
             f.read("/etc/default/grub"),
@@ -654,7 +641,7 @@ mod tests {
              GRUB_CMDLINE_LINUX=\"\"\n"
         );
         assert_eq!(f.runner.lines(), vec!["update-grub"]);
-        let again = enable_serial_console(&env).unwrap();
+        let again = enable_serial_console(&*os).unwrap();
         assert!(!again.changed && again.commands.is_empty());
         assert_eq!(f.runner.lines().len(), 1);
     }
@@ -667,7 +654,7 @@ mod tests {
             "GRUB_CMDLINE_LINUX=\"crashkernel=auto rhgb quiet\"\n",
             0o600,
         );
-        let a = enable_serial_console(&f.env(Flavour::RedHat, "7.9")).unwrap();
+        let a = enable_serial_console(&*f.os(Flavour::RedHat, "7.9")).unwrap();
         assert_eq!(a.commands, vec![grub2_mkconfig()]);
         assert_eq!(
             f.read("/etc/default/grub"),
@@ -689,7 +676,7 @@ mod tests {
             "GRUB_CMDLINE_LINUX=\"rhgb\"\nGRUB_ENABLE_BLSCFG=true\n",
             0o644,
         );
-        enable_serial_console(&f.env(Flavour::RedHat, "9.2")).unwrap();
+        enable_serial_console(&*f.os(Flavour::RedHat, "9.2")).unwrap();
         assert_eq!(
             f.runner.lines(),
             vec![
@@ -707,7 +694,7 @@ mod tests {
             "GRUB_CMDLINE_LINUX=\"\"\nGRUB_CMDLINE_LINUX_DEFAULT=\"splash=silent quiet\"\n",
             0o644,
         );
-        enable_serial_console(&f.env(Flavour::Suse, "15.5")).unwrap();
+        enable_serial_console(&*f.os(Flavour::Suse, "15.5")).unwrap();
         assert!(f.read("/etc/default/grub").ends_with(
             "GRUB_CMDLINE_LINUX_DEFAULT=\"splash=silent quiet console=ttyS0 earlyprintk=ttyS0\"\n"
         ));
@@ -727,7 +714,7 @@ mod tests {
         );
         f.runner
             .push("update-grub", Output::failed(1, "no /boot/grub"));
-        let err = enable_serial_console(&f.env(Flavour::Debian, "12"))
+        let err = enable_serial_console(&*f.os(Flavour::Debian, "12"))
             .unwrap_err()
             .to_string();
         assert!(
@@ -748,7 +735,7 @@ mod tests {
             .unwrap();
         // A stray /etc/default/grub does not fool RHEL 6.
         f.write("/etc/default/grub", "GRUB_CMDLINE_LINUX=\"\"\n", 0o644);
-        let a = enable_serial_console(&f.env(Flavour::RedHat, "6.10")).unwrap();
+        let a = enable_serial_console(&*f.os(Flavour::RedHat, "6.10")).unwrap();
         assert!(a.changed && a.commands.is_empty());
         let link = fs::symlink_metadata(f.root.path().join("boot/grub/menu.lst")).unwrap();
         assert!(link.file_type().is_symlink());
@@ -771,7 +758,7 @@ mod tests {
             0o644,
         );
         assert!(
-            enable_serial_console(&f.env(Flavour::Suse, "11.4"))
+            enable_serial_console(&*f.os(Flavour::Suse, "11.4"))
                 .unwrap()
                 .changed
         );
@@ -785,23 +772,23 @@ mod tests {
     fn freebsd_edits_loader_conf_and_runs_nothing() {
         let f = Fixture::new();
         f.write("/boot/loader.conf", "autoboot_delay=\"-1\"\n", 0o644);
-        let env = f.env(Flavour::FreeBsd, "14.1");
-        let a = enable_serial_console(&env).unwrap();
+        let os = f.os(Flavour::FreeBsd, "14.1");
+        let a = enable_serial_console(&*os).unwrap();
         assert!(a.changed && a.commands.is_empty());
         assert!(f
             .read("/boot/loader.conf")
             .starts_with("autoboot_delay=\"-1\"\nconsole=\"comconsole efi vidconsole\"\n"));
-        assert!(!enable_serial_console(&env).unwrap().changed);
-        assert!(add_kernel_args(&env, &["numa=off"]).is_err());
+        assert!(!enable_serial_console(&*os).unwrap().changed);
+        assert!(add_kernel_args(&*os, &["numa=off"]).is_err());
         assert!(f.runner.lines().is_empty());
     }
 
     #[test]
     fn no_boot_configuration_and_coreos_are_errors() {
         let f = Fixture::new();
-        assert!(enable_serial_console(&f.env(Flavour::Default, "")).is_err());
+        assert!(enable_serial_console(&*f.os(Flavour::Default, "")).is_err());
         f.write("/etc/default/grub", "", 0o644);
-        assert!(enable_serial_console(&f.env(Flavour::CoreOs, "")).is_err());
+        assert!(enable_serial_console(&*f.os(Flavour::CoreOs, "")).is_err());
         assert!(f.runner.lines().is_empty());
     }
 }

@@ -7,15 +7,12 @@ use std::io::Write;
 use std::path::Path;
 
 use super::console::{self, Applied};
-use crate::os::{Cmd, Env, Flavour, OsError};
-
-/// The FreeBSD sysctl that holds the default timeout of da(4) disks.
-pub const FREEBSD_DA_TIMEOUT: &str = "kern.cam.da.default_timeout";
+use crate::os::{Cmd, Env, OsError, OsUtil};
 
 /// What one application of `OS.RootDeviceScsiTimeout` did.
 #[derive(Debug, Default)]
 pub struct ScsiTimeouts {
-    /// Devices whose timeout was changed (`sda`, …), or the FreeBSD sysctl.
+    /// Devices whose timeout was changed (`sda`, …), or the sysctl.
     pub changed: Vec<String>,
     /// Devices that could not be read or written; the others were still done.
     pub errors: Vec<OsError>,
@@ -27,11 +24,12 @@ pub struct ScsiTimeouts {
 /// (host servicing, storage failover); a timeout that short turns a pause
 /// into I/O errors and a read-only root, so the agent raises it. Linux resets
 /// the value whenever a disk is (re)attached, hence the periodic check
-/// (`OS.RootDeviceScsiTimeoutPeriod`); FreeBSD has one sysctl, set once.
+/// (`OS.RootDeviceScsiTimeoutPeriod`); where one sysctl holds it
+/// ([`OsUtil::scsi_timeout_sysctl`], FreeBSD) it is set once.
 #[derive(Debug, Clone)]
 pub struct RootDeviceScsiTimeout {
     pub seconds: u64,
-    freebsd_done: bool,
+    sysctl_done: bool,
 }
 
 impl RootDeviceScsiTimeout {
@@ -41,25 +39,26 @@ impl RootDeviceScsiTimeout {
             .root_device_scsi_timeout
             .map(|seconds| RootDeviceScsiTimeout {
                 seconds,
-                freebsd_done: false,
+                sysctl_done: false,
             })
     }
 
-    /// Sets the timeout where it differs. On FreeBSD the sysctl runs until
-    /// it has succeeded once and never again.
-    pub fn apply(&mut self, env: &Env) -> ScsiTimeouts {
-        if env.distro.flavour != Flavour::FreeBsd {
+    /// Sets the timeout where it differs. A sysctl runs until it has
+    /// succeeded once and never again.
+    pub fn apply(&mut self, os: &dyn OsUtil) -> ScsiTimeouts {
+        let env = os.env();
+        let Some(sysctl) = os.scsi_timeout_sysctl() else {
             return set_sysfs_timeouts(&env.path("/sys/block"), self.seconds);
-        }
+        };
         let mut r = ScsiTimeouts::default();
-        if self.freebsd_done {
+        if self.sysctl_done {
             return r;
         }
-        let cmd = Cmd::new("sysctl").arg(format!("{FREEBSD_DA_TIMEOUT}={}", self.seconds));
+        let cmd = Cmd::new("sysctl").arg(format!("{sysctl}={}", self.seconds));
         match env.run_ok(cmd) {
             Ok(_) => {
-                self.freebsd_done = true;
-                r.changed.push(FREEBSD_DA_TIMEOUT.to_string());
+                self.sysctl_done = true;
+                r.changed.push(sysctl.to_string());
             }
             Err(e) => r.errors.push(e),
         }
@@ -169,18 +168,19 @@ pub enum NumaCheck {
 /// On an old kernel, adds `numa=off` to the boot configuration (the same
 /// edit as `-serialconsole`, [`console::add_kernel_args`]). `release` is
 /// [`kernel_release`] or `uname -r`.
-pub fn disable_numa_if_needed(env: &Env, release: &str) -> Result<NumaCheck, OsError> {
-    if env.distro.flavour == Flavour::FreeBsd || !needs_numa_off(release) {
+pub fn disable_numa_if_needed(os: &dyn OsUtil, release: &str) -> Result<NumaCheck, OsError> {
+    if !os.checks_numa() || !needs_numa_off(release) {
         return Ok(NumaCheck::NotNeeded);
     }
-    console::add_kernel_args(env, &["numa=off"]).map(NumaCheck::Disabled)
+    console::add_kernel_args(os, &["numa=off"]).map(NumaCheck::Disabled)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::os::testing::{self, read, write};
-    use crate::os::{Output, RecordingRunner};
+    use crate::os::Flavour;
+    use crate::os::{for_env, Output, RecordingRunner};
     use std::rc::Rc;
 
     /// With `OS.RootDeviceScsiTimeout=300`.
@@ -199,17 +199,17 @@ mod tests {
         write(root, "/sys/block/sr0/device/timeout", "30\n");
         fs::create_dir_all(root.join("sys/block/sdc")).unwrap(); // no device/timeout
         let runner = Rc::new(RecordingRunner::new());
-        let e = env(root, Flavour::RedHat, runner.clone());
-        let mut t = RootDeviceScsiTimeout::from_config(&e).unwrap();
-        let r = t.apply(&e);
+        let os = for_env(env(root, Flavour::RedHat, runner.clone()));
+        let mut t = RootDeviceScsiTimeout::from_config(os.env()).unwrap();
+        let r = t.apply(&*os);
         assert_eq!(r.changed, vec!["sda"]);
         assert!(r.errors.is_empty());
         assert_eq!(read(root, "/sys/block/sda/device/timeout"), "300");
         assert_eq!(read(root, "/sys/block/sr0/device/timeout"), "30\n");
         // Periodic: nothing left to change, until a disk is reset.
-        assert!(t.apply(&e).changed.is_empty());
+        assert!(t.apply(&*os).changed.is_empty());
         write(root, "/sys/block/sda/device/timeout", "30\n");
-        assert_eq!(t.apply(&e).changed, vec!["sda"]);
+        assert_eq!(t.apply(&*os).changed, vec!["sda"]);
         assert!(runner.lines().is_empty());
     }
 
@@ -229,12 +229,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let runner = Rc::new(RecordingRunner::new());
         runner.push("sysctl", Output::failed(1, "unknown oid"));
-        let e = env(d.path(), Flavour::FreeBsd, runner.clone());
-        let mut t = RootDeviceScsiTimeout::from_config(&e).unwrap();
-        let r = t.apply(&e);
+        let os = for_env(env(d.path(), Flavour::FreeBsd, runner.clone()));
+        let mut t = RootDeviceScsiTimeout::from_config(os.env()).unwrap();
+        let r = t.apply(&*os);
         assert!(r.changed.is_empty() && r.errors.len() == 1);
-        assert_eq!(t.apply(&e).changed, vec![FREEBSD_DA_TIMEOUT]);
-        assert!(t.apply(&e).changed.is_empty());
+        assert_eq!(t.apply(&*os).changed, vec!["kern.cam.da.default_timeout"]);
+        assert!(t.apply(&*os).changed.is_empty());
         assert_eq!(
             runner.lines(),
             vec![
@@ -279,13 +279,14 @@ mod tests {
         let runner = Rc::new(RecordingRunner::new());
         let mut e = env(root, Flavour::RedHat, runner.clone());
         e.distro.version = "6.0".into();
+        let os = for_env(e);
         assert_eq!(
-            disable_numa_if_needed(&e, "5.4.0").unwrap(),
+            disable_numa_if_needed(&*os, "5.4.0").unwrap(),
             NumaCheck::NotNeeded
         );
-        let release = kernel_release(&e).unwrap();
+        let release = kernel_release(os.env()).unwrap();
         assert_eq!(release, "2.6.32-71.el6.x86_64");
-        let NumaCheck::Disabled(a) = disable_numa_if_needed(&e, &release).unwrap() else {
+        let NumaCheck::Disabled(a) = disable_numa_if_needed(&*os, &release).unwrap() else {
             panic!("numa=off expected");
         };
         assert!(a.changed);
@@ -293,15 +294,15 @@ mod tests {
             read(root, "/boot/grub/menu.lst"),
             "\tkernel /vmlinuz ro quiet numa=off\n"
         );
-        let NumaCheck::Disabled(a) = disable_numa_if_needed(&e, &release).unwrap() else {
+        let NumaCheck::Disabled(a) = disable_numa_if_needed(&*os, &release).unwrap() else {
             panic!("numa=off expected");
         };
         assert!(!a.changed);
         assert!(runner.lines().is_empty());
         // FreeBSD has no such workaround.
-        e.distro.flavour = Flavour::FreeBsd;
+        let os = for_env(env(root, Flavour::FreeBsd, runner.clone()));
         assert_eq!(
-            disable_numa_if_needed(&e, &release).unwrap(),
+            disable_numa_if_needed(&*os, &release).unwrap(),
             NumaCheck::NotNeeded
         );
     }

@@ -9,49 +9,11 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::fsutil;
-use crate::os::{Cmd, Env, Flavour, OsError, OsUtil};
+use crate::os::{Env, OsError, OsUtil};
 
 // ----- the route to the WireServer -----
 
-/// The default gateway with the lowest metric: `/proc/net/route` on Linux,
-/// `route -n get default` on FreeBSD (which has no /proc).
-pub fn default_gateway(env: &Env) -> Option<Ipv4Addr> {
-    if env.distro.flavour == Flavour::FreeBsd {
-        let out = env
-            .run_ok(Cmd::new("route").args(["-n", "get", "default"]))
-            .ok()?;
-        return out
-            .stdout
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("gateway:"))
-            .and_then(|g| g.trim().parse().ok());
-    }
-    let text = fs::read_to_string(env.path("/proc/net/route")).ok()?;
-    proc_route_default_gateway(&text)
-}
-
-/// The gateway of the lowest-metric default route in `/proc/net/route`
-/// text, whose addresses are hexadecimal in host (little-endian) order.
-pub fn proc_route_default_gateway(text: &str) -> Option<Ipv4Addr> {
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            if f.len() <= 7 || f[1] != "00000000" || f[7] != "00000000" {
-                return None;
-            }
-            // RTF_GATEWAY (0x2) must be set, or the "gateway" is 0.0.0.0.
-            let flags = u32::from_str_radix(f[3], 16).ok()?;
-            let gw = u32::from_str_radix(f[2], 16).ok()?;
-            if flags & 0x2 == 0 || gw == 0 {
-                return None;
-            }
-            let metric = f[6].parse::<u32>().unwrap_or(u32::MAX);
-            Some((metric, Ipv4Addr::from(gw.to_le_bytes())))
-        })
-        .min_by_key(|(metric, _)| *metric)
-        .map(|(_, gw)| gw)
-}
+pub use crate::os::proc_route_default_gateway;
 
 /// What [`ensure_wire_server_route`] found or did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +36,7 @@ pub fn ensure_wire_server_route(
     if os.has_route_to(wire_server)? {
         return Ok(WireServerRoute::AlreadyPresent);
     }
-    let Some(gw) = default_gateway(os.env()) else {
+    let Some(gw) = os.default_gateway() else {
         return Ok(WireServerRoute::NoGateway);
     };
     os.add_route(wire_server, gw)?;
@@ -91,22 +53,15 @@ pub const PERSISTENT_NET_RULES: [&str; 2] = [
     "/etc/udev/rules.d/70-persistent-net.rules",
 ];
 
-/// Whether this flavour moves the rules away. Debian and Ubuntu do not
-/// (waagent leaves their rules alone); FreeBSD has no udev.
-pub fn moves_persistent_net_rules(flavour: Flavour) -> bool {
-    !matches!(
-        flavour,
-        Flavour::Debian | Flavour::Ubuntu | Flavour::FreeBsd
-    )
-}
-
 /// Moves the rules into Lib.Dir (env monitor, every
 /// `OS.RemovePersistentNetRulesPeriod`). A copy already in Lib.Dir is
 /// replaced by the newer one (udev regenerates `70-persistent-net.rules`);
 /// absent rules are skipped, so it is cheap to repeat. Returns the rules
 /// moved (their system paths).
-pub fn remove_persistent_net_rules(env: &Env) -> Result<Vec<PathBuf>, OsError> {
-    if !moves_persistent_net_rules(env.distro.flavour) {
+pub fn remove_persistent_net_rules(os: &dyn OsUtil) -> Result<Vec<PathBuf>, OsError> {
+    let env = os.env();
+    // Not where waagent leaves them (Debian, Ubuntu) or there is no udev.
+    if !os.moves_persistent_net_rules() {
         return Ok(Vec::new());
     }
     let lib = &env.config.lib_dir;
@@ -213,6 +168,7 @@ impl DhcpClientMonitor {
 mod tests {
     use super::*;
     use crate::os::testing::{self, write};
+    use crate::os::Flavour;
     use crate::os::{for_env, Output, RecordingRunner};
     use std::rc::Rc;
 
@@ -319,7 +275,8 @@ mod tests {
     fn rules_move_to_lib_dir_and_back() {
         let d = tempfile::tempdir().unwrap();
         let root = d.path();
-        let e = env(root, Flavour::RedHat, Rc::new(RecordingRunner::new()));
+        let os = for_env(env(root, Flavour::RedHat, Rc::new(RecordingRunner::new())));
+        let e = os.env();
         write(root, PERSISTENT_NET_RULES[0], "generator\n");
         write(
             root,
@@ -331,7 +288,7 @@ mod tests {
             "/var/lib/waagent/70-persistent-net.rules",
             "stale copy\n",
         );
-        let moved = remove_persistent_net_rules(&e).unwrap();
+        let moved = remove_persistent_net_rules(&*os).unwrap();
         assert_eq!(moved.len(), 2);
         assert!(!e.path(PERSISTENT_NET_RULES[1]).exists());
         let lib = &e.config.lib_dir;
@@ -343,27 +300,28 @@ mod tests {
             fs::read_to_string(lib.join("75-persistent-net-generator.rules")).unwrap(),
             "generator\n"
         );
-        assert!(remove_persistent_net_rules(&e).unwrap().is_empty());
+        assert!(remove_persistent_net_rules(&*os).unwrap().is_empty());
 
         // Restore puts back only what the system lacks.
         write(root, PERSISTENT_NET_RULES[1], "regenerated\n");
-        let restored = restore_persistent_net_rules(&e).unwrap();
+        let restored = restore_persistent_net_rules(e).unwrap();
         assert_eq!(restored, vec![e.path(PERSISTENT_NET_RULES[0])]);
         assert_eq!(
             fs::read_to_string(e.path(PERSISTENT_NET_RULES[1])).unwrap(),
             "regenerated\n"
         );
-        assert!(restore_persistent_net_rules(&e).unwrap().is_empty());
+        assert!(restore_persistent_net_rules(e).unwrap().is_empty());
     }
 
     #[test]
     fn debian_ubuntu_and_freebsd_keep_their_rules() {
         for flavour in [Flavour::Debian, Flavour::Ubuntu, Flavour::FreeBsd] {
             let d = tempfile::tempdir().unwrap();
-            let e = env(d.path(), flavour, Rc::new(RecordingRunner::new()));
+            let os = for_env(env(d.path(), flavour, Rc::new(RecordingRunner::new())));
             write(d.path(), PERSISTENT_NET_RULES[1], "x\n");
-            assert!(remove_persistent_net_rules(&e).unwrap().is_empty());
-            assert!(e.path(PERSISTENT_NET_RULES[1]).exists());
+            assert!(!os.moves_persistent_net_rules(), "{flavour}");
+            assert!(remove_persistent_net_rules(&*os).unwrap().is_empty());
+            assert!(os.env().path(PERSISTENT_NET_RULES[1]).exists());
         }
         for flavour in [
             Flavour::Default,
@@ -371,7 +329,9 @@ mod tests {
             Flavour::Suse,
             Flavour::CoreOs,
         ] {
-            assert!(moves_persistent_net_rules(flavour), "{flavour}");
+            let d = tempfile::tempdir().unwrap();
+            let os = for_env(env(d.path(), flavour, Rc::new(RecordingRunner::new())));
+            assert!(os.moves_persistent_net_rules(), "{flavour}");
         }
     }
 

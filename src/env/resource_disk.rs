@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::os::{Flavour, MountEntry, OsError, OsUtil, PartitionTable, Probe};
+use crate::os::{MountEntry, OsError, OsUtil, PartitionTable, Probe};
 
 /// The notice written at the top of the mounted disk.
 pub const WARNING_FILE: &str = "DATALOSS_WARNING_README.txt";
@@ -85,27 +85,16 @@ pub enum SwapWanted {
     },
 }
 
-/// The file systems `ResourceDisk.Filesystem` may name.
-pub fn supported_filesystems(flavour: Flavour) -> &'static [&'static str] {
-    match flavour {
-        Flavour::FreeBsd => &["ufs"],
-        _ => &["ext3", "ext4", "xfs", "btrfs"],
-    }
-}
-
 impl Settings {
-    /// Checks the options before anything is touched.
-    pub fn from_config(c: &Config, flavour: Flavour) -> Result<Settings, String> {
+    /// Checks the options before anything is touched; `os` says which
+    /// file systems may be made here.
+    pub fn from_config(c: &Config, os: &dyn OsUtil) -> Result<Settings, String> {
         let fs = c.resource_disk_filesystem.trim();
-        let allowed = supported_filesystems(flavour);
+        let allowed = os.resource_disk_filesystems();
         if !allowed.contains(&fs) {
-            let os = if flavour == Flavour::FreeBsd {
-                "FreeBSD"
-            } else {
-                "Linux"
-            };
             return Err(format!(
-                "ResourceDisk.Filesystem={fs:?} is not supported on {os} (use one of {})",
+                "ResourceDisk.Filesystem={fs:?} is not supported on {} (use one of {})",
+                os.kernel_name(),
                 allowed.join(", ")
             ));
         }
@@ -397,7 +386,7 @@ pub fn activate_with(
     if !config.resource_disk_format {
         return Ok(None);
     }
-    let s = Settings::from_config(config, os.flavour()).map_err(|reason| Error {
+    let s = Settings::from_config(config, os).map_err(|reason| Error {
         step: Step::Settings,
         device: None,
         reason,

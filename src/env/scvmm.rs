@@ -10,7 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::os::{Cmd, Flavour, OsUtil};
+use crate::os::{Cmd, OsUtil};
 
 /// The file that marks VMM media.
 pub const VMM_CONF_FILE_NAME: &str = "linuxosconfiguration.xml";
@@ -87,10 +87,10 @@ pub fn cd_devices(dev_dir: &Path) -> Vec<PathBuf> {
 /// drive without the marker is unmounted again. `None`: not SCVMM, carry on.
 pub fn detect(os: &dyn OsUtil) -> Option<ScvmmHandOver> {
     let env = os.env();
-    if os.flavour() != Flavour::FreeBsd {
-        // The IDE CD driver, missing from some initrds; ignored if it fails
-        // (built in, or no such module).
-        let _ = env.runner.run(&Cmd::new("modprobe").arg("ata_piix"));
+    // The IDE CD driver, missing from some initrds; ignored if it fails
+    // (built in, or no such module).
+    if let Some(load) = os.load_module_cmd("ata_piix") {
+        let _ = env.runner.run(&load);
     }
     let mount_point = env.config.dvd_mount_point.clone();
     if let Err(e) = fs::create_dir_all(&mount_point) {
@@ -131,6 +131,7 @@ pub fn install_command(mount_point: &Path) -> Cmd {
 mod tests {
     use super::*;
     use crate::os::testing;
+    use crate::os::Flavour;
     use crate::os::{for_env, Output, RecordingRunner};
     use std::rc::Rc;
 

@@ -6,9 +6,17 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use super::{
-    host_name, linux, parse_mount_table, positional, Cmd, Env, Flavour, InitSystem, MountEntry,
-    OsError, OsUtil, PartitionTable, Probe, SERVICE_NAME,
+    grub2_mkconfig, host_name, linux, parse_mount_table, positional, BootLoader, Cmd, Env, Flavour,
+    InitSystem, MountEntry, OsError, OsUtil, PartitionTable, Probe, SERVICE_NAME,
 };
+
+/// Debian's and Ubuntu's GRUB: the default entry's arguments, update-grub.
+fn debian_grub() -> BootLoader {
+    BootLoader::Grub {
+        var: "GRUB_CMDLINE_LINUX_DEFAULT",
+        regenerate: Cmd::new("update-grub"),
+    }
+}
 
 /// Declares a flavour struct holding its [`Env`], with the given overrides.
 macro_rules! flavour {
@@ -54,6 +62,15 @@ flavour!(
     /// Debian: sshd's unit is `ssh`, and it must not drag its dependencies
     /// along when restarted during boot.
     Debian, Flavour::Debian, {
+        fn boot_loader(&self) -> BootLoader {
+            debian_grub()
+        }
+
+        fn moves_persistent_net_rules(&self) -> bool {
+            // waagent leaves Debian's and Ubuntu's rules alone.
+            false
+        }
+
         fn restart_sshd(&self) -> Result<(), OsError> {
             let cmd = match self.init_system() {
                 InitSystem::Systemd => Cmd::new("systemctl")
@@ -68,6 +85,18 @@ flavour!(
 flavour!(
     /// Ubuntu: like Debian (`ssh` unit); 18.04+ leases come from systemd-networkd.
     Ubuntu, Flavour::Ubuntu, {
+        fn boot_loader(&self) -> BootLoader {
+            debian_grub()
+        }
+
+        fn moves_persistent_net_rules(&self) -> bool {
+            false
+        }
+
+        fn provisioning_disabled_means_cloud_init(&self) -> bool {
+            true
+        }
+
         fn restart_sshd(&self) -> Result<(), OsError> {
             let cmd = match self.init_system() {
                 InitSystem::Systemd => Cmd::new("systemctl").args(["try-reload-or-restart", "ssh"]),
@@ -91,6 +120,25 @@ flavour!(
     /// /etc/sysconfig/network, 7+ use hostnamectl; DHCP_HOSTNAME lives in the
     /// interface's ifcfg file; SysV services are added with chkconfig.
     RedHat, Flavour::RedHat, {
+        fn boot_loader(&self) -> BootLoader {
+            // Grub legacy boots 6.x even where a stray /etc/default/grub exists.
+            match self.env.distro.major() {
+                1..=6 => BootLoader::GrubLegacy,
+                _ => BootLoader::Grub {
+                    var: "GRUB_CMDLINE_LINUX",
+                    regenerate: grub2_mkconfig(),
+                },
+            }
+        }
+
+        fn systemd_unit_dir(&self) -> Option<PathBuf> {
+            // Image-mode RHEL's /usr is read-only.
+            if self.env.path("/run/ostree-booted").exists() {
+                return Some(self.env.path("/etc/systemd/system"));
+            }
+            Some(self.env.path("/usr/lib/systemd/system"))
+        }
+
         fn sysv_enable(&self) -> Cmd {
             Cmd::new("chkconfig").args(["--add", SERVICE_NAME])
         }
@@ -141,6 +189,17 @@ flavour!(
     /// SLES and openSUSE: wicked or dhcpcd as DHCP client, the host name
     /// option in /etc/sysconfig/network/dhcp, insserv for SysV services.
     Suse, Flavour::Suse, {
+        fn boot_loader(&self) -> BootLoader {
+            BootLoader::Grub {
+                var: "GRUB_CMDLINE_LINUX_DEFAULT",
+                regenerate: grub2_mkconfig(),
+            }
+        }
+
+        fn systemd_unit_dir(&self) -> Option<PathBuf> {
+            Some(self.env.path("/usr/lib/systemd/system"))
+        }
+
         fn sysv_enable(&self) -> Cmd {
             Cmd::new("insserv").arg(SERVICE_NAME)
         }
@@ -184,6 +243,28 @@ flavour!(
     /// socket-activated, so a config change needs no restart; the user
     /// `core` is a normal user here.
     CoreOs, Flavour::CoreOs, {
+        fn boot_loader(&self) -> BootLoader {
+            BootLoader::Unsupported(
+                "CoreOS/Flatcar keep the kernel command line in the OEM partition's grub.cfg; \
+                 set it in the image",
+            )
+        }
+
+        fn systemd_unit_dir(&self) -> Option<PathBuf> {
+            // /usr is read-only.
+            Some(self.env.path("/etc/systemd/system"))
+        }
+
+        fn sshd_config_writable(&self) -> bool {
+            // /etc/ssh is read-only; the image ships the settings.
+            false
+        }
+
+        fn deprovision_extra_files(&self) -> Vec<PathBuf> {
+            // A new one is made at the next boot, so each VM gets its own.
+            vec![self.env.path("/etc/machine-id")]
+        }
+
         fn is_system_user(&self, name: &str) -> Result<bool, OsError> {
             if name == "core" {
                 return Ok(false);
@@ -212,6 +293,62 @@ flavour!(
     /// FreeBSD 10+: `pw` for accounts, rc.conf for the host name, rc.d for
     /// services, `mount_udf`/`mount_cd9660`, `newfs`, md(4)-backed swap.
     FreeBsd, Flavour::FreeBsd, {
+        fn kernel_name(&self) -> &'static str {
+            "FreeBSD"
+        }
+
+        fn boot_loader(&self) -> BootLoader {
+            BootLoader::LoaderConf
+        }
+
+        fn checks_numa(&self) -> bool {
+            false
+        }
+
+        fn load_module_cmd(&self, _module: &str) -> Option<Cmd> {
+            None
+        }
+
+        fn scsi_timeout_sysctl(&self) -> Option<&'static str> {
+            Some("kern.cam.da.default_timeout")
+        }
+
+        fn systemd_unit_dir(&self) -> Option<PathBuf> {
+            None
+        }
+
+        fn moves_persistent_net_rules(&self) -> bool {
+            // No udev.
+            false
+        }
+
+        fn firewall_unsupported(&self) -> Option<&'static str> {
+            Some(
+                "the WireServer firewall (OS.EnableFirewall) is not supported on FreeBSD: \
+                 it has neither iptables nor nft, and waagent sets no pf or ipfw rules; no rules set",
+            )
+        }
+
+        fn supports_rdma(&self) -> bool {
+            false
+        }
+
+        fn resource_disk_filesystems(&self) -> &'static [&'static str] {
+            &["ufs"]
+        }
+
+        fn default_gateway(&self) -> Option<Ipv4Addr> {
+            // No /proc: route(8) says.
+            let out = self
+                .env
+                .run_ok(Cmd::new("route").args(["-n", "get", "default"]))
+                .ok()?;
+            out.stdout
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("gateway:"))
+                .and_then(|g| g.trim().parse().ok())
+        }
+
         fn init_system(&self) -> InitSystem {
             InitSystem::RcD
         }

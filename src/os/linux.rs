@@ -293,6 +293,29 @@ pub(crate) fn proc_route_has(route: &Path, dest: Ipv4Addr) -> Result<bool, OsErr
     }))
 }
 
+/// The gateway of the lowest-metric default route in `/proc/net/route`
+/// text, whose addresses are hexadecimal in host (little-endian) order.
+pub fn proc_route_default_gateway(text: &str) -> Option<Ipv4Addr> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() <= 7 || f[1] != "00000000" || f[7] != "00000000" {
+                return None;
+            }
+            // RTF_GATEWAY (0x2) must be set, or the "gateway" is 0.0.0.0.
+            let flags = u32::from_str_radix(f[3], 16).ok()?;
+            let gw = u32::from_str_radix(f[2], 16).ok()?;
+            if flags & 0x2 == 0 || gw == 0 {
+                return None;
+            }
+            let metric = f[6].parse::<u32>().unwrap_or(u32::MAX);
+            Some((metric, Ipv4Addr::from(gw.to_le_bytes())))
+        })
+        .min_by_key(|(metric, _)| *metric)
+        .map(|(_, gw)| gw)
+}
+
 /// The interface of the default route with the lowest metric.
 pub(crate) fn proc_route_default_interface(route: &Path) -> Option<String> {
     let text = fs::read_to_string(route).ok()?;

@@ -19,6 +19,7 @@ use std::time::Duration;
 use super::*;
 use crate::clock::VirtualClock;
 use crate::config::{Config, ProvisioningAgent};
+use crate::os::Flavour;
 use crate::os::{for_env, CommandRunner, Distro, Env, Output, RecordingRunner, SystemRunner};
 use crate::sim::certs::TenantCert;
 use crate::sim::{FabricSim, Fault, SimConfig};

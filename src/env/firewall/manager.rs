@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use super::nft::{self, nft_script, NFT_TABLE};
 use super::{detect_backend, legacy_spec, Backend, Ensured, FirewallError, Rule, RulesState};
-use crate::os::{Cmd, Env, RunError};
+use crate::os::{Cmd, Env, OsUtil, RunError};
 
 /// What a rule command does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,8 +26,8 @@ pub struct Firewall<'a> {
 
 impl<'a> Firewall<'a> {
     /// With the tool [`detect_backend`] picks.
-    pub fn detect(env: &'a Env, ip: Ipv4Addr, uid: u32) -> Result<Self, FirewallError> {
-        Ok(Firewall::new(env, detect_backend(env)?, ip, uid))
+    pub fn detect(os: &'a dyn OsUtil, ip: Ipv4Addr, uid: u32) -> Result<Self, FirewallError> {
+        Ok(Firewall::new(os.env(), detect_backend(os)?, ip, uid))
     }
 
     pub fn new(env: &'a Env, backend: Backend, ip: Ipv4Addr, uid: u32) -> Self {
@@ -252,8 +252,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let runner = Rc::new(RecordingRunner::new());
         let chain = fake_iptables(&runner);
-        let e = env(d.path(), Flavour::Debian, runner.clone());
-        let fw = Firewall::detect(&e, WIRE, 0).unwrap();
+        let os = crate::os::for_env(env(d.path(), Flavour::Debian, runner.clone()));
+        let fw = Firewall::detect(&*os, WIRE, 0).unwrap();
         assert_eq!(
             fw.backend(),
             &Backend::Iptables {
@@ -280,8 +280,8 @@ mod tests {
         chain
             .borrow_mut()
             .extend([spec(DNS), spec(ROOT), spec(DROP)]);
-        let e = env(d.path(), Flavour::RedHat, runner.clone());
-        let fw = Firewall::detect(&e, WIRE, 0).unwrap();
+        let os = crate::os::for_env(env(d.path(), Flavour::RedHat, runner.clone()));
+        let fw = Firewall::detect(&*os, WIRE, 0).unwrap();
         assert_eq!(fw.check().unwrap(), RulesState::Complete);
         assert_eq!(fw.ensure().unwrap(), Ensured::AlreadySet);
         let checks = lines(CHECK, &[DNS, ROOT, DROP]);
@@ -305,8 +305,8 @@ mod tests {
         chain
             .borrow_mut()
             .extend([spec(DNS), spec(DROP), spec(DROP)]);
-        let e = env(d.path(), Flavour::Ubuntu, runner.clone());
-        let fw = Firewall::detect(&e, WIRE, 0).unwrap();
+        let os = crate::os::for_env(env(d.path(), Flavour::Ubuntu, runner.clone()));
+        let fw = Firewall::detect(&*os, WIRE, 0).unwrap();
         let Ensured::Repaired(why) = fw.ensure().unwrap() else {
             panic!("not repaired")
         };
@@ -334,8 +334,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let runner = Rc::new(RecordingRunner::new());
         runner.push("iptables", Output::ok("iptables v1.4.7\n"));
-        let e = env(d.path(), Flavour::RedHat, runner.clone());
-        let fw = Firewall::detect(&e, WIRE, 0).unwrap();
+        let os = crate::os::for_env(env(d.path(), Flavour::RedHat, runner.clone()));
+        let fw = Firewall::detect(&*os, WIRE, 0).unwrap();
         assert_eq!(
             fw.backend(),
             &Backend::Iptables {
@@ -371,8 +371,9 @@ mod tests {
             "iptables",
             Output::failed(3, "iptables: can't initialize iptables table `security'"),
         );
-        let e = env(d.path(), Flavour::Debian, runner.clone());
-        let fw = Firewall::new(&e, unknown_iptables(), WIRE, 0);
+        let os = crate::os::for_env(env(d.path(), Flavour::Debian, runner.clone()));
+        let e = os.env();
+        let fw = Firewall::new(e, unknown_iptables(), WIRE, 0);
         let err = fw.ensure().unwrap_err().to_string();
         assert_eq!(
             err,

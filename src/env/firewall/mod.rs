@@ -49,7 +49,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use crate::os::{Cmd, Env, Flavour, Output, RunError};
+use crate::os::{Cmd, OsUtil, Output, RunError};
 
 mod manager;
 mod monitor;
@@ -229,14 +229,11 @@ pub fn iptables_can_wait(version: &[u32]) -> bool {
 /// The tool to use, as waagent picks it: iptables when installed (with `-w`
 /// if it is new enough; a version that cannot be read means no `-w`), else
 /// nft; FreeBSD has neither.
-pub fn detect_backend(env: &Env) -> Result<Backend, FirewallError> {
-    if env.distro.flavour == Flavour::FreeBsd {
-        return Err(FirewallError::Unsupported(
-            "the WireServer firewall (OS.EnableFirewall) is not supported on FreeBSD: \
-             it has neither iptables nor nft, and waagent sets no pf or ipfw rules; no rules set"
-                .into(),
-        ));
+pub fn detect_backend(os: &dyn OsUtil) -> Result<Backend, FirewallError> {
+    if let Some(why) = os.firewall_unsupported() {
+        return Err(FirewallError::Unsupported(why.into()));
     }
+    let env = os.env();
     let version = |program: &str| env.runner.run(&Cmd::new(program).arg("--version"));
     match version("iptables") {
         Err(e) if e.is_not_found() => {}
@@ -296,6 +293,7 @@ fn describe(r: &Result<Output, RunError>) -> String {
 mod tests {
     use super::testutil::*;
     use super::*;
+    use crate::os::Flavour;
     use crate::os::RecordingRunner;
     use std::rc::Rc;
 
@@ -336,8 +334,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let runner = Rc::new(RecordingRunner::new());
         runner.push("iptables", Output::failed(3, "can't initialize"));
-        let e = env(d.path(), Flavour::Debian, runner.clone());
-        assert_eq!(detect_backend(&e).unwrap(), unknown_iptables());
+        let os = crate::os::for_env(env(d.path(), Flavour::Debian, runner.clone()));
+        assert_eq!(detect_backend(&*os).unwrap(), unknown_iptables());
     }
 
     #[test]
@@ -345,8 +343,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let runner = Rc::new(RecordingRunner::new());
         runner.respond(|c| Some(not_found(c)));
-        let e = env(d.path(), Flavour::Debian, runner.clone());
-        let err = Firewall::detect(&e, WIRE, 0).err().unwrap();
+        let os = crate::os::for_env(env(d.path(), Flavour::Debian, runner.clone()));
+        let err = Firewall::detect(&*os, WIRE, 0).err().unwrap();
         assert!(matches!(err, FirewallError::NoTool));
         assert_eq!(
             err.to_string(),

@@ -10,7 +10,7 @@ use super::{
     detect_backend, persist, Backend, Ensured, Firewall, FirewallError, Persisted, RulesState,
     NETWORK_SETUP_UNIT,
 };
-use crate::os::Env;
+use crate::os::OsUtil;
 
 /// After three reports, the periodic check keeps quiet this long (waagent's
 /// throttle, so a VM whose rules keep vanishing does not flood the log).
@@ -72,12 +72,12 @@ impl FirewallMonitor {
 
     /// The tool, found the first time it is needed. An unsupported OS is
     /// logged once, here; other failures are the caller's to report.
-    fn firewall<'e>(&mut self, env: &'e Env) -> Result<Option<Firewall<'e>>, FirewallError> {
+    fn firewall<'e>(&mut self, os: &'e dyn OsUtil) -> Result<Option<Firewall<'e>>, FirewallError> {
         if self.unsupported {
             return Ok(None);
         }
         if self.backend.is_none() {
-            match detect_backend(env) {
+            match detect_backend(os) {
                 Ok(b) => {
                     log::info!(
                         "using {} {} for the WireServer firewall rules",
@@ -97,14 +97,14 @@ impl FirewallMonitor {
         Ok(self
             .backend
             .clone()
-            .map(|b| Firewall::new(env, b, self.ip, self.uid)))
+            .map(|b| Firewall::new(os.env(), b, self.ip, self.uid)))
     }
 
     /// The first set-up, as the WireServer's address becomes known: the
     /// legacy rule out, the rules in, and their return at boot arranged.
-    pub fn initialize(&mut self, env: &Env) {
+    pub fn initialize(&mut self, os: &dyn OsUtil) {
         let ip = self.ip;
-        let fw = match self.firewall(env) {
+        let fw = match self.firewall(os) {
             Ok(Some(fw)) => fw,
             Ok(None) => return,
             Err(e) => {
@@ -135,7 +135,7 @@ impl FirewallMonitor {
         let Some(exe) = &self.exe else {
             return;
         };
-        match persist(env, ip, self.uid, exe) {
+        match persist(os, ip, self.uid, exe) {
             Ok(Persisted::Firewalld(e)) => {
                 log::info!("firewalld runs: its permanent rules keep the WireServer firewall ({e:?})")
             }
@@ -158,9 +158,9 @@ impl FirewallMonitor {
 
     /// The periodic check (`OS.EnableFirewallPeriod`): sets what is missing,
     /// resets an incomplete set; reports are throttled.
-    pub fn check(&mut self, env: &Env, now: Instant) {
+    pub fn check(&mut self, os: &dyn OsUtil, now: Instant) {
         let ip = self.ip;
-        let fw = match self.firewall(env) {
+        let fw = match self.firewall(os) {
             Ok(Some(fw)) => fw,
             Ok(None) => return,
             Err(e) => {
@@ -217,8 +217,8 @@ mod tests {
     fn freebsd_is_not_supported_and_runs_nothing() {
         let d = tempfile::tempdir().unwrap();
         let runner = Rc::new(RecordingRunner::new());
-        let e = env(d.path(), Flavour::FreeBsd, runner.clone());
-        let err = Firewall::detect(&e, WIRE, 0).err().unwrap();
+        let os = crate::os::for_env(env(d.path(), Flavour::FreeBsd, runner.clone()));
+        let err = Firewall::detect(&*os, WIRE, 0).err().unwrap();
         assert!(matches!(err, FirewallError::Unsupported(_)));
         assert!(
             err.to_string().contains("not supported on FreeBSD"),
@@ -226,10 +226,10 @@ mod tests {
         );
         // The daemon's monitor finds that out once and then does nothing.
         let mut m = FirewallMonitor::new(WIRE, 0, Some(PathBuf::from("/usr/local/sbin/waagent")));
-        m.initialize(&e);
+        m.initialize(&*os);
         let now = Instant::now();
         for i in 0..5 {
-            m.check(&e, now + Duration::from_secs(30 * i));
+            m.check(&*os, now + Duration::from_secs(30 * i));
         }
         assert!(m.unsupported);
         assert!(runner.lines().is_empty(), "{:?}", runner.lines());
@@ -252,20 +252,20 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let runner = Rc::new(RecordingRunner::new());
         let chain = fake_iptables(&runner);
-        let e = env(d.path(), Flavour::Debian, runner.clone());
+        let os = crate::os::for_env(env(d.path(), Flavour::Debian, runner.clone()));
         let mut m = FirewallMonitor::new(WIRE, 0, None);
-        m.initialize(&e);
+        m.initialize(&*os);
         assert_eq!(*chain.borrow(), [spec(DNS), spec(ROOT), spec(DROP)]);
         let now = Instant::now();
         let before = runner.lines().len();
-        m.check(&e, now);
+        m.check(&*os, now);
         // Complete: three checks, nothing else (no version probe again).
         assert_eq!(runner.lines()[before..], lines(CHECK, &[DNS, ROOT, DROP]));
         chain.borrow_mut().clear();
-        m.check(&e, now);
+        m.check(&*os, now);
         assert_eq!(*chain.borrow(), [spec(DNS), spec(ROOT), spec(DROP)]);
         chain.borrow_mut().remove(1);
-        m.check(&e, now);
+        m.check(&*os, now);
         assert_eq!(*chain.borrow(), [spec(DNS), spec(ROOT), spec(DROP)]);
     }
 }

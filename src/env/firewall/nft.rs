@@ -122,8 +122,8 @@ mod tests {
             "nft",
             Output::ok(r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}]}"#),
         );
-        let e = env(d.path(), Flavour::Debian, runner.clone());
-        let fw = Firewall::detect(&e, WIRE, 0).unwrap();
+        let os = crate::os::for_env(env(d.path(), Flavour::Debian, runner.clone()));
+        let fw = Firewall::detect(&*os, WIRE, 0).unwrap();
         assert_eq!(
             fw.backend(),
             &Backend::Nft {
@@ -161,9 +161,10 @@ mod tests {
         let tables = r#"{"nftables": [{"metainfo": {}}, {"table": {"family": "ip", "name": "walinuxagent", "handle": 1}}]}"#;
         let d = tempfile::tempdir().unwrap();
         let runner = Rc::new(RecordingRunner::new());
-        let e = env(d.path(), Flavour::Debian, runner.clone());
+        let os = crate::os::for_env(env(d.path(), Flavour::Debian, runner.clone()));
+        let e = os.env();
         let fw = Firewall::new(
-            &e,
+            e,
             Backend::Nft {
                 version: "1".into(),
             },

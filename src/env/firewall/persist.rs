@@ -11,24 +11,16 @@ use std::path::{Path, PathBuf};
 
 use super::{Backend, Ensured, Firewall, FirewallError};
 use crate::fsutil;
-use crate::os::{Cmd, Env, Flavour};
+use crate::os::{Cmd, Env, OsUtil};
 
 /// The boot-time unit that sets the rules again before the network is up.
 pub const NETWORK_SETUP_UNIT: &str = "waagent-network-setup.service";
 
-/// Where the unit goes (under the root), by flavour: where waagent's
-/// osutil puts systemd units — `/usr/lib/systemd/system` on RHEL and SUSE
-/// (`/etc/systemd/system` on an image-mode RHEL, whose `/usr` is read-only),
-/// `/lib/systemd/system` elsewhere — and `/etc/systemd/system` on
-/// CoreOS/Flatcar, whose `/usr` is read-only too.
-pub fn unit_path(env: &Env) -> PathBuf {
-    let dir = match env.distro.flavour {
-        Flavour::RedHat if env.path("/run/ostree-booted").exists() => "/etc/systemd/system",
-        Flavour::RedHat | Flavour::Suse => "/usr/lib/systemd/system",
-        Flavour::CoreOs => "/etc/systemd/system",
-        _ => "/lib/systemd/system",
-    };
-    env.path(dir).join(NETWORK_SETUP_UNIT)
+/// Where the unit goes (under the root): the distro's directory for the
+/// agent's systemd units ([`OsUtil::systemd_unit_dir`], where waagent's
+/// osutil puts them); `None` without systemd.
+pub fn unit_path(os: &dyn OsUtil) -> Option<PathBuf> {
+    os.systemd_unit_dir().map(|d| d.join(NETWORK_SETUP_UNIT))
 }
 
 /// The unit: a oneshot that runs `EXE -setup-firewall=IP` once local file
@@ -83,8 +75,14 @@ pub enum Persisted {
 /// [`NETWORK_SETUP_UNIT`], rewritten (atomically, 0644) and enabled only
 /// when it differs or is not enabled. Like waagent, no daemon-reload (it
 /// would disturb other units); the unit counts from the next boot.
-pub fn persist(env: &Env, ip: Ipv4Addr, uid: u32, exe: &Path) -> Result<Persisted, FirewallError> {
-    let unit = unit_path(env);
+pub fn persist(
+    os: &dyn OsUtil,
+    ip: Ipv4Addr,
+    uid: u32,
+    exe: &Path,
+) -> Result<Persisted, FirewallError> {
+    let env = os.env();
+    let unit = unit_path(os);
     if firewalld_running(env) {
         let version = env
             .runner
@@ -95,17 +93,17 @@ pub fn persist(env: &Env, ip: Ipv4Addr, uid: u32, exe: &Path) -> Result<Persiste
             log::warn!("cannot remove the legacy firewalld rule: {e}");
         }
         let ensured = fw.ensure()?;
-        match std::fs::remove_file(&unit) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                log::warn!("cannot remove {}: {e}", unit.display())
+        match unit.as_deref().map(std::fs::remove_file) {
+            Some(Err(e)) if e.kind() != io::ErrorKind::NotFound => {
+                log::warn!("cannot remove the {NETWORK_SETUP_UNIT} unit: {e}")
             }
             _ => {}
         }
         return Ok(Persisted::Firewalld(ensured));
     }
-    if !env.path("/run/systemd/system").is_dir() {
+    let Some(unit) = unit.filter(|_| env.path("/run/systemd/system").is_dir()) else {
         return Ok(Persisted::NotSystemd);
-    }
+    };
     let text = unit_text(exe, ip)?;
     let enabled = env
         .runner
@@ -145,6 +143,7 @@ fn firewalld_running(env: &Env) -> bool {
 mod tests {
     use super::*;
     use crate::env::firewall::testutil::*;
+    use crate::os::Flavour;
     use crate::os::{Output, RecordingRunner};
     use std::rc::Rc;
 
@@ -174,8 +173,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let r = d.path();
         let runner = Rc::new(RecordingRunner::new());
-        let at = |f: Flavour| unit_path(&env(r, f, runner.clone()));
-        let unit = |dir: &str| r.join(dir).join(NETWORK_SETUP_UNIT);
+        let at = |f: Flavour| unit_path(&*crate::os::for_env(env(r, f, runner.clone())));
+        let unit = |dir: &str| Some(r.join(dir).join(NETWORK_SETUP_UNIT));
         assert_eq!(at(Flavour::Debian), unit("lib/systemd/system"));
         assert_eq!(at(Flavour::Default), unit("lib/systemd/system"));
         assert_eq!(at(Flavour::Suse), unit("usr/lib/systemd/system"));
@@ -184,6 +183,7 @@ mod tests {
         std::fs::create_dir_all(r.join("run")).unwrap();
         std::fs::write(r.join("run/ostree-booted"), "").unwrap();
         assert_eq!(at(Flavour::RedHat), unit("etc/systemd/system"));
+        assert_eq!(at(Flavour::FreeBsd), None, "no systemd");
     }
 
     #[test]
@@ -191,17 +191,17 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let r = d.path();
         let runner = Rc::new(RecordingRunner::new());
-        let e = env(r, Flavour::Debian, runner.clone());
+        let os = crate::os::for_env(env(r, Flavour::Debian, runner.clone()));
         let exe = Path::new("/usr/sbin/waagent");
         // Not systemd: nothing at all.
-        assert_eq!(persist(&e, WIRE, 0, exe).unwrap(), Persisted::NotSystemd);
+        assert_eq!(persist(&*os, WIRE, 0, exe).unwrap(), Persisted::NotSystemd);
         assert_eq!(runner.lines(), ["firewall-cmd --state"]);
 
         std::fs::create_dir_all(r.join("run/systemd/system")).unwrap();
         std::fs::create_dir_all(r.join("lib/systemd/system")).unwrap();
         let path = r.join("lib/systemd/system/waagent-network-setup.service");
         assert_eq!(
-            persist(&e, WIRE, 0, exe).unwrap(),
+            persist(&*os, WIRE, 0, exe).unwrap(),
             Persisted::Unit {
                 path: path.clone(),
                 changed: true
@@ -228,7 +228,7 @@ mod tests {
         // Enabled and the same: left alone.
         runner.push("systemctl", Output::ok("enabled\n"));
         assert_eq!(
-            persist(&e, WIRE, 0, exe).unwrap(),
+            persist(&*os, WIRE, 0, exe).unwrap(),
             Persisted::Unit {
                 path: path.clone(),
                 changed: false
@@ -240,7 +240,7 @@ mod tests {
         runner.push("systemctl", Output::ok("enabled\n"));
         let other = Ipv4Addr::new(10, 1, 2, 3);
         assert!(matches!(
-            persist(&e, other, 0, exe).unwrap(),
+            persist(&*os, other, 0, exe).unwrap(),
             Persisted::Unit { changed: true, .. }
         ));
         assert!(std::fs::read_to_string(&path)
@@ -251,7 +251,7 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         runner.push("systemctl", Output::failed(1, "x"));
         runner.push("systemctl", Output::failed(1, "Failed to enable unit"));
-        let err = persist(&e, WIRE, 0, exe).unwrap_err().to_string();
+        let err = persist(&*os, WIRE, 0, exe).unwrap_err().to_string();
         assert_eq!(
             err,
             "`systemctl enable waagent-network-setup.service` failed with exit code 1: Failed to enable unit"
@@ -264,9 +264,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let r = d.path();
         let runner = Rc::new(RecordingRunner::new());
-        let e = env(r, Flavour::RedHat, runner.clone());
+        let os = crate::os::for_env(env(r, Flavour::RedHat, runner.clone()));
         std::fs::create_dir_all(r.join("run/systemd/system")).unwrap();
-        let unit = unit_path(&e);
+        let unit = unit_path(&*os).unwrap();
         std::fs::create_dir_all(unit.parent().unwrap()).unwrap();
         std::fs::write(&unit, "old").unwrap();
         runner.push("firewall-cmd", Output::ok("running\n"));
@@ -276,7 +276,7 @@ mod tests {
             runner.push("firewall-cmd", Output::failed(1, "no"));
         }
         assert_eq!(
-            persist(&e, WIRE, 0, Path::new("/usr/sbin/waagent")).unwrap(),
+            persist(&*os, WIRE, 0, Path::new("/usr/sbin/waagent")).unwrap(),
             Persisted::Firewalld(Ensured::Set)
         );
         let direct = "firewall-cmd --permanent --direct";

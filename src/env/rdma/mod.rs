@@ -72,7 +72,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::os::{Cmd, Distro, Env, Flavour, OsUtil, Output};
+use crate::os::{Cmd, Distro, Env, OsUtil, Output};
 use crate::wire::docs::{DocError, SharedConfig};
 use device::{modinfo_version, resolved_module};
 use interface::{ipoib_mac, net_interfaces};
@@ -338,7 +338,7 @@ impl RdmaSetup {
 
     fn start(&mut self, os: &dyn OsUtil, now: Instant) -> Result<Next, RdmaError> {
         let env = os.env();
-        if env.distro.flavour == Flavour::FreeBsd {
+        if !os.supports_rdma() {
             return Err(RdmaError::Unsupported(format!(
                 "RDMA is not supported on {} ({} set): nothing was changed",
                 distro_name(&env.distro),
@@ -608,6 +608,7 @@ fn is_version_token(v: &str) -> bool {
 mod tests {
     use super::testutil::*;
     use super::*;
+    use crate::os::Flavour;
     use std::path::Path;
 
     fn config(text: &str) -> Config {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::*;
 use crate::config::Config;
 use crate::os::testing::write;
+use crate::os::Flavour;
 use crate::os::{for_env, Cmd, Distro, Env, Output, RecordingRunner};
 
 const RESOURCE_ID: &str = "{00000000-0001-8899-0000-000000000000}";
@@ -296,16 +297,27 @@ fn settings_refuse_bad_values_before_anything_runs() {
         assert!(msg.contains(want), "{msg} lacks {want}");
         assert!(f.lines().is_empty(), "{:?}", f.lines());
     }
+    let d = tempfile::tempdir().unwrap();
+    let os = |flavour| {
+        crate::os::for_env(crate::os::testing::env(
+            d.path(),
+            flavour,
+            Rc::new(RecordingRunner::new()),
+        ))
+    };
     for fs in ["ext3", "ext4", "xfs", "btrfs"] {
         let mut c = Config::default();
         c.resource_disk_filesystem = fs.into();
-        assert!(Settings::from_config(&c, Flavour::Suse).is_ok(), "{fs}");
+        assert!(
+            Settings::from_config(&c, &*os(Flavour::Suse)).is_ok(),
+            "{fs}"
+        );
     }
     let mut c = Config::default();
     c.resource_disk_filesystem = "ufs".into();
-    assert!(Settings::from_config(&c, Flavour::FreeBsd).is_ok());
+    assert!(Settings::from_config(&c, &*os(Flavour::FreeBsd)).is_ok());
     let c = Config::default(); // ext3, the shipped default, is not for FreeBSD
-    let err = Settings::from_config(&c, Flavour::FreeBsd).unwrap_err();
+    let err = Settings::from_config(&c, &*os(Flavour::FreeBsd)).unwrap_err();
     assert_eq!(
         err,
         "ResourceDisk.Filesystem=\"ext3\" is not supported on FreeBSD (use one of ufs)"

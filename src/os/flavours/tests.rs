@@ -799,3 +799,70 @@ fn resource_disk_probe_on_freebsd() {
         ]
     );
 }
+
+/// The distro facts the layers above ask instead of naming a flavour, one
+/// row per flavour.
+#[test]
+fn distro_facts_per_flavour() {
+    use crate::os::BootLoader;
+    let grub = |f: &Fixture| match f.os.boot_loader() {
+        BootLoader::Grub { var, regenerate } => format!("{var} {}", regenerate.display()),
+        other => format!("{other:?}"),
+    };
+    let rows = [
+        // flavour, version, boot loader, unit dir, moves rules, sshd writable,
+        // Enabled=n means cloud-init, firewall, rdma, resource disk fs
+        (Flavour::Default, "1", "GRUB_CMDLINE_LINUX grub2-mkconfig -o /boot/grub2/grub.cfg", Some("lib/systemd/system"), true, true, false, true, true, "ext4"),
+        (Flavour::Debian, "12", "GRUB_CMDLINE_LINUX_DEFAULT update-grub", Some("lib/systemd/system"), false, true, false, true, true, "ext4"),
+        (Flavour::Ubuntu, "22.04", "GRUB_CMDLINE_LINUX_DEFAULT update-grub", Some("lib/systemd/system"), false, true, true, true, true, "ext4"),
+        (Flavour::RedHat, "9.2", "GRUB_CMDLINE_LINUX grub2-mkconfig -o /boot/grub2/grub.cfg", Some("usr/lib/systemd/system"), true, true, false, true, true, "xfs"),
+        (Flavour::RedHat, "6.10", "GrubLegacy", Some("usr/lib/systemd/system"), true, true, false, true, true, "ext4"),
+        (Flavour::Suse, "15", "GRUB_CMDLINE_LINUX_DEFAULT grub2-mkconfig -o /boot/grub2/grub.cfg", Some("usr/lib/systemd/system"), true, true, false, true, true, "btrfs"),
+        (Flavour::CoreOs, "3815", "Unsupported(\"CoreOS/Flatcar keep the kernel command line in the OEM partition's grub.cfg; set it in the image\")", Some("etc/systemd/system"), true, false, false, true, true, "ext4"),
+        (Flavour::FreeBsd, "13.2", "LoaderConf", None, false, true, false, false, false, "ufs"),
+    ];
+    for (flavour, version, boot, unit_dir, moves, sshd, cloud_init, firewall, rdma, fs) in rows {
+        let f = fixture(flavour, version, true);
+        let row = format!("{flavour} {version}");
+        assert_eq!(grub(&f), boot, "{row}");
+        assert_eq!(
+            f.os.systemd_unit_dir(),
+            unit_dir.map(|d| f.root.path().join(d)),
+            "{row}"
+        );
+        assert_eq!(f.os.moves_persistent_net_rules(), moves, "{row}");
+        assert_eq!(f.os.sshd_config_writable(), sshd, "{row}");
+        assert_eq!(
+            f.os.provisioning_disabled_means_cloud_init(),
+            cloud_init,
+            "{row}"
+        );
+        assert_eq!(f.os.firewall_unsupported().is_none(), firewall, "{row}");
+        assert_eq!(f.os.supports_rdma(), rdma, "{row}");
+        assert!(f.os.resource_disk_filesystems().contains(&fs), "{row}");
+        assert_eq!(f.os.checks_numa(), flavour != Flavour::FreeBsd, "{row}");
+        assert_eq!(
+            f.os.load_module_cmd("ata_piix").is_some(),
+            flavour != Flavour::FreeBsd,
+            "{row}"
+        );
+        assert_eq!(
+            f.os.scsi_timeout_sysctl(),
+            (flavour == Flavour::FreeBsd).then_some("kern.cam.da.default_timeout"),
+            "{row}"
+        );
+        let extra = f.os.deprovision_extra_files();
+        assert_eq!(
+            extra == [f.root.path().join("etc/machine-id")],
+            flavour == Flavour::CoreOs,
+            "{row}"
+        );
+    }
+    // Image-mode RHEL's /usr is read-only.
+    let f = fixture(Flavour::RedHat, "9.4", true);
+    f.write("/run/ostree-booted", "");
+    assert_eq!(
+        f.os.systemd_unit_dir(),
+        Some(f.root.path().join("etc/systemd/system"))
+    );
+}
