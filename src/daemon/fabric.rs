@@ -128,80 +128,96 @@ impl Daemon {
         }
     }
 
-    /// Steady state: look for a new incarnation, and keep what the
-    /// Extension state needs from its ExtensionsConfig.
-    pub(super) fn poll_goal_state(&mut self) {
+    /// Steady state: look for a new incarnation. Returns the extensions
+    /// goal state now in force: the new incarnation's, else `current`, else
+    /// (after a restart) the saved incarnation's, read from Lib.Dir rather
+    /// than fetched again.
+    pub(super) fn poll_goal_state(
+        &mut self,
+        current: Option<Box<ExtensionGoal>>,
+    ) -> Option<Box<ExtensionGoal>> {
         if self.client.is_none() {
-            match self.connect_quietly() {
+            match self.discovered_client() {
                 Ok(c) => self.client = Some(c),
                 Err(e) => {
                     log::warn!("goal state poll: {e}");
-                    return;
+                    return current;
                 }
             }
         }
-        let Some(client) = self.client.as_mut() else {
-            return;
-        };
+        let client = self.client.as_mut()?;
         match client.update_goal_state(false) {
             Ok(Some(g)) => {
                 log::info!("new goal state: incarnation {}", g.goal_state.incarnation);
-                self.remember_extensions(g.extensions_config.as_ref());
+                self.extension_goal(g.extensions_config.as_ref())
             }
-            Ok(None) if self.status_blob.is_none() => {
-                // A restart: the incarnation is the saved one; read its
-                // ExtensionsConfig from Lib.Dir rather than fetch it again.
+            Ok(None) if current.is_none() => {
                 let saved = client.saved_incarnation().and_then(|inc| {
                     std::fs::read_to_string(self.lib.join(format!("ExtensionsConfig.{inc}.xml")))
                         .ok()
                 });
-                if let Some(text) = saved {
-                    match ExtensionsConfig::parse(&text) {
-                        Ok(ec) => self.remember_extensions(Some(&ec)),
-                        Err(e) => log::warn!("saved {e}"),
+                match saved.map(|text| ExtensionsConfig::parse(&text)) {
+                    Some(Ok(ec)) => self.extension_goal(Some(&ec)),
+                    Some(Err(e)) => {
+                        log::warn!("saved {e}");
+                        None
                     }
+                    None => None,
                 }
             }
-            Ok(None) => {}
-            Err(e) => log::warn!("goal state poll: {e}"),
+            Ok(None) => current,
+            Err(e) => {
+                log::warn!("goal state poll: {e}");
+                current
+            }
         }
     }
 
-    pub(super) fn remember_extensions(&mut self, ec: Option<&ExtensionsConfig>) {
-        self.status_blob = ec.and_then(|e| e.status_upload_blob.clone());
-        self.in_svd_seq_no = ec
-            .and_then(|e| e.in_vm_goal_state_metadata.as_ref())
-            .and_then(|m| m.in_svd_seq_no);
+    /// What the Extension state works on for `ec`: nothing without an
+    /// ExtensionsConfig or a status blob to report to.
+    pub(super) fn extension_goal(
+        &self,
+        ec: Option<&ExtensionsConfig>,
+    ) -> Option<Box<ExtensionGoal>> {
+        let ec = ec?;
         // No handler is run (yet): each is reported as such, never as done.
         let why = match self.config.extensions_enabled {
             true => NotRun::Unsupported,
             false => NotRun::Disabled,
         };
-        self.handler_statuses = ec.map(|e| status::not_run(e, why)).unwrap_or_default();
+        Some(Box::new(ExtensionGoal {
+            status_blob: ec.status_upload_blob.clone()?,
+            in_svd_seq_no: ec
+                .in_vm_goal_state_metadata
+                .as_ref()
+                .and_then(|m| m.in_svd_seq_no),
+            handlers: status::not_run(ec, why),
+        }))
     }
 
     /// The agent's status to the status blob; a failure is logged and the
     /// next period tries again.
-    pub(super) fn upload_status(&mut self) {
-        let (Some(blob), Some(client)) = (self.status_blob.clone(), self.client.as_mut()) else {
-            return;
-        };
+    pub(super) fn upload_status(&mut self, goal: &ExtensionGoal) {
         let distro = &self.os.env().distro;
         let agent = AgentStatus {
             os_name: distro.id.clone(),
             os_version: distro.version.clone(),
             computer_name: self.os.hostname().unwrap_or_default(),
-            in_svd_seq_no: self.in_svd_seq_no,
+            in_svd_seq_no: goal.in_svd_seq_no,
         };
-        let body = aggregate_status(&agent, &self.handler_statuses, std::time::SystemTime::now());
-        match client.upload_status(&blob, body.as_bytes()) {
+        let body = aggregate_status(&agent, &goal.handlers, std::time::SystemTime::now());
+        let Some(client) = self.client.as_mut() else {
+            return;
+        };
+        match client.upload_status(&goal.status_blob, body.as_bytes()) {
             Ok(()) => log::debug!("status uploaded"),
             Err(e) => log::warn!("cannot upload the status blob: {e}"),
         }
     }
 
-    /// A client for an already-provisioned VM (no forced fetch).
-    pub(super) fn connect_quietly(&self) -> Result<WireClient, String> {
+    /// A client for the discovered (or configured) WireServer, for an
+    /// already-provisioned VM: nothing is sent until it is used.
+    pub(super) fn discovered_client(&self) -> Result<WireClient, String> {
         let (ep, _) = self.endpoint()?;
         Ok(self.new_client(ep))
     }

@@ -38,6 +38,7 @@ use crate::wire::client::{ClientOptions, FullGoalState, WireClient};
 use crate::wire::docs::StatusUploadBlob;
 use crate::wire::imds;
 use crate::wire::reports::{Health, SubStatus};
+use crate::wire::status::HandlerStatus;
 
 pub use crate::journal::Journal;
 use environment::Monitors;
@@ -117,6 +118,54 @@ pub enum Job {
     Fail(String),
 }
 
+/// What Boot decides from what it read: the mode, `<lib>/provisioned`
+/// (the instance id it holds), this VM's instance id and whether a Ready
+/// report is journalled (§9.2, §9.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootDecision {
+    /// `Provisioning.Agent=disabled`: report Ready, nothing else.
+    ReportOnly,
+    /// Provisioned and reported for this instance: nothing to do (a reboot).
+    AlreadyDone,
+    /// Provisioned for this instance but no Ready journalled (killed between
+    /// `provisioned` and the report, or upgraded from waagent): report it.
+    ReportReady,
+    /// Provision (waagent or cloud-init, by the mode); `captured` when the
+    /// previous instance's state must be forgotten first.
+    Provision { captured: bool },
+}
+
+/// Boot's decision, without I/O. An empty `provisioned` (waagent 2.2.5
+/// wrote none) or an unknown instance id counts as this instance.
+pub fn boot_decision(
+    mode: Mode,
+    provisioned: Option<&str>,
+    instance: Option<&str>,
+    ready_reported: bool,
+) -> BootDecision {
+    if mode == Mode::Disabled {
+        return BootDecision::ReportOnly;
+    }
+    let Some(saved) = provisioned else {
+        return BootDecision::Provision { captured: false };
+    };
+    let same = saved.is_empty() || instance.is_none() || instance == Some(saved);
+    match (same, ready_reported) {
+        (true, true) => BootDecision::AlreadyDone,
+        (true, false) => BootDecision::ReportReady,
+        (false, _) => BootDecision::Provision { captured: true },
+    }
+}
+
+/// The extensions goal state the Extension state works on: where the status
+/// goes, which goal state it answers, and what it says of each handler.
+#[derive(Debug, Clone)]
+pub struct ExtensionGoal {
+    pub status_blob: StatusUploadBlob,
+    pub in_svd_seq_no: Option<u64>,
+    pub handlers: Vec<HandlerStatus>,
+}
+
 /// The daemon's states.
 #[derive(Debug)]
 pub enum State {
@@ -177,10 +226,14 @@ pub enum State {
     /// been acted on; five minutes with `Extensions.Enabled=n`).
     Steady {
         next_poll: Instant,
+        /// The extensions goal state in force, once one has been read.
+        extensions: Option<Box<ExtensionGoal>>,
     },
     /// Act on the extensions goal state: with no handlers yet, report the
-    /// agent's own status (Ready) to the status blob.
-    Extension,
+    /// agent's status and each handler as not run to the status blob.
+    Extension {
+        goal: Box<ExtensionGoal>,
+    },
     Stopped(i32),
 }
 
@@ -189,7 +242,7 @@ impl State {
     /// Provision (`Provision:User`).
     pub fn crash_point(&self) -> String {
         match self {
-            State::Provision { step, .. } => format!("Provision:{step:?}"),
+            State::Provision { step, .. } => format!("Provision:{}", step.key()),
             other => other.name().to_string(),
         }
     }
@@ -209,7 +262,7 @@ impl State {
             State::ReportReady { .. } => "ReportReady",
             State::ReportFailed { .. } => "ReportFailed",
             State::Steady { .. } => "Steady",
-            State::Extension => "Extension",
+            State::Extension { .. } => "Extension",
             State::Stopped(_) => "Stopped",
         }
     }
@@ -224,12 +277,9 @@ pub struct Daemon {
     imds_base: String,
     timing: Timing,
     journal: Option<Journal>,
-    /// From the newest ExtensionsConfig: where status goes, and which
-    /// extensions goal state it answers.
-    status_blob: Option<StatusUploadBlob>,
-    in_svd_seq_no: Option<u64>,
-    /// What the status blob says of each handler of that ExtensionsConfig.
-    handler_statuses: Vec<crate::wire::status::HandlerStatus>,
+    /// `<lib>/disable_agent` (ProvisionGuestAgent=false): no status is
+    /// uploaded. Read at Boot, set when provisioning writes it.
+    agent_disabled: bool,
     /// The Extension state has acted on a goal state since start: polls go
     /// from `InitialGoalStatePeriod` to `GoalStatePeriod`.
     goal_state_handled: bool,
@@ -253,9 +303,7 @@ impl Daemon {
             imds_base,
             timing,
             journal: None,
-            status_blob: None,
-            in_svd_seq_no: None,
-            handler_statuses: Vec::new(),
+            agent_disabled: false,
             goal_state_handled: false,
             monitors: Monitors::default(),
             clock: Rc::new(SystemClock),
@@ -317,43 +365,46 @@ impl Daemon {
                 self.journal = Some(journal);
                 let mode = self.mode();
                 log::info!("provisioning agent: {mode:?}");
-                if mode == Mode::Disabled {
-                    return State::Connect {
-                        job: Job::ReportOnly,
-                        attempt: 0,
-                    };
-                }
-                if let Some(saved) = self.read_lib(PROVISIONED_FILE) {
-                    let current = self.os.instance_id();
-                    let same = saved.is_empty()
-                        || current.is_none()
-                        || current.as_deref() == Some(saved.as_str());
-                    if same && ready_reported {
-                        log::info!("already provisioned; nothing to report");
-                        return State::Steady {
-                            next_poll: self.clock.now(),
-                        };
-                    }
-                    if same {
-                        // Killed between writing `provisioned` and the Ready
-                        // report (or upgraded from waagent): report it now.
-                        log::info!("provisioned, but no Ready report is journalled; reporting it");
-                        return State::Connect {
-                            job: Job::ReportOnly,
-                            attempt: 0,
-                        };
-                    }
+                let provisioned = self.read_lib(PROVISIONED_FILE);
+                let instance = self.os.instance_id();
+                let decision = boot_decision(
+                    mode,
+                    provisioned.as_deref(),
+                    instance.as_deref(),
+                    ready_reported,
+                );
+                if decision == (BootDecision::Provision { captured: true }) {
                     log::info!(
-                        "provisioned for instance {saved}, but this is {}: a captured image; provisioning again",
-                        current.unwrap_or_default()
+                        "provisioned for instance {}, but this is {}: a captured image; provisioning again",
+                        provisioned.unwrap_or_default(),
+                        instance.unwrap_or_default()
                     );
                     self.forget_previous_instance(mode == Mode::CloudInit);
                 }
-                match mode {
-                    Mode::CloudInit => State::WaitForCloudInit {
-                        since: self.clock.now(),
-                    },
-                    _ => State::ReadMedia,
+                self.agent_disabled = self.lib.join(DISABLE_AGENT_FILE).exists();
+                let report_only = State::Connect {
+                    job: Job::ReportOnly,
+                    attempt: 0,
+                };
+                match decision {
+                    BootDecision::ReportOnly => report_only,
+                    BootDecision::AlreadyDone => {
+                        log::info!("already provisioned; nothing to report");
+                        State::Steady {
+                            next_poll: self.clock.now(),
+                            extensions: None,
+                        }
+                    }
+                    BootDecision::ReportReady => {
+                        log::info!("provisioned, but no Ready report is journalled; reporting it");
+                        report_only
+                    }
+                    BootDecision::Provision { .. } if mode == Mode::CloudInit => {
+                        State::WaitForCloudInit {
+                            since: self.clock.now(),
+                        }
+                    }
+                    BootDecision::Provision { .. } => State::ReadMedia,
                 }
             }
 
@@ -480,10 +531,10 @@ impl Daemon {
                 goal,
                 step,
             } => {
-                let key = format!("{step:?}");
+                let key = step.key();
                 // A step a killed daemon finished is not redone. HostKeys
                 // still runs its check, as Plan needs its fingerprint.
-                let done = self.journal.as_ref().is_some_and(|j| j.step_done(&key));
+                let done = self.journal.as_ref().is_some_and(|j| j.step_done(key));
                 if done && step != Step::HostKeys {
                     log::info!(
                         "provisioning: {} was done before a restart",
@@ -503,7 +554,7 @@ impl Daemon {
                             reason: format!("{}: {e}", step.describe()),
                         };
                     }
-                    if let Some(Err(e)) = self.journal.as_mut().map(|j| j.record_step(&key)) {
+                    if let Some(Err(e)) = self.journal.as_mut().map(|j| j.record_step(key)) {
                         log::warn!("{e}");
                     }
                 }
@@ -559,6 +610,7 @@ impl Daemon {
                     media::eject(&*self.os, &device);
                 }
                 if disable_agent {
+                    self.agent_disabled = true;
                     if let Err(e) = self.write_lib(DISABLE_AGENT_FILE, "", 0o644) {
                         log::warn!("{e}");
                     }
@@ -586,6 +638,7 @@ impl Daemon {
                 }
                 State::Steady {
                     next_poll: self.clock.now() + self.poll_period(),
+                    extensions: None,
                 }
             }
 
@@ -604,10 +657,14 @@ impl Daemon {
                 );
                 State::Steady {
                     next_poll: self.clock.now() + self.poll_period(),
+                    extensions: None,
                 }
             }
 
-            State::Steady { next_poll } => {
+            State::Steady {
+                next_poll,
+                extensions,
+            } => {
                 let wait = next_poll.saturating_duration_since(self.clock.now());
                 if !self.clock.sleep(wait) {
                     return State::Stopped(0);
@@ -615,24 +672,25 @@ impl Daemon {
                 if self.manages_environment() {
                     self.run_monitors();
                 }
-                self.poll_goal_state();
+                let extensions = self.poll_goal_state(extensions);
                 if self.manages_environment() {
                     self.set_up_rdma();
                 }
-                if self.status_blob.is_some() && !self.lib.join(DISABLE_AGENT_FILE).exists() {
-                    State::Extension
-                } else {
-                    State::Steady {
+                match extensions {
+                    Some(goal) if !self.agent_disabled => State::Extension { goal },
+                    extensions => State::Steady {
                         next_poll: self.clock.now() + self.poll_period(),
-                    }
+                        extensions,
+                    },
                 }
             }
 
-            State::Extension => {
-                self.upload_status();
+            State::Extension { goal } => {
+                self.upload_status(&goal);
                 self.goal_state_handled = true;
                 State::Steady {
                     next_poll: self.clock.now() + self.poll_period(),
+                    extensions: Some(goal),
                 }
             }
 

@@ -51,6 +51,25 @@ impl Step {
         Step::ALL.get(i + 1).copied()
     }
 
+    /// The step's name in the journal and the crash hook: fixed strings,
+    /// never derived from the variant's name, so a journal written before
+    /// an upgrade that renames a variant still resumes.
+    pub fn key(self) -> &'static str {
+        match self {
+            Step::HostName => "HostName",
+            Step::User => "User",
+            Step::Password => "Password",
+            Step::Sudoers => "Sudoers",
+            Step::SshdConfig => "SshdConfig",
+            Step::PublicKeys => "PublicKeys",
+            Step::KeyPairs => "KeyPairs",
+            Step::CustomData => "CustomData",
+            Step::RootPassword => "RootPassword",
+            Step::HostKeys => "HostKeys",
+            Step::RestartSshd => "RestartSshd",
+        }
+    }
+
     /// What the step does, for logs and failure descriptions.
     pub fn describe(self) -> &'static str {
         match self {

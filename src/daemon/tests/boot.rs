@@ -619,3 +619,107 @@ fn the_media_is_ejected_only_once_provisioned_is_written_so_a_restart_can_read_i
     assert_eq!(*ejected_after_provisioned.borrow(), [true]);
     assert!(!v.path("mnt/cdrom/secure/ovf-env.xml").exists());
 }
+
+#[test]
+fn boot_decides_from_what_it_read() {
+    use BootDecision::*;
+    let this = Some("e2e7bfc4-2deb-4e4a-8615-ea6aaf50162e");
+    let other = Some("00000000-1111-2222-3333-444444444444");
+    // mode, <lib>/provisioned, this VM's instance id, Ready journalled → decision
+    let rows = [
+        (Mode::Disabled, None, this, false, ReportOnly),
+        (Mode::Disabled, this, this, true, ReportOnly),
+        (
+            Mode::Waagent,
+            None,
+            this,
+            false,
+            Provision { captured: false },
+        ),
+        (
+            Mode::CloudInit,
+            None,
+            this,
+            true,
+            Provision { captured: false },
+        ),
+        (Mode::Waagent, this, this, true, AlreadyDone),
+        (Mode::Waagent, this, this, false, ReportReady),
+        // waagent 2.2.5 wrote an empty file; an unknown id cannot differ.
+        (Mode::Waagent, Some(""), this, true, AlreadyDone),
+        (Mode::Waagent, this, None, false, ReportReady),
+        // A captured image, whatever the journal says.
+        (
+            Mode::Waagent,
+            other,
+            this,
+            true,
+            Provision { captured: true },
+        ),
+        (
+            Mode::CloudInit,
+            other,
+            this,
+            false,
+            Provision { captured: true },
+        ),
+    ];
+    for (mode, provisioned, instance, ready, want) in rows {
+        assert_eq!(
+            boot_decision(mode, provisioned, instance, ready),
+            want,
+            "{mode:?} {provisioned:?} {instance:?} {ready}"
+        );
+    }
+}
+
+#[test]
+fn a_journal_written_by_the_previous_format_resumes_without_redoing_its_steps() {
+    // The keys are part of the on-disk format: never to change.
+    assert_eq!(
+        Step::ALL.map(Step::key),
+        [
+            "HostName",
+            "User",
+            "Password",
+            "Sudoers",
+            "SshdConfig",
+            "PublicKeys",
+            "KeyPairs",
+            "CustomData",
+            "RootPassword",
+            "HostKeys",
+            "RestartSshd"
+        ]
+    );
+    let v = vm(Some(&full_ovf()), ProvisioningAgent::Waagent);
+    // Exactly what e903d89 wrote after its first four steps.
+    write(
+        &v.path("var/lib/waagent/waagent-rs.journal"),
+        r#"{"provisioning":"azureuser@web-01.contoso.internal","readyReported":null,"stepsDone":["HostName","User","Password","Sudoers"]}
+"#,
+    );
+    let passwd = v.read("etc/passwd")
+        + &format!(
+            "azureuser:x:{uid}:{uid}::{}:/bin/sh\n",
+            v.path("home/azureuser").display(),
+            uid = test_uid()
+        );
+    write(&v.path("etc/passwd"), &passwd);
+    std::fs::create_dir_all(v.path("home/azureuser")).unwrap();
+    let mut d = v.daemon();
+    v.run_until(&mut d, "Steady");
+    assert_eq!(health(&v.sim).last().map(String::as_str), Some("Ready"));
+    let lines = v.runner.lines();
+    for done in ["hostname ", "useradd ", "chpasswd "] {
+        assert!(
+            !lines.iter().any(|l| l.starts_with(done)),
+            "{done} redone: {lines:?}"
+        );
+    }
+    assert!(!v.path("etc/sudoers.d/waagent").exists(), "Sudoers redone");
+    // The steps after them did run.
+    assert!(v
+        .read("home/azureuser/.ssh/authorized_keys")
+        .contains("ssh-"));
+}

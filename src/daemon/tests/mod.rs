@@ -219,7 +219,7 @@ fn health(sim: &FabricSim) -> Vec<String> {
 fn provision_steps() -> Vec<String> {
     Step::ALL
         .iter()
-        .map(|s| format!("Provision:{s:?}"))
+        .map(|s| format!("Provision:{}", s.key()))
         .collect()
 }
 
