@@ -4,8 +4,9 @@
 
 use std::fmt;
 
-/// Largest response body accepted; the fabric's documents are kilobytes and
-/// extension packages go to disk through a separate path.
+/// Largest response body accepted, held in memory: the fabric's documents
+/// are kilobytes. (Nothing larger is fetched yet; extension packages, when
+/// they come, must be streamed to disk instead.)
 pub const MAX_RESPONSE_BYTES: usize = 16 << 20;
 
 /// An HTTP response: status, headers (lower-case names), body.
