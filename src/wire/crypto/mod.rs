@@ -1233,14 +1233,14 @@ mod tests {
     use crate::os::runner::{RecordingRunner, RunError};
     use std::os::unix::fs::MetadataExt;
 
-    const TRANSPORT_CERT: &str = include_str!("../../test-data/certs/TransportCert.pem");
-    const TRANSPORT_KEY: &str = include_str!("../../test-data/certs/TransportPrivate.pem");
-    const TENANT_CERT: &str = include_str!("../../test-data/certs/tenant.crt");
-    const TENANT_KEY: &str = include_str!("../../test-data/certs/tenant.key");
-    const TENANT_SSH: &str = include_str!("../../test-data/certs/tenant.ssh.pub");
-    const EXTRA_CERT: &str = include_str!("../../test-data/certs/extra.crt");
-    const EC_CERT: &str = include_str!("../../test-data/certs/ec.crt");
-    const EC_KEY: &str = include_str!("../../test-data/certs/ec.key");
+    const TRANSPORT_CERT: &str = include_str!("../../../test-data/certs/TransportCert.pem");
+    const TRANSPORT_KEY: &str = include_str!("../../../test-data/certs/TransportPrivate.pem");
+    const TENANT_CERT: &str = include_str!("../../../test-data/certs/tenant.crt");
+    const TENANT_KEY: &str = include_str!("../../../test-data/certs/tenant.key");
+    const TENANT_SSH: &str = include_str!("../../../test-data/certs/tenant.ssh.pub");
+    const EXTRA_CERT: &str = include_str!("../../../test-data/certs/extra.crt");
+    const EC_CERT: &str = include_str!("../../../test-data/certs/ec.crt");
+    const EC_KEY: &str = include_str!("../../../test-data/certs/ec.key");
     const TENANT: &str = "F00305206ABF9DAFCEBFE9A1CB2E6B9FFF18FC69";
     const EXTRA: &str = "F88526F7384E4488FDCB8C090F8F3CB8C15A5435";
     const EC: &str = "444CD352546B2FBAAC63341802F2A590C83C8DDE";
