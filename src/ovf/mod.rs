@@ -605,9 +605,9 @@ fn find_close(xml: &str, from: usize) -> Option<(usize, usize)> {
 mod tests {
     use super::*;
 
-    const FULL: &str = include_str!("../test-data/ovf/full.xml");
-    const NO_PASSWORD: &str = include_str!("../test-data/ovf/no-password.xml");
-    const MINIMAL: &str = include_str!("../test-data/ovf/minimal.xml");
+    const FULL: &str = include_str!("../../test-data/ovf/full.xml");
+    const NO_PASSWORD: &str = include_str!("../../test-data/ovf/no-password.xml");
+    const MINIMAL: &str = include_str!("../../test-data/ovf/minimal.xml");
     const FULL_PASSWORD: &str = "Sup3r$ecret P@ss & m\u{e1}s <x>";
     const TENANT: &str = "F00305206ABF9DAFCEBFE9A1CB2E6B9FFF18FC69";
     const SET: &str = "/Environment/ProvisioningSection/LinuxProvisioningConfigurationSet";
@@ -774,36 +774,36 @@ mod tests {
     fn bad_fixtures_fail_with_exact_messages() {
         let cases: &[(&str, String)] = &[
             (
-                include_str!("../test-data/ovf/bad-no-username.xml"),
+                include_str!("../../test-data/ovf/bad-no-username.xml"),
                 format!("ovf-env.xml: {SET}/UserName: missing"),
             ),
             (
-                include_str!("../test-data/ovf/bad-root.xml"),
+                include_str!("../../test-data/ovf/bad-root.xml"),
                 format!("ovf-env.xml: {SET}/UserName: refusing to provision the root account"),
             ),
             (
-                include_str!("../test-data/ovf/bad-user-semicolon.xml"),
+                include_str!("../../test-data/ovf/bad-user-semicolon.xml"),
                 format!(
                     "ovf-env.xml: {SET}/UserName: \"us;er\" is not a valid user name: it must \
                      start with a letter or '_' and hold only letters, digits, '_' and '-'"
                 ),
             ),
             (
-                include_str!("../test-data/ovf/bad-user-dotdot.xml"),
+                include_str!("../../test-data/ovf/bad-user-dotdot.xml"),
                 format!(
                     "ovf-env.xml: {SET}/UserName: \"../x\" is not a valid user name: it must \
                      start with a letter or '_' and hold only letters, digits, '_' and '-'"
                 ),
             ),
             (
-                include_str!("../test-data/ovf/bad-user-too-long.xml"),
+                include_str!("../../test-data/ovf/bad-user-too-long.xml"),
                 format!(
                     "ovf-env.xml: {SET}/UserName: user name is 33 characters long; \
                      at most 32 are allowed"
                 ),
             ),
             (
-                include_str!("../test-data/ovf/bad-key-path.xml"),
+                include_str!("../../test-data/ovf/bad-key-path.xml"),
                 format!(
                     "ovf-env.xml: {SET}/SSH/PublicKeys/PublicKey[1]/Path: key path \
                      \"$HOME/../../etc/shadow\" is outside the user's home directory \
@@ -811,7 +811,7 @@ mod tests {
                 ),
             ),
             (
-                include_str!("../test-data/ovf/bad-fingerprint.xml"),
+                include_str!("../../test-data/ovf/bad-fingerprint.xml"),
                 format!(
                     "ovf-env.xml: {SET}/SSH/KeyPairs/KeyPair[1]/Fingerprint: \
                      \"../../etc/ssh/ssh_host_rsa_key\" is not a certificate fingerprint \
@@ -819,14 +819,14 @@ mod tests {
                 ),
             ),
             (
-                include_str!("../test-data/ovf/bad-hostname.xml"),
+                include_str!("../../test-data/ovf/bad-hostname.xml"),
                 format!(
                     "ovf-env.xml: {SET}/HostName: \"web_01;reboot\" is not a valid host name: \
                      only letters, digits, '-' and '.' are allowed"
                 ),
             ),
             (
-                include_str!("../test-data/ovf/bad-malformed.xml"),
+                include_str!("../../test-data/ovf/bad-malformed.xml"),
                 format!(
                     "ovf-env.xml: {SET}/UserName: end tag </UserNam> does not match <UserName>"
                 ),
