@@ -1,4 +1,4 @@
-//! The PEM and DER readers of `wire/crypto.rs`: the Certificates bundle
+//! The PEM and DER readers of `wire/crypto/`: the Certificates bundle
 //! openssl decrypts from the fabric's blob, and certificate files.
 //!
 //! `certificates_pem` mutates PEM text; `certificates_der` mutates the DER

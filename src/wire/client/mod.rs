@@ -1,0 +1,197 @@
+//! The WireServer and HostGAPlugin client (§4, §5, §11 of the protocol notes).
+//!
+//! Blocking, one request at a time. Every call has a timeout and a bounded
+//! response; retries follow the current agent (§4.3): connection errors and
+//! 205/206/403/429/500/501/502/503/504/507 are retried with Fibonacci
+//! back-off, the throttling answers (403, 429, 503) switch to a fixed short
+//! delay with a larger budget, and 410 Gone is never retried here — the goal
+//! state is fetched again instead. The WireServer is always reached directly,
+//! never through `HttpProxy.*`.
+//!
+//! One file per endpoint: `wireserver.rs` (versions, the goal state and its
+//! documents, health, role properties), `hostplugin.rs` (the HostGAPlugin),
+//! `storage.rs` (the status blob, directly to storage); `retry.rs` is the
+//! retry loop every call goes through. This file holds the client and its
+//! error.
+
+mod hostplugin;
+mod retry;
+mod storage;
+mod wireserver;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use crate::clock::{Clock, SystemClock};
+use crate::http::HttpError;
+use crate::wire::crypto::{CryptoError, Openssl, TransportCert};
+use crate::wire::endpoint::Endpoint;
+use crate::xml::DocError;
+
+pub use hostplugin::HOSTPLUGIN_API_VERSION;
+pub use retry::RetryPolicy;
+pub use storage::STORAGE_API_VERSION;
+pub use wireserver::{report_target, FullGoalState, WIRE_PROTOCOL_VERSION};
+
+/// Fabric documents are kilobytes; a few MiB means something is wrong.
+pub const MAX_DOCUMENT_BYTES: usize = 4 << 20;
+
+/// Why a fabric call failed.
+#[derive(Debug)]
+pub enum WireError {
+    /// Could not talk to the server at all (refused, reset, timed out, too big).
+    Transport(HttpError),
+    /// The server answered with a status that is not success.
+    Status {
+        url: String,
+        status: u16,
+        body: String,
+    },
+    /// 410 Gone: the goal state moved on; fetch it again.
+    Gone {
+        url: String,
+    },
+    /// Retries used up; `last` is the final failure.
+    Exhausted {
+        url: String,
+        attempts: u32,
+        last: Box<WireError>,
+    },
+    /// The server does not speak our protocol version.
+    UnsupportedVersion {
+        offered: Vec<String>,
+    },
+    /// A document did not parse.
+    Document(DocError),
+    /// A goal state lacks something this call needs.
+    Missing(String),
+    Crypto(CryptoError),
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl WireError {
+    fn is_gone(&self) -> bool {
+        matches!(self, WireError::Gone { .. })
+    }
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WireError::Transport(e) => write!(f, "{}", crate::redact::redact_url(&e.to_string())),
+            WireError::Status { url, status, body } => {
+                write!(f, "{}: HTTP {status}", crate::redact::redact_url(url))?;
+                let body = body.trim();
+                if !body.is_empty() {
+                    let short: String = body.chars().take(200).collect();
+                    write!(f, ": {short}")?;
+                }
+                Ok(())
+            }
+            WireError::Gone { url } => write!(
+                f,
+                "{}: HTTP 410 (goal state is stale)",
+                crate::redact::redact_url(url)
+            ),
+            WireError::Exhausted { attempts, last, .. } => {
+                write!(f, "{last} (gave up after {attempts} attempts)")
+            }
+            WireError::UnsupportedVersion { offered } => write!(
+                f,
+                "the WireServer does not support protocol {WIRE_PROTOCOL_VERSION} (it offers {})",
+                offered.join(", ")
+            ),
+            WireError::Document(e) => e.fmt(f),
+            WireError::Missing(what) => f.write_str(what),
+            WireError::Crypto(e) => e.fmt(f),
+            WireError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for WireError {}
+
+impl From<DocError> for WireError {
+    fn from(e: DocError) -> Self {
+        WireError::Document(e)
+    }
+}
+
+impl From<CryptoError> for WireError {
+    fn from(e: CryptoError) -> Self {
+        WireError::Crypto(e)
+    }
+}
+
+/// Settings of a [`WireClient`].
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Per-request socket timeout, in seconds (waagent: 10).
+    pub timeout_secs: u64,
+    pub retry: RetryPolicy,
+    pub health_retry: RetryPolicy,
+    /// `http://host:port` for storage traffic (`HttpProxy.Host/Port`, or the
+    /// environment's proxy); never used for the WireServer or HostGAPlugin.
+    pub storage_proxy: Option<String>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout_secs: 10,
+            retry: RetryPolicy::fabric(),
+            health_retry: RetryPolicy::health(),
+            storage_proxy: None,
+        }
+    }
+}
+
+/// The agent's connection to the fabric.
+pub struct WireClient {
+    endpoint: Endpoint,
+    lib_dir: PathBuf,
+    openssl: Openssl,
+    options: ClientOptions,
+    transport: Option<TransportCert>,
+    /// From the latest goal state, for HostGAPlugin headers.
+    container_id: Option<String>,
+    role_config_name: Option<String>,
+    /// Waits between retries; a virtual clock in the daemon's tests.
+    clock: Rc<dyn Clock>,
+    user_agent: String,
+}
+
+impl WireClient {
+    pub fn new(
+        endpoint: Endpoint,
+        lib_dir: &Path,
+        openssl: Openssl,
+        options: ClientOptions,
+    ) -> Self {
+        WireClient {
+            endpoint,
+            lib_dir: lib_dir.to_path_buf(),
+            openssl,
+            options,
+            transport: None,
+            container_id: None,
+            role_config_name: None,
+            clock: Rc::new(SystemClock),
+            user_agent: format!("{}/{}", crate::AGENT_NAME, crate::VERSION),
+        }
+    }
+
+    /// Waits on `clock` instead of the system's.
+    pub fn with_clock(mut self, clock: Rc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}

@@ -1,0 +1,205 @@
+//! The retry loop every fabric call goes through (§4.3): Fibonacci back-off,
+//! throttling, 410 handed back to the caller, all bounded by a [`RetryPolicy`].
+
+use std::time::Duration;
+
+use super::{WireClient, WireError, MAX_DOCUMENT_BYTES};
+use crate::http::{self, Request, Response};
+
+/// How often and how patiently a request is retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts for errors that are not throttling.
+    pub attempts: u32,
+    /// Back-off unit: the n-th retry waits `delay × Fibonacci(n + 1)`.
+    pub delay: Duration,
+    /// Attempts once the server has throttled us (403, 429, 503).
+    pub throttled_attempts: u32,
+    /// Fixed wait between throttled attempts.
+    pub throttled_delay: Duration,
+    /// No retry starts after this much time since the first attempt.
+    pub deadline: Duration,
+    /// Wait between goal-state requests that lack a RoleInstance.
+    pub no_role_instance_delay: Duration,
+}
+
+impl RetryPolicy {
+    /// WireServer and HostGAPlugin calls: 6 attempts, 2+3+5+8+13 s apart;
+    /// throttled: 25 attempts 1 s apart; nothing starts after 5 minutes.
+    pub fn fabric() -> Self {
+        RetryPolicy {
+            attempts: 6,
+            delay: Duration::from_secs(1),
+            throttled_attempts: 25,
+            throttled_delay: Duration::from_secs(1),
+            deadline: Duration::from_secs(300),
+            no_role_instance_delay: Duration::from_millis(500),
+        }
+    }
+
+    /// Health reports: the current agent's 30 attempts, 15 s unit.
+    pub fn health() -> Self {
+        RetryPolicy {
+            attempts: 30,
+            delay: Duration::from_secs(15),
+            deadline: Duration::from_secs(1800),
+            ..Self::fabric()
+        }
+    }
+
+    fn backoff(&self, retry: u32) -> Duration {
+        let (mut a, mut b) = (1u32, 1u32);
+        for _ in 0..=retry {
+            (a, b) = (b, a.saturating_add(b));
+        }
+        self.delay.saturating_mul(a)
+    }
+}
+
+/// Statuses worth another attempt (§4.3).
+fn retryable(status: u16) -> bool {
+    matches!(
+        status,
+        205 | 206 | 403 | 429 | 500 | 501 | 502 | 503 | 504 | 507
+    )
+}
+
+fn throttled(status: u16) -> bool {
+    matches!(status, 403 | 429 | 503)
+}
+
+/// A request as the retry loop sees it.
+pub(super) struct Call<'a> {
+    pub(super) method: &'a str,
+    pub(super) url: &'a str,
+    pub(super) headers: Vec<(&'a str, String)>,
+    pub(super) body: Option<&'a [u8]>,
+    /// Statuses that count as success.
+    pub(super) ok: &'a [u16],
+    pub(super) retry: &'a RetryPolicy,
+    /// Extra statuses retried for this call (HostGAPlugin artifact warm-up: 400).
+    pub(super) also_retry: &'a [u16],
+    /// Storage calls only: `HttpProxy.*`.
+    pub(super) proxy: Option<&'a str>,
+}
+
+impl<'a> Call<'a> {
+    /// The common case: no headers or body, 200 is success, the retry
+    /// policy given, no extra retries, no proxy.
+    pub(super) fn new(method: &'a str, url: &'a str, retry: &'a RetryPolicy) -> Self {
+        Call {
+            method,
+            url,
+            headers: Vec::new(),
+            body: None,
+            ok: &[200],
+            retry,
+            also_retry: &[],
+            proxy: None,
+        }
+    }
+}
+
+impl WireClient {
+    /// One logical request with retries. Returns the successful response.
+    pub(super) fn execute(&self, call: &Call<'_>) -> Result<Response, WireError> {
+        let started = self.clock.now();
+        let mut attempts = 0u32;
+        let mut budget = call.retry.attempts.max(1);
+        let mut throttled_mode = false;
+        let shown = crate::redact::redact_url(call.url);
+        loop {
+            attempts += 1;
+            let headers: Vec<(&str, &str)> = call
+                .headers
+                .iter()
+                .map(|(k, v)| (*k, v.as_str()))
+                .chain([
+                    ("User-Agent", self.user_agent.as_str()),
+                    ("Connection", "close"),
+                ])
+                .collect();
+            let result = http::send(&Request {
+                method: call.method,
+                url: call.url,
+                headers: &headers,
+                body: call.body,
+                timeout_secs: self.options.timeout_secs,
+                max_body: MAX_DOCUMENT_BYTES,
+                proxy: call.proxy,
+            });
+            let failure = match result {
+                Ok(r) if call.ok.contains(&r.status) => return Ok(r),
+                Ok(r) if r.status == 410 => {
+                    return Err(WireError::Gone {
+                        url: call.url.to_string(),
+                    })
+                }
+                Ok(r) => {
+                    let status = r.status;
+                    let err = WireError::Status {
+                        url: call.url.to_string(),
+                        status,
+                        body: String::from_utf8_lossy(&r.body).into_owned(),
+                    };
+                    if !retryable(status) && !call.also_retry.contains(&status) {
+                        return Err(err);
+                    }
+                    if throttled(status) && !throttled_mode {
+                        throttled_mode = true;
+                        budget = budget.max(call.retry.throttled_attempts);
+                    }
+                    err
+                }
+                Err(e) => WireError::Transport(e),
+            };
+            let wait = if throttled_mode {
+                call.retry.throttled_delay
+            } else {
+                call.retry.backoff(attempts)
+            };
+            let spent = self.clock.now().saturating_duration_since(started);
+            let out_of_budget = attempts >= budget || spent + wait > call.retry.deadline;
+            if !out_of_budget {
+                // Debug only: the caller logs the outcome once, so a fabric
+                // that is down for minutes does not flood the log.
+                log::debug!(
+                    "{} {shown}: {failure}; retrying in {wait:?} (attempt {attempts} of {budget})",
+                    call.method
+                );
+            }
+            // A stop request during the wait ends the retries too.
+            if out_of_budget || !self.clock.sleep(wait) {
+                return Err(WireError::Exhausted {
+                    url: call.url.to_string(),
+                    attempts,
+                    last: Box::new(failure),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fibonacci_backoff() {
+        let p = RetryPolicy::fabric();
+        let waits: Vec<u64> = (1..6).map(|n| p.backoff(n).as_secs()).collect();
+        assert_eq!(waits, vec![2, 3, 5, 8, 13]);
+        assert_eq!(RetryPolicy::health().backoff(1).as_secs(), 30);
+    }
+
+    #[test]
+    fn retry_classes() {
+        for s in [205, 206, 403, 429, 500, 501, 502, 503, 504, 507] {
+            assert!(retryable(s), "{s}");
+        }
+        for s in [200, 400, 404, 410] {
+            assert!(!retryable(s), "{s}");
+        }
+        assert!(throttled(429) && throttled(403) && throttled(503) && !throttled(500));
+    }
+}
