@@ -16,8 +16,10 @@
 //! This file holds the states and the one `match`; the work they call is
 //! beside it: `provisioning.rs` (the Plan and its Steps), `fabric.rs` (the
 //! WireServer client, reports, the status blob), `environment.rs` (the
-//! boot-time set-up and the steady state's monitors), `journal.rs` (what
-//! survives a crash) and `signals.rs` (SIGTERM).
+//! boot-time set-up and the steady state's monitors), `signals.rs`
+//! (SIGTERM); the journal is `crate::journal`. It is over 600 lines because
+//! the state machine is read as one: every state, every transition, and the
+//! pure Boot decision that picks the first one.
 
 mod environment;
 mod fabric;

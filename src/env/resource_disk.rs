@@ -10,7 +10,10 @@
 //! fresh resource disk (waagent formats over it too).
 //!
 //! What to do given what is there is decided by pure functions
-//! (`decide_*`), tested apart from the commands that find out and act.
+//! (`decide_*`), tested apart from the commands that find out and act. One
+//! file (over 600 lines) because activation is one ordered sequence — find,
+//! partition, format, mount, swap — whose rules and actions read together;
+//! the tests are in `resource_disk/tests.rs`.
 
 use std::fmt;
 use std::fs::{self, OpenOptions, Permissions};

@@ -136,7 +136,7 @@ fn owner_of(user: &PasswdEntry) -> Owner {
 const MAX_KEY_FILE: u64 = 1 << 20;
 
 /// The directory of `path` (which lies in `{home_dir}/{user}`, checked in
-/// Plan), reached through descriptors from that base; see [`userfs`].
+/// Plan), reached through descriptors from that base; see [`crate::userfs`].
 fn open_dir_of(
     path: &Path,
     home_dir: &Path,

@@ -6,7 +6,9 @@
 //! state from templates, encrypts the Certificates document at request time
 //! to the transport certificate the agent sent, records every request,
 //! parses the health reports and status uploads it receives, can move to a
-//! new incarnation, and misbehaves on request (see [`Fault`]).
+//! new incarnation, and misbehaves on request (see [`Fault`]). Test support
+//! only, never in `waagent`; one file for the fabric's state and its routes,
+//! which read together, with the HTTP server and certificates beside it.
 
 pub mod certs;
 pub mod server;

@@ -34,7 +34,7 @@
 //! is up (firewalld's permanent rules or `waagent-network-setup.service`,
 //! submodule `persist`, [`persist()`]).
 //!
-//! Every command goes through the [`Env`]'s runner; decisions (which rules,
+//! Every command goes through the [`Env`](crate::os::Env)'s runner; decisions (which rules,
 //! what their state means, the unit's text) are pure functions.
 //!
 //! This file holds the rules, the choice of tool and the outcomes; the
