@@ -561,7 +561,7 @@ mod tests {
     }
 
     /// Every option's code default, as -show-configuration prints it: this is
-    /// the table of §17.2 of the protocol reference.
+    /// the table of §17.2 of PROTOCOL.md.
     #[test]
     fn every_default() {
         let expected: &[(&str, &str)] = &[

@@ -2,7 +2,8 @@
 //! compatible with the Microsoft Azure Linux Agent (`waagent`).
 //!
 //! The binary (`src/main.rs`) is a thin shell over this library, so the
-//! integration tests in `tests/` drive the same code.
+//! integration tests in `tests/` drive the same code. Comments cite the
+//! protocol as `§n.n`: the sections of `PROTOCOL.md`, beside this crate.
 
 pub mod cli;
 pub mod clock;

@@ -1,5 +1,5 @@
-//! Certificates and keys end to end with the real openssl (§7 of the
-//! protocol notes): our committed fixtures, every transport-key/blob pair of
+//! Certificates and keys end to end with the real openssl (§7 of
+//! PROTOCOL.md): our committed fixtures, every transport-key/blob pair of
 //! the upstream samples, transport-certificate generation, a round trip
 //! through the simulator's encryption, and refusals of bad input.
 

@@ -1,5 +1,5 @@
 //! The shipped conf/ files parse cleanly and differ from the generic file
-//! exactly as §17.3 of the protocol notes says each distro's does.
+//! exactly as §17.3 of PROTOCOL.md says each distro's does.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -733,7 +733,7 @@ impl Daemon {
         }
     }
 
-    /// The wait between goal-state polls (§18 timers table).
+    /// The wait between goal-state polls (§15 timers table).
     fn poll_period(&self) -> Duration {
         let c = &self.config;
         let secs = if !c.extensions_enabled {

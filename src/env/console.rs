@@ -1,8 +1,8 @@
 //! The kernel command line in the boot loader's configuration: waagent 2.0's
 //! `-serialconsole` (`console=ttyS0 earlyprintk=ttyS0`, so Azure's boot
 //! diagnostics and serial console see the boot) and the `numa=off`
-//! workaround of old kernels ([`super::kernel`]) (§16, §18.9 of the protocol
-//! notes).
+//! workaround of old kernels ([`super::kernel`]) (§16, §18.9 of PROTOCOL.md).
+//!
 //!
 //! Where the command line lives differs by distro:
 //!

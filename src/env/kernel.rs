@@ -1,5 +1,5 @@
-//! Kernel settings the agent keeps right on Azure (§18.3, §18.9 of the
-//! protocol notes): the SCSI command timeout of the disks, the Hyper-V
+//! Kernel settings the agent keeps right on Azure (§18.3, §18.9 of
+//! PROTOCOL.md): the SCSI command timeout of the disks, the Hyper-V
 //! entropy seed, and the `numa=off` workaround of old kernels.
 
 use std::fs;

@@ -1,5 +1,5 @@
 //! The VM's environment beyond provisioning: what the daemon sets up on every
-//! boot from `waagent.conf` (§19 of the protocol notes), each a module that
+//! boot from `waagent.conf` (§15, §18, §19 of PROTOCOL.md), each a module that
 //! checks before it acts, so a reboot or a restarted daemon changes nothing
 //! that is already right. Failures are reported to the caller, which logs them
 //! and carries on: a VM without these still provisions.

@@ -1,5 +1,5 @@
-//! The network pieces the agent keeps in place (§3.4, §15, §18.4 of the
-//! protocol notes): the host route to the WireServer, the udev rules that
+//! The network pieces the agent keeps in place (§3.4, §15, §18.4 of
+//! PROTOCOL.md): the host route to the WireServer, the udev rules that
 //! would rename `eth0` in a VM made from an image, and the DHCP client
 //! monitor that says when those routes must be put back.
 

@@ -1,4 +1,4 @@
-//! System Center Virtual Machine Manager (§18.8 of the protocol notes).
+//! System Center Virtual Machine Manager (§18.8 of PROTOCOL.md).
 //!
 //! A VM deployed by SCVMM rather than Azure gets a DVD with
 //! `linuxosconfiguration.xml` and VMM's own `install` script instead of

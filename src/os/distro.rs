@@ -1,5 +1,5 @@
 //! Which operating system this is, from `/etc/os-release` or `uname`, and
-//! which [`Flavour`] of system actions it gets (§18.1 of the protocol notes).
+//! which [`Flavour`] of system actions it gets (§18.1 of PROTOCOL.md).
 
 use std::fmt;
 use std::path::Path;

@@ -1,5 +1,5 @@
 //! The per-distro flavours: each overrides only what differs from the
-//! generic Linux defaults of [`OsUtil`] (§18.2 of the protocol notes).
+//! generic Linux defaults of [`OsUtil`] (§18.2 of PROTOCOL.md).
 //!
 //! Every flavour is here, side by side (over 600 lines), so what each
 //! distro does differently reads in one place; their command tables are

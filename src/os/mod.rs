@@ -3,7 +3,7 @@
 //!
 //! The trait's default methods are the generic Linux behaviour; each
 //! [`Flavour`] is a thin struct overriding only what its distro does
-//! differently (§18.2 of the protocol notes). The flavour is picked at run
+//! differently (§18.2 of PROTOCOL.md). The flavour is picked at run
 //! time from the detected [`Distro`], so every flavour — FreeBSD included —
 //! compiles, and is tested, on Linux.
 //!

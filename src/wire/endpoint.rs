@@ -1,4 +1,4 @@
-//! Where the WireServer is (§3 of the protocol notes).
+//! Where the WireServer is (§3 of PROTOCOL.md).
 //!
 //! Order, as the current agent does it: the address cached in
 //! `<lib>/WireServerEndpoint` by an earlier successful probe; DHCP option 245

@@ -1,4 +1,4 @@
-//! The Instance Metadata Service (§20 of the protocol notes): today's Azure
+//! The Instance Metadata Service (§20 of PROTOCOL.md): today's Azure
 //! puts the VM's SSH public keys here (and inline in ovf-env.xml) rather
 //! than reliably in the Certificates document, so provisioning reads them
 //! from all three. Reached directly at 169.254.169.254, never via a proxy;

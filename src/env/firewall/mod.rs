@@ -1,5 +1,5 @@
-//! The WireServer firewall (`OS.EnableFirewall`, §18.6 of the protocol
-//! notes): only root may open TCP connections to the WireServer.
+//! The WireServer firewall (`OS.EnableFirewall`, §18.6 of PROTOCOL.md):
+//! only root may open TCP connections to the WireServer.
 //!
 //! Why: the WireServer answers anyone on the VM, and what it serves (the
 //! goal state, certificates wrapped for the agent, extension settings) is

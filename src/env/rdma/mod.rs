@@ -1,4 +1,4 @@
-//! RDMA on HPC sizes (§18.5 of the protocol notes): what waagent does for
+//! RDMA on HPC sizes (§18.5 of PROTOCOL.md): what waagent does for
 //! `OS.EnableRDMA`, `OS.UpdateRdmaDriver` and `OS.CheckRdmaDriver`, done
 //! without blocking the single-threaded daemon.
 //!

@@ -1,4 +1,4 @@
-//! The WireServer and HostGAPlugin client (§4, §5, §11 of the protocol notes).
+//! The WireServer and HostGAPlugin client (§4, §5, §11 of PROTOCOL.md).
 //!
 //! Blocking, one request at a time. Every call has a timeout and a bounded
 //! response; retries follow the current agent (§4.3): connection errors and

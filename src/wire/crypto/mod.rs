@@ -1,4 +1,4 @@
-//! Certificates and keys (protocol notes §7): the transport certificate the
+//! Certificates and keys (PROTOCOL.md §7): the transport certificate the
 //! agent sends to the WireServer, the Certificates document decrypted into
 //! `{THUMBPRINT}.crt` / `{THUMBPRINT}.prv` files in Lib.Dir, and OpenSSH
 //! public keys derived from those certificates.

@@ -1,5 +1,5 @@
-//! Typed models of the documents the WireServer serves (§6 of the protocol
-//! notes), one module per document, each with `parse(xml) -> Result<Self, DocError>`.
+//! Typed models of the documents the WireServer serves (§6 of PROTOCOL.md),
+//! one module per document, each with `parse(xml) -> Result<Self, DocError>`.
 //!
 //! Common rules, so the models stay predictable:
 //!
