@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::config::Config;
 use crate::env::firewall;
 use crate::journal::Journal;
+use crate::libdir;
 use crate::os::OsUtil;
 use crate::ovf::OvfEnv;
 
@@ -119,7 +120,7 @@ pub fn plan(config: &Config, os: &dyn OsUtil, with_user: bool) -> Vec<Action> {
 
 /// The user the saved ovf-env.xml names.
 pub fn provisioned_user(lib_dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(lib_dir.join("ovf-env.xml")).ok()?;
+    let text = std::fs::read_to_string(lib_dir.join(libdir::OVF_ENV)).ok()?;
     OvfEnv::parse(&text).ok().map(|e| e.user_name)
 }
 
@@ -146,7 +147,7 @@ fn user_actions(config: &Config, os: &dyn OsUtil) -> Vec<Action> {
     } else if created.is_empty() {
         log::warn!(
             "no provisioned user found in {}; no account is deleted",
-            config.lib_dir.join("ovf-env.xml").display()
+            config.lib_dir.join(libdir::OVF_ENV).display()
         );
     }
     let normal = os.normal_uids();

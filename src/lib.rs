@@ -15,6 +15,7 @@ pub mod env;
 pub mod fsutil;
 pub mod http;
 pub mod journal;
+pub mod libdir;
 pub mod log;
 pub mod names;
 pub mod os;

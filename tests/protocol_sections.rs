@@ -66,8 +66,15 @@ fn every_cited_section_is_a_heading_of_protocol_md() {
             }
         }
     }
-    assert!(count > 50, "found only {count} citations: is the scan right?");
-    assert!(missing.is_empty(), "not in PROTOCOL.md:\n{}", missing.join("\n"));
+    assert!(
+        count > 50,
+        "found only {count} citations: is the scan right?"
+    );
+    assert!(
+        missing.is_empty(),
+        "not in PROTOCOL.md:\n{}",
+        missing.join("\n")
+    );
 }
 
 #[test]

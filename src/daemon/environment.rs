@@ -297,9 +297,10 @@ impl Daemon {
     /// UTS namespace) can set the live name, and it goes into files shells
     /// source, so it passes provisioning's rule first, every time.
     pub(super) fn monitor_host_name(&mut self) {
-        let (Ok(current), Some(published)) =
-            (self.os.hostname(), self.read_lib("published_hostname"))
-        else {
+        let (Ok(current), Some(published)) = (
+            self.os.hostname(),
+            self.read_lib(libdir::PUBLISHED_HOSTNAME),
+        ) else {
             return;
         };
         if current == published || current.is_empty() {
@@ -328,7 +329,7 @@ impl Daemon {
                 log::warn!("cannot publish the host name {current} on {i}: {e}");
             }
         }
-        if let Err(e) = self.write_lib("published_hostname", &current, 0o644) {
+        if let Err(e) = self.write_lib(libdir::PUBLISHED_HOSTNAME, &current, 0o644) {
             log::warn!("{e}");
         }
     }

@@ -21,7 +21,7 @@ impl Daemon {
             return;
         };
         for e in entries.flatten() {
-            if keep_ovf_env && e.file_name() == "ovf-env.xml" {
+            if keep_ovf_env && e.file_name() == libdir::OVF_ENV {
                 continue;
             }
             let path = e.path();
@@ -99,8 +99,8 @@ impl Daemon {
                 }
             }
         }
-        if self.read_lib("Protocol").as_deref() != Some("WireProtocol") {
-            let _ = self.write_lib("Protocol", "WireProtocol", 0o644);
+        if self.read_lib(libdir::PROTOCOL).as_deref() != Some("WireProtocol") {
+            let _ = self.write_lib(libdir::PROTOCOL, "WireProtocol", 0o644);
         }
         self.client = Some(client);
         if source.is_some() && self.manages_environment() {
@@ -153,8 +153,7 @@ impl Daemon {
             }
             Ok(None) if current.is_none() => {
                 let saved = client.saved_incarnation().and_then(|inc| {
-                    std::fs::read_to_string(self.lib.join(format!("ExtensionsConfig.{inc}.xml")))
-                        .ok()
+                    std::fs::read_to_string(self.lib.join(libdir::extensions_config(&inc))).ok()
                 });
                 match saved.map(|text| ExtensionsConfig::parse(&text)) {
                     Some(Ok(ec)) => self.extension_goal(Some(&ec)),

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ProvisioningAgent};
 use crate::fsutil;
+use crate::libdir;
 use crate::os::OsUtil;
 use crate::ovf::{self, OvfEnv};
 use crate::provision::media;
@@ -48,9 +49,9 @@ pub use provisioning::{host_key_fingerprint, Plan, Step};
 pub use signals::{install_handlers, stop_requested};
 
 /// `<lib>/provisioned`: provisioning finished; holds the VM's instance id.
-pub const PROVISIONED_FILE: &str = "provisioned";
+pub const PROVISIONED_FILE: &str = libdir::PROVISIONED;
 /// `<lib>/disable_agent`: ovf-env said `ProvisionGuestAgent=false` (§8.3).
-pub const DISABLE_AGENT_FILE: &str = "disable_agent";
+pub const DISABLE_AGENT_FILE: &str = libdir::DISABLE_AGENT;
 /// The wait before Connect's next attempt: the base delay doubling each
 /// attempt, at most six times the base (10 s … 60 s by default).
 pub fn connect_backoff(base: Duration, attempt: u32) -> Duration {
@@ -420,7 +421,8 @@ impl Daemon {
                     Err(e) => Job::Fail(format!("provisioning media: {e}")),
                     Ok(media::Media { text, device }) => {
                         self.media_device = device;
-                        if let Err(e) = self.write_lib("ovf-env.xml", &ovf::masked(&text), 0o600) {
+                        if let Err(e) = self.write_lib(libdir::OVF_ENV, &ovf::masked(&text), 0o600)
+                        {
                             log::warn!("{e}");
                         }
                         match OvfEnv::parse(&text) {
@@ -433,7 +435,7 @@ impl Daemon {
             }
 
             State::WaitForCloudInit { since } => {
-                let path = self.lib.join("ovf-env.xml");
+                let path = self.lib.join(libdir::OVF_ENV);
                 if path.exists() {
                     log::info!("cloud-init provided {}", path.display());
                     return State::Connect {

@@ -196,7 +196,7 @@ impl Daemon {
                         log::warn!("no default route: the host name is not published through DHCP")
                     }
                 }
-                self.write_lib("published_hostname", name, 0o644)
+                self.write_lib(libdir::PUBLISHED_HOSTNAME, name, 0o644)
             }
             Step::User => {
                 // Only an account made here is recorded as ours (for

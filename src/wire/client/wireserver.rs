@@ -5,6 +5,7 @@ use super::retry::Call;
 use super::{RetryPolicy, WireClient, WireError};
 use crate::fsutil;
 use crate::http::Response;
+use crate::libdir;
 use crate::wire::crypto::{self, Certificate, TransportCert};
 use crate::wire::docs::{
     CertificatesDoc, ExtensionsConfig, GoalState, HostingEnvironmentConfig, SharedConfig, Versions,
@@ -141,7 +142,7 @@ impl WireClient {
 
     /// The last incarnation fully processed, from `<lib>/Incarnation`.
     pub fn saved_incarnation(&self) -> Option<String> {
-        std::fs::read_to_string(self.lib_dir.join("Incarnation"))
+        std::fs::read_to_string(self.lib_dir.join(libdir::INCARNATION))
             .ok()
             .map(|s| s.trim().to_string())
     }
@@ -208,16 +209,16 @@ impl WireClient {
         };
 
         let inc = &gs.incarnation;
-        self.save(&format!("GoalState.{inc}.xml"), gs_xml)?;
-        self.save("HostingEnvironmentConfig.xml", &hosting_xml)?;
-        self.save("SharedConfig.xml", &shared_xml)?;
+        self.save(&libdir::goal_state(inc), gs_xml)?;
+        self.save(libdir::HOSTING_ENVIRONMENT_CONFIG, &hosting_xml)?;
+        self.save(libdir::SHARED_CONFIG, &shared_xml)?;
         if let Some(x) = &certs_xml {
-            self.save("Certificates.xml", x)?;
+            self.save(libdir::CERTIFICATES, x)?;
         }
         if let Some(x) = &ext_xml {
-            self.save(&format!("ExtensionsConfig.{inc}.xml"), x)?;
+            self.save(&libdir::extensions_config(inc), x)?;
         }
-        self.save("Incarnation", inc)?;
+        self.save(libdir::INCARNATION, inc)?;
         Ok(FullGoalState {
             goal_state: gs,
             hosting_env,
