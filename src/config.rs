@@ -150,71 +150,70 @@ impl OptionValue for u16 {
     }
 }
 
-impl OptionValue for CryptId {
-    const EXPECTED: &'static str = "a crypt id: 1 (MD5), 5 (SHA-256) or 6 (SHA-512)";
-    fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "1" => Some(CryptId::Md5),
-            "5" => Some(CryptId::Sha256),
-            "6" => Some(CryptId::Sha512),
-            _ => None,
-        }
+/// An enum option's values, each with its one spelling in waagent.conf:
+/// the one table both `parse` (any case) and `show` read.
+trait Spelled: Copy + PartialEq + 'static {
+    const SPELLINGS: &'static [(&'static str, Self)];
+
+    fn parse_spelled(raw: &str) -> Option<Self> {
+        Self::SPELLINGS
+            .iter()
+            .find(|(s, _)| s.eq_ignore_ascii_case(raw))
+            .map(|(_, v)| *v)
     }
-    fn show(&self) -> String {
-        match self {
-            CryptId::Md5 => "1",
-            CryptId::Sha256 => "5",
-            CryptId::Sha512 => "6",
-        }
-        .to_string()
+
+    fn spelling(&self) -> String {
+        Self::SPELLINGS
+            .iter()
+            .find(|(_, v)| v == self)
+            .map_or_else(String::new, |(s, _)| s.to_string())
     }
 }
 
-impl OptionValue for SshHostKeyType {
-    const EXPECTED: &'static str = "one of rsa, dsa, ecdsa, ed25519, auto";
-    fn parse(raw: &str) -> Option<Self> {
-        match raw.to_ascii_lowercase().as_str() {
-            "rsa" => Some(Self::Rsa),
-            "dsa" => Some(Self::Dsa),
-            "ecdsa" => Some(Self::Ecdsa),
-            "ed25519" => Some(Self::Ed25519),
-            "auto" => Some(Self::Auto),
-            _ => None,
+/// [`OptionValue`] for a [`Spelled`] enum, with its warning text.
+macro_rules! spelled_option {
+    ($t:ty, $expected:literal) => {
+        impl OptionValue for $t {
+            const EXPECTED: &'static str = $expected;
+            fn parse(raw: &str) -> Option<Self> {
+                Self::parse_spelled(raw)
+            }
+            fn show(&self) -> String {
+                self.spelling()
+            }
         }
-    }
-    fn show(&self) -> String {
-        match self {
-            Self::Rsa => "rsa",
-            Self::Dsa => "dsa",
-            Self::Ecdsa => "ecdsa",
-            Self::Ed25519 => "ed25519",
-            Self::Auto => "auto",
-        }
-        .to_string()
-    }
+    };
 }
 
-impl OptionValue for ProvisioningAgent {
-    const EXPECTED: &'static str = "one of auto, waagent, cloud-init, disabled";
-    fn parse(raw: &str) -> Option<Self> {
-        match raw.to_ascii_lowercase().as_str() {
-            "auto" => Some(Self::Auto),
-            "waagent" => Some(Self::Waagent),
-            "cloud-init" => Some(Self::CloudInit),
-            "disabled" => Some(Self::Disabled),
-            _ => None,
-        }
-    }
-    fn show(&self) -> String {
-        match self {
-            Self::Auto => "auto",
-            Self::Waagent => "waagent",
-            Self::CloudInit => "cloud-init",
-            Self::Disabled => "disabled",
-        }
-        .to_string()
-    }
+impl Spelled for CryptId {
+    const SPELLINGS: &'static [(&'static str, Self)] =
+        &[("1", Self::Md5), ("5", Self::Sha256), ("6", Self::Sha512)];
 }
+spelled_option!(CryptId, "a crypt id: 1 (MD5), 5 (SHA-256) or 6 (SHA-512)");
+
+impl Spelled for SshHostKeyType {
+    const SPELLINGS: &'static [(&'static str, Self)] = &[
+        ("rsa", Self::Rsa),
+        ("dsa", Self::Dsa),
+        ("ecdsa", Self::Ecdsa),
+        ("ed25519", Self::Ed25519),
+        ("auto", Self::Auto),
+    ];
+}
+spelled_option!(SshHostKeyType, "one of rsa, dsa, ecdsa, ed25519, auto");
+
+impl Spelled for ProvisioningAgent {
+    const SPELLINGS: &'static [(&'static str, Self)] = &[
+        ("auto", Self::Auto),
+        ("waagent", Self::Waagent),
+        ("cloud-init", Self::CloudInit),
+        ("disabled", Self::Disabled),
+    ];
+}
+spelled_option!(
+    ProvisioningAgent,
+    "one of auto, waagent, cloud-init, disabled"
+);
 
 /// Declares the options once: the struct, its defaults, the key table, and
 /// the setter/printer, so a key can never be parsed but not shown or vice versa.
@@ -516,6 +515,43 @@ fn clean_value(value: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_enum_value_reads_back_what_it_shows_in_any_case() {
+        fn round_trip<T: Spelled + OptionValue + std::fmt::Debug>() {
+            for (spelling, v) in T::SPELLINGS {
+                assert_eq!(v.show(), *spelling);
+                assert_eq!(T::parse(spelling), Some(*v));
+                assert_eq!(T::parse(&spelling.to_uppercase()), Some(*v));
+            }
+            assert_eq!(T::parse("no-such-value"), None);
+        }
+        round_trip::<CryptId>();
+        round_trip::<SshHostKeyType>();
+        round_trip::<ProvisioningAgent>();
+        // Every variant has its spelling (a new one must be added to the table).
+        use SshHostKeyType as K;
+        let shown: Vec<String> = [CryptId::Md5, CryptId::Sha256, CryptId::Sha512]
+            .iter()
+            .map(OptionValue::show)
+            .chain(
+                [K::Rsa, K::Dsa, K::Ecdsa, K::Ed25519, K::Auto]
+                    .iter()
+                    .map(OptionValue::show),
+            )
+            .chain(
+                [
+                    ProvisioningAgent::Auto,
+                    ProvisioningAgent::Waagent,
+                    ProvisioningAgent::CloudInit,
+                    ProvisioningAgent::Disabled,
+                ]
+                .iter()
+                .map(OptionValue::show),
+            )
+            .collect();
+        assert!(shown.iter().all(|s| !s.is_empty()), "{shown:?}");
+    }
 
     fn parse(text: &str) -> (Config, Vec<Warning>) {
         Config::parse(text, Path::new("/etc/waagent.conf"))
