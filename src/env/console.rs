@@ -607,9 +607,8 @@ mod tests {
         }
 
         fn write(&self, abs: &str, text: &str, mode: u32) {
+            testing::write(self.root.path(), abs, text);
             let p = self.root.path().join(abs.trim_start_matches('/'));
-            fs::create_dir_all(p.parent().unwrap()).unwrap();
-            fs::write(&p, text).unwrap();
             fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
         }
 

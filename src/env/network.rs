@@ -210,7 +210,7 @@ mod tests {
         write(
             root,
             "/proc/net/route",
-            &format!("{HEADER}eth0\t00000000\t0100000A\t0003\t0\t0\t100\t00000000\t0\t0\t0\n"),
+            format!("{HEADER}eth0\t00000000\t0100000A\t0003\t0\t0\t100\t00000000\t0\t0\t0\n"),
         );
         let os = for_env(env(root, Flavour::RedHat, runner.clone()));
         assert_eq!(
@@ -225,7 +225,7 @@ mod tests {
         write(
             root,
             "/proc/net/route",
-            &format!(
+            format!(
                 "{HEADER}eth0\t00000000\t0100000A\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
                  eth0\t10813FA8\t0100000A\t0007\t0\t0\t0\tFFFFFFFF\t0\t0\t0\n"
             ),

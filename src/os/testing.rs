@@ -24,11 +24,11 @@ pub fn env(root: &Path, flavour: Flavour, runner: Rc<RecordingRunner>) -> Env {
     }
 }
 
-/// Writes `text` at `abs` (`/etc/...`) under `root`, making the parents.
-pub fn write(root: &Path, abs: &str, text: &str) {
+/// Writes `data` at `abs` (`/etc/...`) under `root`, making the parents.
+pub fn write(root: &Path, abs: &str, data: impl AsRef<[u8]>) {
     let p = root.join(abs.trim_start_matches('/'));
     fs::create_dir_all(p.parent().expect("an absolute path has a parent")).unwrap();
-    fs::write(p, text).unwrap();
+    fs::write(p, data).unwrap();
 }
 
 /// The text at `abs` under `root`.

@@ -10,7 +10,7 @@ use std::rc::Rc;
 
 use super::{RdmaAddress, KVP_KEY_SIZE, KVP_POOL_PATH, KVP_VALUE_SIZE};
 use crate::config::Config;
-use crate::os::{for_env, Distro, Env, Flavour, OsUtil, Output, RecordingRunner};
+use crate::os::{for_env, testing, Flavour, OsUtil, Output, RecordingRunner};
 
 /// The instance's RDMA endpoint, as SharedConfig gives it.
 pub(super) const MAC: [u8; 6] = [0x00, 0x15, 0x5d, 0x33, 0xff, 0x1d];
@@ -61,13 +61,11 @@ impl Fx {
     }
 
     pub(super) fn write(&self, abs: &str, data: impl AsRef<[u8]>) {
-        let p = self.path(abs);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, data).unwrap();
+        testing::write(self.root.path(), abs, data);
     }
 
     pub(super) fn read(&self, abs: &str) -> String {
-        fs::read_to_string(self.path(abs)).unwrap()
+        testing::read(self.root.path(), abs)
     }
 
     pub(super) fn mode(&self, abs: &str) -> u32 {
@@ -100,16 +98,11 @@ impl Fx {
         flavour: Flavour,
         config: Config,
     ) -> Box<dyn OsUtil> {
-        for_env(Env {
-            root: self.root.path().to_path_buf(),
-            runner: self.runner.clone(),
-            config,
-            distro: Distro {
-                id: id.into(),
-                version: version.into(),
-                flavour,
-            },
-        })
+        let mut env = testing::env(self.root.path(), flavour, self.runner.clone());
+        env.config = config;
+        env.distro.id = id.into();
+        env.distro.version = version.into();
+        for_env(env)
     }
 
     /// Answers every command whose display starts with `prefix`.

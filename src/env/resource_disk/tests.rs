@@ -11,7 +11,7 @@ use super::*;
 use crate::config::Config;
 use crate::os::testing::write;
 use crate::os::Flavour;
-use crate::os::{for_env, Cmd, Distro, Env, Output, RecordingRunner};
+use crate::os::{for_env, Cmd, Output, RecordingRunner};
 
 const RESOURCE_ID: &str = "{00000000-0001-8899-0000-000000000000}";
 const OS_DISK_ID: &str = "{00000000-0000-8899-0000-000000000000}";
@@ -83,14 +83,14 @@ fn linux(tweak: impl FnOnce(&mut Config)) -> Fixture {
     write(
         r,
         &format!("{vmbus}/os/device_id"),
-        &format!("{OS_DISK_ID}\n"),
+        format!("{OS_DISK_ID}\n"),
     );
     fs::create_dir_all(r.join("sys/bus/vmbus/devices/os/host0/target0:0:0/0:0:0:0/block/sda"))
         .unwrap();
     write(
         r,
         &format!("{vmbus}/res/device_id"),
-        &format!("{RESOURCE_ID}\n"),
+        format!("{RESOURCE_ID}\n"),
     );
     fs::create_dir_all(r.join("sys/bus/vmbus/devices/res/host1/target1:0:1/1:0:1:0/block/sdb"))
         .unwrap();
@@ -113,16 +113,9 @@ fn linux(tweak: impl FnOnce(&mut Config)) -> Fixture {
 
 fn fixture(root: tempfile::TempDir, config: Config, flavour: Flavour) -> Fixture {
     let runner = Rc::new(RecordingRunner::new());
-    let env = Env {
-        root: root.path().to_path_buf(),
-        runner: runner.clone(),
-        config,
-        distro: Distro {
-            id: flavour.name().to_string(),
-            version: "1".into(),
-            flavour,
-        },
-    };
+    let mut env = crate::os::testing::env(root.path(), flavour, runner.clone());
+    env.config = config;
+    env.distro.version = "1".into();
     Fixture {
         os: for_env(env),
         root,

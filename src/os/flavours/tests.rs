@@ -6,8 +6,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use super::super::{for_env, Distro, Env, Flavour, OsUtil, Output, RecordingRunner, RunError};
-use crate::config::{Config, SshHostKeyType};
+use super::super::{for_env, testing, Flavour, OsUtil, Output, RecordingRunner, RunError};
+use crate::config::SshHostKeyType;
 
 struct Fixture {
     root: tempfile::TempDir,
@@ -21,13 +21,11 @@ impl Fixture {
     }
 
     fn read(&self, abs: &str) -> String {
-        fs::read_to_string(self.file(abs)).unwrap_or_else(|e| panic!("{abs}: {e}"))
+        testing::read(self.root.path(), abs)
     }
 
     fn write(&self, abs: &str, text: &str) {
-        let p = self.file(abs);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, text).unwrap();
+        testing::write(self.root.path(), abs, text);
     }
 
     /// Commands run since the last call.
@@ -46,24 +44,15 @@ fn fixture(flavour: Flavour, version: &str, systemd: bool) -> Fixture {
     TAKEN.with(|t| t.set(0));
     let root = tempfile::tempdir().unwrap();
     let runner = Rc::new(RecordingRunner::new());
-    let mut config = Config::default();
-    config.sudoers_dir = root.path().join("etc/sudoers.d");
-    config.password_path = root.path().join("etc/shadow");
-    config.ssh_dir = root.path().join("etc/ssh");
+    let mut env = testing::env(root.path(), flavour, runner.clone());
+    env.distro.version = version.to_string();
+    env.config.sudoers_dir = root.path().join("etc/sudoers.d");
+    env.config.password_path = root.path().join("etc/shadow");
+    env.config.ssh_dir = root.path().join("etc/ssh");
     fs::create_dir_all(root.path().join("etc/dhcp")).unwrap();
     if systemd {
         fs::create_dir_all(root.path().join("run/systemd/system")).unwrap();
     }
-    let env = Env {
-        root: root.path().to_path_buf(),
-        runner: runner.clone(),
-        config,
-        distro: Distro {
-            id: flavour.name().to_string(),
-            version: version.to_string(),
-            flavour,
-        },
-    };
     let os = for_env(env);
     assert_eq!(os.flavour(), flavour);
     Fixture { root, runner, os }
