@@ -12,6 +12,12 @@
 //! are read under [`Env::root`], and paths that waagent makes configurable
 //! (sudoers, sshd, password file) come from the [`Config`]. Tests point both
 //! at a temporary directory and a [`RecordingRunner`].
+//!
+//! This file is long (over 700 lines) because the trait is one interface
+//! that the flavours override piece by piece, and its default methods are
+//! the generic behaviour they override; what is not the trait lives beside
+//! it: `linux.rs` (file edits), `tables.rs` (the disk tables), `runner.rs`,
+//! `distro.rs`, `flavours.rs`.
 
 mod distro;
 mod flavours;
