@@ -395,12 +395,16 @@ fn simultaneous_starts_run_exactly_one_daemon() {
     let (sim, s) = fabric_and_config();
     let mut d = Daemons(Vec::new());
     let pids: Vec<u32> = (0..3).map(|_| d.start(&s)).collect();
-    let mut outcomes = Vec::new();
+    // exited() takes the child's stderr: ask each daemon once, once it is gone.
+    let mut outcomes: Vec<(u32, (Option<i32>, String))> = Vec::new();
     wait_for("all but one daemon to exit", || {
-        outcomes = pids
-            .iter()
-            .filter_map(|p| d.exited(*p).map(|o| (*p, o)))
-            .collect();
+        for p in &pids {
+            if outcomes.iter().all(|(q, _)| q != p) {
+                if let Some(o) = d.exited(*p) {
+                    outcomes.push((*p, o));
+                }
+            }
+        }
         outcomes.len() >= pids.len() - 1
     });
     let running: Vec<u32> = pids
