@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod deprovision;
 pub mod env;
+pub mod ext;
 pub mod fsutil;
 pub mod http;
 pub mod journal;
