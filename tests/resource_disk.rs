@@ -163,6 +163,16 @@ impl CommandRunner for Tee {
         self.0.borrow_mut().push(cmd.display());
         SystemRunner.spawn(cmd)
     }
+
+    fn start(
+        &self,
+        cmd: &Cmd,
+        placement: &waagent::os::Placement,
+        deadline: std::time::Instant,
+    ) -> Result<waagent::os::Background, RunError> {
+        self.0.borrow_mut().push(cmd.display());
+        SystemRunner.start(cmd, placement, deadline)
+    }
 }
 
 /// Turns the swap off and unmounts, however the checks end.

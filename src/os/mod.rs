@@ -19,6 +19,7 @@
 //! it: `linux.rs` (file edits), `tables.rs` (the disk tables), `runner.rs`,
 //! `distro.rs`, `flavours.rs`.
 
+pub mod background;
 mod distro;
 mod flavours;
 mod linux;
@@ -39,7 +40,10 @@ pub use flavours::for_env;
 /// Atomic replacement of a system file that keeps its mode and owner.
 pub(crate) use linux::write_file;
 pub use linux::{proc_route_default_gateway, PasswdEntry};
-pub use runner::{Cmd, CommandRunner, Output, RecordingRunner, RunError, SystemRunner};
+pub use runner::{
+    Background, Cmd, CommandRunner, Output, Placement, Poll, RecordingRunner, RunError,
+    SystemRunner,
+};
 pub(crate) use tables::{parse_blkid_export, parse_mount_table, parse_proc_swaps};
 use tables::{sysfs_partition, vmbus_resource_block};
 

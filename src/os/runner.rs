@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+pub use super::background::{Background, Placement, Poll};
+
 /// Default limit for one command; long jobs (mkfs, ssh-keygen) pass their own.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -241,6 +243,16 @@ pub trait CommandRunner {
     /// agent (SCVMM's installer); returns its pid.
     fn spawn(&self, cmd: &Cmd) -> Result<u32, RunError>;
 
+    /// Starts `cmd` in the background (see [`Background`]): it runs in
+    /// `placement`'s directory with its output in `placement`'s files, and
+    /// is killed with its process group if a poll finds it past `deadline`.
+    fn start(
+        &self,
+        cmd: &Cmd,
+        placement: &Placement,
+        deadline: Instant,
+    ) -> Result<Background, RunError>;
+
     /// Runs `cmd` and turns a non-zero exit into [`RunError::Failed`].
     fn run_ok(&self, cmd: &Cmd) -> Result<Output, RunError> {
         let out = self.run(cmd)?;
@@ -296,6 +308,15 @@ impl CommandRunner for SystemRunner {
             cmd: cmd.display(),
             source,
         })
+    }
+
+    fn start(
+        &self,
+        cmd: &Cmd,
+        placement: &Placement,
+        deadline: Instant,
+    ) -> Result<Background, RunError> {
+        Background::start(cmd, placement, deadline)
     }
 
     fn run(&self, cmd: &Cmd) -> Result<Output, RunError> {
@@ -576,6 +597,18 @@ impl CommandRunner for RecordingRunner {
     /// spawn, anything else "starts" pid 0.
     fn spawn(&self, cmd: &Cmd) -> Result<u32, RunError> {
         self.run(cmd).map(|_| 0)
+    }
+
+    /// Recorded like [`run`](Self::run); the scripted answer's exit code
+    /// is what the command "exited" with, at once.
+    fn start(
+        &self,
+        cmd: &Cmd,
+        _placement: &Placement,
+        deadline: Instant,
+    ) -> Result<Background, RunError> {
+        let out = self.run(cmd)?;
+        Ok(Background::scripted(cmd, out.code, deadline))
     }
 
     fn run(&self, cmd: &Cmd) -> Result<Output, RunError> {
