@@ -567,13 +567,15 @@ mod tests {
             install_after_update: true,
             continue_on_update_failure: false,
         };
-        let rows: Vec<(
+        // (installed, new version, its state, policy) → the steps
+        type Row<'a> = (
             Option<super::Installed>,
-            &str,
+            &'a str,
             HandlerState,
             UpdatePolicy,
-            Vec<&str>,
-        )> = vec![
+            Vec<&'a str>,
+        );
+        let rows: Vec<Row> = vec![
             // Fresh: install, then enable.
             (
                 None,
