@@ -398,6 +398,13 @@ options! {
     debug_hostgaplugin_port: u64 = "Debug.HostGAPluginPort", 32526;
     /// `host:port` of IMDS instead of 169.254.169.254:80.
     debug_imds_address: Option<String> = "Debug.ImdsAddress", None;
+    /// Seconds an extension command may run before its process group is
+    /// killed (§13.10): waagent's fixed limits, settable for tests.
+    debug_extension_install_timeout: u64 = "Debug.ExtensionInstallTimeout", 900;
+    debug_extension_update_timeout: u64 = "Debug.ExtensionUpdateTimeout", 900;
+    debug_extension_disable_timeout: u64 = "Debug.ExtensionDisableTimeout", 900;
+    debug_extension_enable_timeout: u64 = "Debug.ExtensionEnableTimeout", 300;
+    debug_extension_uninstall_timeout: u64 = "Debug.ExtensionUninstallTimeout", 300;
 }
 
 /// Keys only the 2.0 agent read. Distro files still carry them; they are
@@ -624,6 +631,11 @@ mod tests {
             ("Debug.EnableRsmDowngrade", "False"),
             ("Debug.EnableSignatureValidation", "False"),
             ("Debug.EtpCollectionPeriod", "300"),
+            ("Debug.ExtensionDisableTimeout", "900"),
+            ("Debug.ExtensionEnableTimeout", "300"),
+            ("Debug.ExtensionInstallTimeout", "900"),
+            ("Debug.ExtensionUninstallTimeout", "300"),
+            ("Debug.ExtensionUpdateTimeout", "900"),
             ("Debug.FirewallRulesLogPeriod", "86400"),
             ("Debug.HostGAPluginPort", "32526"),
             ("Debug.ImdsAddress", "None"),
