@@ -1,10 +1,13 @@
 //! The simulator's extension handlers: what it serves must read back through
 //! our own parsers and client with the values a test put in, so the
-//! agent's end-to-end extension tests can trust it.
+//! agent's end-to-end extension tests can trust it. Also the `fabric-sim`
+//! program's `--handlers` file and `--record` output, on loopback.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use waagent::os::SystemRunner;
@@ -479,4 +482,145 @@ fn handlers_file_loads_lazily_and_reports_each_change_once() {
     let e = f.changed().unwrap_err();
     assert!(e.contains("packages[0]") && e.contains("nope.zip"), "{e}");
     assert_eq!(f.changed(), Ok(None));
+}
+
+/// `fabric-sim` on loopback, its stdout read for the addresses.
+struct Program {
+    child: Child,
+    wire: String,
+    plugin: String,
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_program(args: &[&str]) -> Program {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fabric-sim"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("fabric-sim starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("a first line").unwrap();
+    // "fabric-sim: WireServer on http://…, HostGAPlugin on http://…, IMDS on http://…"
+    let urls: Vec<String> = first
+        .split_whitespace()
+        .filter(|w| w.starts_with("http://"))
+        .map(|w| w.trim_end_matches(',').to_string())
+        .collect();
+    // Keep draining stdout so the program never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Program {
+        child,
+        wire: urls[0].clone(),
+        plugin: urls[1].clone(),
+    }
+}
+
+fn records(path: &Path, kind: &str) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["kind"] == kind)
+        .collect()
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_program_serves_a_handlers_file_and_records_status_uploads() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("echo.zip"), zip("program")).unwrap();
+    let file = dir.path().join("handlers.json");
+    let record = dir.path().join("fabric.jsonl");
+    let handlers = |seq: u64| {
+        json!([{"name": ECHO, "version": "1.0.0", "state": "enabled", "seqNo": seq,
+                "publicSettings": {"msg": "hi"},
+                "packages": [{"version": "1.0.0", "zip": dir.path().join("echo.zip")}]}])
+        .to_string()
+    };
+    write_atomically(&file, &handlers(0));
+    let p = start_program(&[
+        "--handlers",
+        file.to_str().unwrap(),
+        "--record",
+        record.to_str().unwrap(),
+    ]);
+    let gs = |p: &Program| {
+        let (_, body) = get(&format!("{}/machine/?comp=goalstate", p.wire), &[]);
+        GoalState::parse(&String::from_utf8(body).unwrap()).unwrap()
+    };
+    let ext = |p: &Program| {
+        let g = gs(p);
+        let url = g.role_instance.unwrap().extensions_config_url.unwrap();
+        let (_, body) = get(&url, &[]);
+        (
+            g.incarnation,
+            ExtensionsConfig::parse(&String::from_utf8(body).unwrap()).unwrap(),
+        )
+    };
+    let (inc, ec) = ext(&p);
+    assert_eq!(inc, "1");
+    assert_eq!(ec.plugins[0].settings[0].seq_no, 0);
+    let manifest_url = ec.plugins[0].location.clone().unwrap();
+    assert!(manifest_url.starts_with(&p.wire));
+    let (_, m) = get(&manifest_url, &[]);
+    let pkg = ExtensionManifest::parse(&String::from_utf8(m).unwrap())
+        .unwrap()
+        .plugins[0]
+        .uris[0]
+        .clone();
+    assert_eq!(get(&pkg, &[]), (200, zip("program")));
+
+    write_atomically(&file, &handlers(5));
+    let (inc, ec) = ext(&p);
+    assert_eq!((inc.as_str(), ec.plugins[0].settings[0].seq_no), ("2", 5));
+    wait_for("the new incarnation in the record", || {
+        records(&record, "incarnation") == [json!({"kind": "incarnation", "incarnation": 2})]
+    });
+
+    // A status upload through the HostGAPlugin is recorded with its content.
+    let status = r#"{"version":"1.1","aggregateStatus":{}}"#;
+    let envelope = waagent::wire::reports::status_envelope(
+        &ec.status_upload_blob.unwrap().url,
+        &[
+            ("x-ms-version", "2014-02-14"),
+            ("x-ms-blob-type", "BlockBlob"),
+        ],
+        Some(status.as_bytes()),
+    );
+    let r = waagent::http::send(&waagent::http::Request {
+        method: "PUT",
+        url: &format!("{}/status", p.plugin),
+        headers: &[("Content-Type", "application/json")],
+        body: Some(envelope.as_bytes()),
+        timeout_secs: 5,
+        max_body: 1024,
+        proxy: None,
+    })
+    .unwrap();
+    assert_eq!(r.status, 200);
+    wait_for("the status upload in the record", || {
+        !records(&record, "status").is_empty()
+    });
+    let up = &records(&record, "status")[0];
+    assert_eq!(
+        (up["via"].as_str(), up["content"].as_str()),
+        (Some("HostPlugin"), Some(status))
+    );
+    assert!(records(&record, "request").iter().any(|r| r["target"]
+        .as_str()
+        .is_some_and(|t| t.ends_with("Echo__1.0.0"))));
 }
