@@ -1,6 +1,11 @@
 //! `fabric-sim`: the Azure fabric simulator as a program, for the demo, the
 //! sandbox and benchmarks. Serves a WireServer and a HostGAPlugin and prints
 //! every request it answers, one line each, until it is killed.
+//!
+//! `--handlers FILE` names the extension handlers to offer, as JSON (the
+//! format is in [`USAGE`]); the file is watched, so a sandbox test's driver
+//! script changes a seqNo, a state or the versions on offer by rewriting it,
+//! and the next goal-state request sees a new incarnation.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -9,9 +14,9 @@ use std::time::Duration;
 use std::io::Write;
 
 use waagent::sim::certs::{generate_tenant_cert, TenantCert};
-use waagent::sim::{FabricSim, Fault, SimConfig};
+use waagent::sim::{FabricSim, Fault, HandlersFile, SimConfig};
 
-const USAGE: &str = "usage: fabric-sim [--wire ADDR:PORT] [--plugin ADDR:PORT] [--imds ADDR:PORT] [--imds-key PATH=KEY] [--tenant-cert CRT[:KEY]] [--new-tenant-cert DIR] [--record FILE] [--fault PATTERN:KIND[:N]] [--incarnation N]
+const USAGE: &str = "usage: fabric-sim [--wire ADDR:PORT] [--plugin ADDR:PORT] [--imds ADDR:PORT] [--imds-key PATH=KEY] [--tenant-cert CRT[:KEY]] [--new-tenant-cert DIR] [--handlers FILE] [--record FILE] [--fault PATTERN:KIND[:N]] [--incarnation N]
 
   --wire ADDR:PORT     WireServer and blob store (default 127.0.0.1:0, any free port)
   --plugin ADDR:PORT   HostGAPlugin (default 127.0.0.1:0)
@@ -23,12 +28,46 @@ const USAGE: &str = "usage: fabric-sim [--wire ADDR:PORT] [--plugin ADDR:PORT] [
   --new-tenant-cert DIR
                        make a certificate and key for the Certificates document,
                        writing DIR/tenant.crt, DIR/tenant.key and DIR/thumbprint
-  --record FILE        append every request and report as a JSON line to FILE
+  --handlers FILE      offer the extension handlers FILE describes (below); FILE is
+                       read again on each goal-state request when it changed (its
+                       modification time or contents), and a change is a new
+                       incarnation (a touch too); an invalid FILE is reported and
+                       the handlers stay as they were. Write it whole (write a
+                       temporary file and rename it).
+  --record FILE        append every request, health and role-properties report,
+                       status upload (kind \"status\", its content as text), new
+                       incarnation and --handlers error as a JSON line to FILE
   --fault PATTERN:KIND[:N]
                        misbehave on the next N (default 1) requests whose path and
                        query contain PATTERN; KIND is reset, truncate, malformed,
                        an HTTP status (503), or delay-SECONDS (repeatable)
-  --incarnation N      first goal-state incarnation (default 1)";
+  --incarnation N      first goal-state incarnation (default 1)
+
+The --handlers FILE is a JSON array with one object per handler:
+  [{\"name\": \"Contoso.Test.Echo\", \"version\": \"1.0.0\", \"state\": \"enabled\",
+    \"autoUpgrade\": false, \"seqNo\": 0, \"publicSettings\": {\"msg\": \"hi\"},
+    \"packages\": [{\"version\": \"1.0.0\", \"zip\": \"/work/echo-1.0.0.zip\"}]}]
+  name, version        required: Plugin@name and the requested Plugin@version
+  state                enabled (default), disabled or uninstall (served as given)
+  autoUpgrade          false (default) or true
+  seqNo                the settings' sequence number (default 0)
+  publicSettings       any JSON (default {}); null with no protectedSettings and no
+                       extensions: the handler has no PluginSettings at all
+  protectedSettings    either a base64 CMS string with protectedSettingsCertThumbprint,
+                       or any JSON with protectedSettingsCert, a PEM certificate
+                       file it is sealed to when FILE is read
+  packages             the versions the manifest lists: version and zip, a file
+                       (relative paths are relative to FILE's directory; a zip is
+                       read again only when FILE changes)
+  primaryManifestMissing
+                       true: the manifest's location answers 404 and only its
+                       failoverlocation serves it
+  extensions           a multi-config handler: objects with name, state (enabled or
+                       disabled), seqNo, publicSettings and protectedSettings as above
+Storage paths: manifests /blob/manifests/NAME_manifest.xml (failover
+/blob/failover/NAME_manifest.xml), packages /blob/packages/NAME__VERSION, on
+the --wire address; --fault on a package path makes storage refuse it while
+the HostGAPlugin's /extensionArtifact still serves it.";
 
 fn main() -> ExitCode {
     match run() {
@@ -46,6 +85,7 @@ fn run() -> Result<(), String> {
     let mut imds = wire;
     let mut config = SimConfig::default();
     let mut record: Option<std::path::PathBuf> = None;
+    let mut handlers: Option<HandlersFile> = None;
     let mut faults: Vec<(String, Vec<Fault>)> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -78,6 +118,7 @@ fn run() -> Result<(), String> {
                     key_pem: key.as_deref().map(read).transpose()?,
                 });
             }
+            "--handlers" => handlers = Some(HandlersFile::new(value()?)),
             "--record" => record = Some(std::path::PathBuf::from(value()?)),
             "--new-tenant-cert" => {
                 let dir = std::path::PathBuf::from(value()?);
@@ -101,8 +142,15 @@ fn run() -> Result<(), String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
+    // Read before the servers start, so the first goal state has them.
+    if let Some(file) = handlers.as_mut() {
+        config.handlers = file.changed()?.unwrap_or_default();
+    }
     let sim = FabricSim::start_on(config, wire, plugin, imds)
         .map_err(|e| format!("cannot listen: {e}"))?;
+    if let Some(file) = handlers {
+        sim.watch_handlers_file(file)?;
+    }
     for (pattern, f) in faults {
         sim.inject(&pattern, f);
     }
@@ -128,7 +176,8 @@ fn run() -> Result<(), String> {
             let _ = writeln!(f, "{line}");
         }
     };
-    let (mut shown, mut reports, mut roles) = (0, 0, 0);
+    let (mut shown, mut reports, mut roles, mut uploads, mut errors) = (0, 0, 0, 0, 0);
+    let mut incarnation = sim.config().incarnation;
     loop {
         std::thread::sleep(Duration::from_millis(50));
         let requests = sim.requests();
@@ -176,6 +225,27 @@ fn run() -> Result<(), String> {
             );
         }
         roles = props.len();
+        let status = sim.status_uploads();
+        for u in &status[uploads..] {
+            println!("  status upload via {:?}: {} bytes", u.via, u.content.len());
+            emit(serde_json::json!({
+                "kind": "status",
+                "via": format!("{:?}", u.via),
+                "blobUrl": u.blob_url,
+                "content": String::from_utf8_lossy(&u.content),
+            }));
+        }
+        uploads = status.len();
+        for e in &sim.handlers_file_errors()[errors..] {
+            emit(serde_json::json!({"kind": "handlersError", "error": e}));
+            errors += 1;
+        }
+        let now = sim.config().incarnation;
+        if now != incarnation {
+            println!("  incarnation {now}");
+            emit(serde_json::json!({"kind": "incarnation", "incarnation": now}));
+            incarnation = now;
+        }
     }
 }
 

@@ -210,6 +210,30 @@ pub fn encrypt_certificates(
     Ok(wrap64(&STANDARD.encode(blob)))
 }
 
+/// An extension's `protectedSettings` (§7.4): `json` sealed to the tenant
+/// certificate `cert_pem` as DER CMS, base64 on one line. The recipient is
+/// named by issuer and serial (no `-keyid`), so the extension's usual
+/// `openssl smime -decrypt -inform DER -recip {thumbprint}.crt -inkey
+/// {thumbprint}.prv` opens it with the files the agent wrote.
+pub fn seal_protected_settings(json: &str, cert_pem: &str) -> Result<String, String> {
+    let dir = tempdir()?;
+    let p = |name: &str| dir.path().join(name);
+    write_private(&p("tenant.crt"), cert_pem)?;
+    write_private(&p("settings.json"), json)?;
+    openssl(
+        Cmd::new(OPENSSL)
+            .args([
+                "cms", "-encrypt", "-binary", "-outform", "DER", "-aes256", "-in",
+            ])
+            .arg(path_arg(&p("settings.json")))
+            .arg("-out")
+            .arg(path_arg(&p("sealed.der")))
+            .arg(path_arg(&p("tenant.crt"))),
+    )?;
+    let blob = fs::read(p("sealed.der")).map_err(|e| format!("cannot read the CMS blob: {e}"))?;
+    Ok(STANDARD.encode(blob))
+}
+
 fn openssl(cmd: Cmd) -> Result<(), String> {
     SystemRunner
         .run_ok(&cmd)
@@ -276,6 +300,31 @@ mod tests {
         assert!(data.ends_with('\n'));
         assert_eq!(tenant.thumbprint().len(), 40);
         assert!(!format!("{tenant:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn protected_settings_open_the_way_extensions_open_them() {
+        let tenant = generate_tenant_cert("sim settings").unwrap();
+        let sealed = seal_protected_settings(r#"{"secret":"s3cr3t"}"#, &tenant.cert_pem).unwrap();
+        assert!(!sealed.contains('\n'));
+        let dir = tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        fs::write(p("blob.der"), STANDARD.decode(&sealed).unwrap()).unwrap();
+        write_private(&p("t.crt"), &tenant.cert_pem).unwrap();
+        write_private(&p("t.prv"), tenant.key_pem.as_deref().unwrap()).unwrap();
+        let out = SystemRunner
+            .run_ok(
+                &Cmd::new(OPENSSL)
+                    .args(["smime", "-decrypt", "-inform", "DER", "-in"])
+                    .arg(path_arg(&p("blob.der")))
+                    .arg("-recip")
+                    .arg(path_arg(&p("t.crt")))
+                    .arg("-inkey")
+                    .arg(path_arg(&p("t.prv"))),
+            )
+            .unwrap();
+        assert_eq!(out.stdout, r#"{"secret":"s3cr3t"}"#);
+        assert!(seal_protected_settings("{}", "no certificate").is_err());
     }
 
     #[test]

@@ -4,13 +4,16 @@
 //! It is test support (feature `simulator`), also run by the demo and the
 //! benchmarks through the `fabric-sim` binary. It serves one consistent goal
 //! state from templates, encrypts the Certificates document at request time
-//! to the transport certificate the agent sent, records every request,
-//! parses the health reports and status uploads it receives, can move to a
-//! new incarnation, and misbehaves on request (see [`Fault`]). Test support
-//! only, never in `waagent`; one file for the fabric's state and its routes,
-//! which read together, with the HTTP server and certificates beside it.
+//! to the transport certificate the agent sent, offers extension handlers
+//! with their manifests and zip packages (see [`handlers`]), records every
+//! request, parses the health reports and status uploads it receives, can
+//! move to a new incarnation, and misbehaves on request (see [`Fault`]).
+//! Test support only, never in `waagent`; one file for the fabric's state
+//! and its routes, which read together, with the HTTP server, certificates
+//! and the handlers' documents beside it.
 
 pub mod certs;
+pub mod handlers;
 pub mod server;
 pub mod skips;
 
@@ -23,6 +26,7 @@ use base64::Engine;
 
 use crate::wire::endpoint::Endpoint;
 use certs::TenantCert;
+pub use handlers::{HandlersFile, SimExtension, SimHandler, SimPackage};
 use server::{Handler, HttpRequest, Reply, Server};
 
 /// Which of the simulator's servers a request reached.
@@ -100,8 +104,12 @@ pub struct SimConfig {
     pub role_name: String,
     /// Certificates in the Certificates document (none: no Certificates URL).
     pub tenant_certs: Vec<TenantCert>,
-    /// Serve an ExtensionsConfig (with no handlers and a status blob).
+    /// Serve an ExtensionsConfig at all (its status blob, and `handlers`);
+    /// non-empty `handlers` imply it.
     pub extensions_config: bool,
+    /// The extension handlers ExtensionsConfig names, whose manifests and
+    /// packages the simulator's storage serves ([`handlers`]).
+    pub handlers: Vec<SimHandler>,
     /// Refuse `x-ms-cipher-name: AES128_CBC` with 400, as an older fabric might.
     pub refuse_aes128: bool,
     /// `compute.publicKeys` served by IMDS: `(keyData, path)`.
@@ -120,6 +128,7 @@ impl Default for SimConfig {
             role_name: "MachineRole".into(),
             tenant_certs: Vec::new(),
             extensions_config: true,
+            handlers: Vec::new(),
             refuse_aes128: false,
             imds_public_keys: Vec::new(),
         }
@@ -137,6 +146,52 @@ struct State {
     status: Vec<StatusUpload>,
     blobs: HashMap<String, Vec<u8>>,
     overrides: HashMap<&'static str, String>,
+    /// Re-read on each goal-state request; a change is a new incarnation.
+    handlers_file: Option<HandlersFile>,
+    handlers_file_errors: Vec<String>,
+}
+
+impl State {
+    /// Puts the handlers' manifests and packages in the blob store. Nothing
+    /// is withdrawn but a primary manifest marked missing: an agent still
+    /// working on the previous incarnation can fetch what it named.
+    fn publish_handlers(&mut self) {
+        let Some(c) = self.config.as_ref() else {
+            return;
+        };
+        let (put, withdraw) = handlers::blobs(&c.handlers, &self.wire_base);
+        for path in withdraw {
+            self.blobs.remove(&path);
+        }
+        self.blobs.extend(put);
+    }
+
+    /// Replaces the handlers and moves to the next incarnation; returns it.
+    fn replace_handlers(&mut self, new: Vec<SimHandler>) -> u64 {
+        let c = self.config.get_or_insert_with(SimConfig::default);
+        c.handlers = new;
+        c.incarnation += 1;
+        let inc = c.incarnation;
+        self.publish_handlers();
+        inc
+    }
+
+    /// A goal-state request: a changed handlers file takes effect first.
+    fn check_handlers_file(&mut self) {
+        let Some(file) = self.handlers_file.as_mut() else {
+            return;
+        };
+        match file.changed() {
+            Ok(Some(new)) => {
+                self.replace_handlers(new);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("fabric-sim: handlers unchanged: {e}");
+                self.handlers_file_errors.push(e);
+            }
+        }
+    }
 }
 
 /// A running simulator; stops when dropped.
@@ -181,7 +236,11 @@ impl FabricSim {
         let wire = Server::start(wire, wire_handler)?;
         let plugin = Server::start(plugin, plugin_handler)?;
         let imds = Server::start(imds, imds_handler)?;
-        lock(&state).wire_base = format!("http://{}", wire.addr());
+        {
+            let mut s = lock(&state);
+            s.wire_base = format!("http://{}", wire.addr());
+            s.publish_handlers();
+        }
         Ok(FabricSim {
             state,
             wire,
@@ -240,6 +299,52 @@ impl FabricSim {
         let c = s.config.get_or_insert_with(SimConfig::default);
         c.incarnation += 1;
         c.incarnation
+    }
+
+    /// Replaces the extension handlers (a new seqNo or state, a handler
+    /// removed, a new version offered) and moves to the next incarnation;
+    /// returns it.
+    pub fn set_handlers(&self, handlers: Vec<SimHandler>) -> u64 {
+        lock(&self.state).replace_handlers(handlers)
+    }
+
+    /// Watches a `--handlers` file: each goal-state request first reads it
+    /// again if it changed, and a change takes effect as
+    /// [`FabricSim::set_handlers`] (an invalid file leaves the handlers as
+    /// they are, see [`FabricSim::handlers_file_errors`]). The first read
+    /// happens here, without a new incarnation, unless `file` was read
+    /// already (then its handlers should be in the starting config).
+    pub fn watch_handlers_file(&self, mut file: HandlersFile) -> Result<(), String> {
+        let mut s = lock(&self.state);
+        if let Some(first) = file.changed()? {
+            s.config.get_or_insert_with(SimConfig::default).handlers = first;
+            s.publish_handlers();
+        }
+        s.handlers_file = Some(file);
+        Ok(())
+    }
+
+    /// Why the watched handlers file was not taken, one entry per change.
+    pub fn handlers_file_errors(&self) -> Vec<String> {
+        lock(&self.state).handlers_file_errors.clone()
+    }
+
+    /// The primary manifest URL of handler `name` (its `location`).
+    pub fn manifest_url(&self, name: &str) -> String {
+        let s = lock(&self.state);
+        format!("{}{}", s.wire_base, handlers::manifest_path(name, false))
+    }
+
+    /// The failover manifest URL of handler `name` (its `failoverlocation`).
+    pub fn failover_manifest_url(&self, name: &str) -> String {
+        let s = lock(&self.state);
+        format!("{}{}", s.wire_base, handlers::manifest_path(name, true))
+    }
+
+    /// Where the package of `name` at `version` is served (the manifest's `Uri`).
+    pub fn package_url(&self, name: &str, version: &str) -> String {
+        let s = lock(&self.state);
+        format!("{}{}", s.wire_base, handlers::package_path(name, version))
     }
 
     pub fn set_tenant_certs(&self, certs: Vec<TenantCert>) {
@@ -369,6 +474,11 @@ fn route_wire(state: &Mutex<State>, req: &HttpRequest) -> Reply {
     match (req.method.as_str(), path, req.query("comp")) {
         ("GET", "/", Some("versions")) => doc("versions", &templates::versions),
         ("GET", "/machine/", Some("goalstate")) => {
+            let config = {
+                let mut s = lock(state);
+                s.check_handlers_file();
+                s.config.clone().unwrap_or_default()
+            };
             doc("goalstate", &|| templates::goal_state(&config, &base))
         }
         ("GET", p, Some(comp)) if p.starts_with("/machine/") => {
@@ -386,7 +496,7 @@ fn route_wire(state: &Mutex<State>, req: &HttpRequest) -> Reply {
                     doc("sharedConfig", &|| templates::shared_config(&config))
                 }
                 ("config", Some("extensionsConfig")) => doc("extensionsConfig", &|| {
-                    templates::extensions_config(&config, &status_blob_url(&base))
+                    templates::extensions_config(&config, &base, &status_blob_url(&base))
                 }),
                 ("certificates", _) => certificates(&config, req),
                 _ => Reply::status(404),
@@ -585,7 +695,7 @@ mod templates {
         } else {
             format!("\n          <Certificates>{m}?comp=certificates&amp;incarnation={inc}</Certificates>")
         };
-        let ext = if c.extensions_config {
+        let ext = if c.extensions_config || !c.handlers.is_empty() {
             format!("\n          <ExtensionsConfig>{m}?comp=config&amp;type=extensionsConfig&amp;incarnation={inc}</ExtensionsConfig>")
         } else {
             String::new()
@@ -667,7 +777,9 @@ mod templates {
         )
     }
 
-    pub fn extensions_config(c: &SimConfig, status_url: &str) -> String {
+    pub fn extensions_config(c: &SimConfig, base: &str, status_url: &str) -> String {
+        let features = super::handlers::required_features_xml(&c.handlers);
+        let handlers = super::handlers::plugins_xml(&c.handlers, base);
         format!(
             r#"<?xml version="1.0" encoding="utf-8"?>
 <Extensions version="1.0.0.0" goalStateIncarnation="{inc}"><GuestAgentExtension xmlns:i="http://www.w3.org/2001/XMLSchema-instance">
@@ -678,8 +790,8 @@ mod templates {
     </GAFamily>
   </GAFamilies>
 </GuestAgentExtension>
-<StatusUploadBlob statusBlobType="BlockBlob">{url}</StatusUploadBlob>
-<InVMGoalStateMetaData inSvdSeqNo="{inc}" createdOnTicks="638000000000000000" activityId="a33f6f53-43d6-4625-b322-1a39651a00c9" correlationId="9a47a2a2-e740-4bfc-b11b-4f2f7cfe7d2e" />
+{features}<StatusUploadBlob statusBlobType="BlockBlob">{url}</StatusUploadBlob>
+{handlers}<InVMGoalStateMetaData inSvdSeqNo="{inc}" createdOnTicks="638000000000000000" activityId="a33f6f53-43d6-4625-b322-1a39651a00c9" correlationId="9a47a2a2-e740-4bfc-b11b-4f2f7cfe7d2e" />
 </Extensions>
 "#,
             inc = c.incarnation,
