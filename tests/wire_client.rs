@@ -721,3 +721,216 @@ fn an_incarnation_that_is_not_a_number_is_refused_and_names_no_file() {
     let full = c.update_goal_state(false).unwrap().unwrap();
     assert_eq!(full.goal_state.incarnation, "2");
 }
+
+/// Bytes no text handling would keep intact, like a zip's.
+fn package_bytes(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 % 256) as u8).collect()
+}
+
+/// The names in `dir`, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+const SAS: &str = "?sv=2018-03-28&sr=b&sig=c2VjcmV0LXNpZw%3D%3D";
+
+#[test]
+fn a_package_downloads_straight_from_storage_into_a_private_file() {
+    let sim = FabricSim::start(SimConfig::default()).unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    let mut c = client(&sim, lib.path());
+    // Several times the download buffer.
+    let data = package_bytes(300_000);
+    let url = sim.put_blob("Contoso.Ext__1.0.zip", data.clone()) + SAS;
+    let manifest = sim.put_blob("manifest.xml", b"<PluginVersionManifest/>".to_vec());
+    let dest = lib.path().join("Contoso.Ext__1.0.zip");
+
+    let n = c
+        .download_artifact(&url, Some(&manifest), &dest, 1 << 20)
+        .unwrap();
+    assert_eq!(n, data.len() as u64);
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    assert_eq!(mode(&dest), 0o600);
+    let requests = sim.requests();
+    assert_eq!(requests.len(), 1, "{:?}", targets(&sim));
+    assert_eq!(requests[0].service, Service::Wire);
+    assert_eq!(
+        requests[0].request.target,
+        format!("/blob/Contoso.Ext__1.0.zip{SAS}")
+    );
+    assert_eq!(
+        requests[0].request.header("x-ms-version"),
+        Some("2014-02-14")
+    );
+}
+
+#[test]
+fn a_storage_refusal_falls_back_to_the_hostgaplugin() {
+    let sim = FabricSim::start(SimConfig::default()).unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    let mut c = client(&sim, lib.path());
+    c.update_goal_state(false).unwrap().unwrap();
+    let data = package_bytes(100_000);
+    let url = sim.put_blob("Contoso.Ext__1.0.zip", data.clone()) + SAS;
+    let manifest = sim.put_blob("manifest.xml", b"<PluginVersionManifest/>".to_vec()) + SAS;
+    let dest = lib.path().join("Contoso.Ext__1.0.zip");
+
+    // 403 is throttling for fabric calls (25 attempts); storage gets one,
+    // since the plugin is the way round a network that blocks storage.
+    sim.inject(
+        "/blob/Contoso.Ext",
+        [Fault::Status(403), Fault::Status(403)],
+    );
+    let n = c
+        .download_artifact(&url, Some(&manifest), &dest, 1 << 20)
+        .unwrap();
+    assert_eq!(n, data.len() as u64);
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    let direct = sim.requests_to("/blob/Contoso.Ext");
+    assert_eq!(direct.len(), 1);
+    assert_eq!(direct[0].status, 403);
+    let via = sim.requests_to("/extensionArtifact");
+    assert_eq!(via.len(), 1);
+    assert_eq!(via[0].service, Service::HostPlugin);
+    let r = &via[0].request;
+    assert_eq!(r.method, "GET");
+    assert_eq!(r.header("x-ms-artifact-location"), Some(url.as_str()));
+    assert_eq!(
+        r.header("x-ms-artifact-manifest-location"),
+        Some(manifest.as_str())
+    );
+    assert_eq!(r.header("x-ms-version"), Some("2015-09-01"));
+    assert_eq!(
+        r.header("x-ms-containerid"),
+        Some(sim.config().container_id.as_str())
+    );
+
+    // Without a manifest URI the header is left out.
+    let second = lib.path().join("second.zip");
+    c.download_artifact(&url, None, &second, 1 << 20).unwrap();
+    assert_eq!(std::fs::read(&second).unwrap(), data);
+    let via = sim.requests_to("/extensionArtifact");
+    assert_eq!(via.len(), 2);
+    assert_eq!(
+        via[1].request.header("x-ms-artifact-manifest-location"),
+        None
+    );
+}
+
+#[test]
+fn the_plugin_download_refreshes_a_stale_container_and_retries_a_cut_body() {
+    let sim = FabricSim::start(SimConfig::default()).unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    let mut c = client(&sim, lib.path());
+    c.update_goal_state(false).unwrap().unwrap();
+    let gs_before = sim.requests_to("comp=goalstate").len();
+    let data = package_bytes(50_000);
+    let url = sim.put_blob("Contoso.Ext__1.0.zip", data.clone());
+    let dest = lib.path().join("Contoso.Ext__1.0.zip");
+    sim.inject("/blob/Contoso.Ext", [Fault::Reset]);
+    sim.inject("/extensionArtifact", [Fault::Status(410), Fault::Truncate]);
+
+    c.download_artifact(&url, None, &dest, 1 << 20).unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    assert_eq!(sim.requests_to("comp=goalstate").len(), gs_before + 1);
+    let statuses: Vec<(u16, Option<Fault>)> = sim
+        .requests_to("/extensionArtifact")
+        .into_iter()
+        .map(|r| (r.status, r.fault))
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![
+            (410, Some(Fault::Status(410))),
+            (200, Some(Fault::Truncate)),
+            (200, None)
+        ]
+    );
+}
+
+#[test]
+fn a_download_that_fails_both_ways_leaves_no_file() {
+    let sim = FabricSim::start(SimConfig::default()).unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    let mut c = client(&sim, lib.path());
+    c.update_goal_state(false).unwrap().unwrap();
+    let before = listing(lib.path());
+    let ep = sim.endpoint();
+    let url = format!("http://{}:{}/blob/missing.zip{SAS}", ep.host, ep.wire_port);
+    let dest = lib.path().join("missing.zip");
+    let err = c.download_artifact(&url, None, &dest, 1 << 20).unwrap_err();
+    assert!(
+        matches!(err, WireError::Status { status: 404, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("/extensionArtifact"), "{err}");
+    assert_eq!(listing(lib.path()), before);
+    assert_eq!(sim.requests_to("/blob/missing.zip").len(), 1);
+    assert_eq!(sim.requests_to("/extensionArtifact").len(), 1);
+}
+
+#[test]
+fn an_oversized_package_is_refused_and_not_fetched_again_through_the_plugin() {
+    let sim = FabricSim::start(SimConfig::default()).unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    let mut c = client(&sim, lib.path());
+    c.update_goal_state(false).unwrap().unwrap();
+    let before = listing(lib.path());
+    let url = sim.put_blob("big.zip", package_bytes(5000)) + SAS;
+    let dest = lib.path().join("big.zip");
+    let err = c.download_artifact(&url, None, &dest, 4096).unwrap_err();
+    assert!(
+        matches!(err, WireError::TooLarge { limit: 4096, .. }),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(text.ends_with("larger than 4096 bytes; refused"), "{text}");
+    assert!(
+        !text.contains("c2VjcmV0"),
+        "the SAS signature leaked: {text}"
+    );
+    assert_eq!(listing(lib.path()), before);
+    assert_eq!(sim.requests_to("/blob/big.zip").len(), 1);
+    assert!(sim.requests_to("/extensionArtifact").is_empty());
+
+    // A file already at the destination is an error, and stays as it was.
+    std::fs::write(&dest, b"earlier").unwrap();
+    let small = sim.put_blob("small.zip", package_bytes(10));
+    let err = c.download_artifact(&small, None, &dest, 4096).unwrap_err();
+    assert!(matches!(err, WireError::Io { .. }), "{err}");
+    assert_eq!(std::fs::read(&dest).unwrap(), b"earlier");
+}
+
+#[test]
+fn a_package_download_goes_through_the_proxy() {
+    let (proxy, seen) = connect_proxy();
+    let sim = FabricSim::start(SimConfig::default()).unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    let openssl = Openssl::new(PathBuf::from("openssl"), Rc::new(SystemRunner));
+    let mut c = WireClient::new(
+        sim.endpoint(),
+        lib.path(),
+        openssl,
+        ClientOptions {
+            timeout_secs: 2,
+            retry: fast_policy(),
+            health_retry: fast_policy(),
+            storage_proxy: Some(proxy),
+        },
+    );
+    let data = package_bytes(20_000);
+    let url = sim.put_blob("Contoso.Ext__1.0.zip", data.clone());
+    let dest = lib.path().join("Contoso.Ext__1.0.zip");
+    c.download_artifact(&url, None, &dest, 1 << 20).unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    let ep = sim.endpoint();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![format!("CONNECT {}:{} HTTP/1.1", ep.host, ep.wire_port)]
+    );
+}

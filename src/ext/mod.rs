@@ -6,4 +6,5 @@
 //! do is decided by a pure planner from the ExtensionsConfig and what is on
 //! disk; an executor carries the plan out one step per turn.
 
+pub mod package;
 pub mod plan;

@@ -1,6 +1,8 @@
 //! The HostGAPlugin's calls (§11): health, versions, extension artifacts and
 //! the status blob through the host, refreshing a stale container id once.
 
+use std::path::Path;
+
 use super::retry::Call;
 use super::storage::STORAGE_API_VERSION;
 use super::{RetryPolicy, WireClient, WireError};
@@ -58,16 +60,33 @@ impl WireClient {
         body: Option<&[u8]>,
         also_retry: &[u16],
     ) -> Result<Response, WireError> {
+        self.plugin_call_with(method, url, extra, body, also_retry, |c, call| {
+            c.execute(call)
+        })
+    }
+
+    /// [`plugin_call`](Self::plugin_call) with the request run by `exec`
+    /// (`execute`, or `execute_download` for an artifact that goes to a file).
+    fn plugin_call_with<T>(
+        &mut self,
+        method: &str,
+        url: &str,
+        extra: &[(&'static str, String)],
+        body: Option<&[u8]>,
+        also_retry: &[u16],
+        mut exec: impl FnMut(&Self, &Call<'_>) -> Result<T, WireError>,
+    ) -> Result<T, WireError> {
         for round in 0..2 {
             let mut headers = self.plugin_headers();
             headers.extend(extra.iter().cloned());
-            let result = self.execute(&Call {
+            let call = Call {
                 headers,
                 body,
                 ok: &[200, 201],
                 also_retry,
                 ..Call::new(method, url, &self.options.retry)
-            });
+            };
+            let result = exec(self, &call);
             let stale = match &result {
                 Err(WireError::Gone { .. }) => true,
                 Err(WireError::Status {
@@ -90,19 +109,46 @@ impl WireClient {
         Err(WireError::Missing("HostGAPlugin: no answer".into()))
     }
 
-    /// `GET /extensionArtifact`: a storage artifact through the host.
-    pub fn extension_artifact(
-        &mut self,
+    /// The `/extensionArtifact` URL and its headers (§11.3).
+    fn artifact_request(
+        &self,
         artifact_url: &str,
         manifest_url: Option<&str>,
-    ) -> Result<Vec<u8>, WireError> {
+    ) -> (String, Vec<(&'static str, String)>) {
         let url = format!("{}/extensionArtifact", self.endpoint.hostplugin_base());
         let mut extra = vec![("x-ms-artifact-location", artifact_url.to_string())];
         if let Some(m) = manifest_url {
             extra.push(("x-ms-artifact-manifest-location", m.to_string()));
         }
+        (url, extra)
+    }
+
+    /// `GET /extensionArtifact`: a storage document (a manifest) through the
+    /// host, in memory and bounded like every document.
+    pub fn extension_artifact(
+        &mut self,
+        artifact_url: &str,
+        manifest_url: Option<&str>,
+    ) -> Result<Vec<u8>, WireError> {
+        let (url, extra) = self.artifact_request(artifact_url, manifest_url);
         // The plugin answers 400 while its cache warms up (§4.3).
         Ok(self.plugin_call("GET", &url, &extra, None, &[400])?.body)
+    }
+
+    /// `GET /extensionArtifact` into a new file `dest` (a package: streamed,
+    /// at most `max_bytes`, no file left on failure; see
+    /// [`http::download`](crate::http::download)). Returns the bytes written.
+    pub fn extension_artifact_to_file(
+        &mut self,
+        artifact_url: &str,
+        manifest_url: Option<&str>,
+        dest: &Path,
+        max_bytes: u64,
+    ) -> Result<u64, WireError> {
+        let (url, extra) = self.artifact_request(artifact_url, manifest_url);
+        self.plugin_call_with("GET", &url, &extra, None, &[400], |c, call| {
+            c.execute_download(call, dest, max_bytes)
+        })
     }
 
     /// `PUT /status`: upload the status blob (a block blob) through the host.

@@ -10,9 +10,10 @@
 //!
 //! One file per endpoint: `wireserver.rs` (versions, the goal state and its
 //! documents, health, role properties), `hostplugin.rs` (the HostGAPlugin),
-//! `storage.rs` (the status blob, directly to storage); `retry.rs` is the
-//! retry loop every call goes through. This file holds the client and its
-//! error.
+//! `storage.rs` (the status blob directly to storage, artifact downloads
+//! with the plugin as fallback); `retry.rs` is the retry loop every call
+//! goes through, a download streaming to a file included. This file holds
+//! the client and its error.
 
 mod hostplugin;
 mod retry;
@@ -64,6 +65,11 @@ pub enum WireError {
     },
     /// A document did not parse.
     Document(DocError),
+    /// A download sent (or announced) more than `limit` bytes.
+    TooLarge {
+        url: String,
+        limit: u64,
+    },
     /// A goal state lacks something this call needs.
     Missing(String),
     Crypto(CryptoError),
@@ -106,6 +112,11 @@ impl fmt::Display for WireError {
                 offered.join(", ")
             ),
             WireError::Document(e) => e.fmt(f),
+            WireError::TooLarge { url, limit } => write!(
+                f,
+                "{}: larger than {limit} bytes; refused",
+                crate::redact::redact_url(url)
+            ),
             WireError::Missing(what) => f.write_str(what),
             WireError::Crypto(e) => e.fmt(f),
             WireError::Io { path, source } => write!(f, "{}: {source}", path.display()),

@@ -1,10 +1,12 @@
 //! The retry loop every fabric call goes through (§4.3): Fibonacci back-off,
 //! throttling, 410 handed back to the caller, all bounded by a [`RetryPolicy`].
 
+use std::cell::Cell;
+use std::path::Path;
 use std::time::Duration;
 
 use super::{WireClient, WireError, MAX_DOCUMENT_BYTES};
-use crate::http::{self, Request, Response};
+use crate::http::{self, DownloadError, Request, Response};
 
 /// How often and how patiently a request is retried.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,9 +102,66 @@ impl<'a> Call<'a> {
     }
 }
 
+/// A download's deadline grows with what it may fetch: minreq's timeout
+/// bounds the whole exchange, so allow the usual timeout plus a second per
+/// MiB (a floor of 1 MiB/s).
+fn download_timeout(timeout_secs: u64, max_bytes: u64) -> u64 {
+    timeout_secs.saturating_add(max_bytes.div_ceil(1 << 20))
+}
+
 impl WireClient {
     /// One logical request with retries. Returns the successful response.
     pub(super) fn execute(&self, call: &Call<'_>) -> Result<Response, WireError> {
+        self.execute_with(call, |req| http::send(req).map_err(WireError::Transport))
+    }
+
+    /// [`execute`](Self::execute) with the body of a successful answer
+    /// streamed into a new file `dest` (see [`http::download`]); returns the
+    /// bytes written. An attempt that fails leaves no file, so the next one
+    /// can create it again; an oversized artifact or a local file error ends
+    /// the call at once.
+    pub(super) fn execute_download(
+        &self,
+        call: &Call<'_>,
+        dest: &Path,
+        max_bytes: u64,
+    ) -> Result<u64, WireError> {
+        let written = Cell::new(0);
+        self.execute_with(call, |req| {
+            let req = Request {
+                timeout_secs: download_timeout(req.timeout_secs, max_bytes),
+                ..req.clone()
+            };
+            match http::download(&req, dest, max_bytes) {
+                Ok(d) => {
+                    // A 2xx the call does not accept (206, say) wrote a file.
+                    if d.written > 0 && !call.ok.contains(&d.status) {
+                        let _ = std::fs::remove_file(dest);
+                    }
+                    written.set(d.written);
+                    Ok(Response {
+                        status: d.status,
+                        headers: d.headers,
+                        body: d.error_body,
+                    })
+                }
+                Err(DownloadError::Transport(e)) => Err(WireError::Transport(e)),
+                Err(DownloadError::TooLarge { url, limit }) => {
+                    Err(WireError::TooLarge { url, limit })
+                }
+                Err(DownloadError::File { path, source }) => Err(WireError::Io { path, source }),
+            }
+        })?;
+        Ok(written.get())
+    }
+
+    /// The retry loop around `send`: a `WireError::Transport` it returns is
+    /// retried like a failed connection; any other error ends the call.
+    fn execute_with(
+        &self,
+        call: &Call<'_>,
+        mut send: impl FnMut(&Request<'_>) -> Result<Response, WireError>,
+    ) -> Result<Response, WireError> {
         let started = self.clock.now();
         let mut attempts = 0u32;
         let mut budget = call.retry.attempts.max(1);
@@ -119,7 +178,7 @@ impl WireClient {
                     ("Connection", "close"),
                 ])
                 .collect();
-            let result = http::send(&Request {
+            let result = send(&Request {
                 method: call.method,
                 url: call.url,
                 headers: &headers,
@@ -151,7 +210,8 @@ impl WireClient {
                     }
                     err
                 }
-                Err(e) => WireError::Transport(e),
+                Err(WireError::Transport(e)) => WireError::Transport(e),
+                Err(e) => return Err(e),
             };
             let wait = if throttled_mode {
                 call.retry.throttled_delay
@@ -190,6 +250,14 @@ mod tests {
         let waits: Vec<u64> = (1..6).map(|n| p.backoff(n).as_secs()).collect();
         assert_eq!(waits, vec![2, 3, 5, 8, 13]);
         assert_eq!(RetryPolicy::health().backoff(1).as_secs(), 30);
+    }
+
+    #[test]
+    fn download_deadline_grows_with_the_bound() {
+        assert_eq!(download_timeout(10, 0), 10);
+        assert_eq!(download_timeout(10, 1), 11);
+        assert_eq!(download_timeout(10, 256 << 20), 266);
+        assert_eq!(download_timeout(u64::MAX, u64::MAX), u64::MAX);
     }
 
     #[test]

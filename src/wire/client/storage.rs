@@ -1,8 +1,12 @@
-//! The status blob's upload (§12.3): through the HostGAPlugin first, else
-//! straight to storage as a block blob or in 512-byte pages, via `HttpProxy.*`.
+//! Storage: the status blob's upload (§12.3), through the HostGAPlugin
+//! first, else straight to storage as a block blob or in 512-byte pages; and
+//! artifact downloads (§13.4), straight from storage first, else through the
+//! HostGAPlugin. Storage is reached via `HttpProxy.*`.
+
+use std::path::Path;
 
 use super::retry::Call;
-use super::{WireClient, WireError};
+use super::{RetryPolicy, WireClient, WireError};
 use crate::wire::docs::{StatusBlobType, StatusUploadBlob};
 
 /// Storage's API version, for requests the HostGAPlugin replays.
@@ -26,6 +30,47 @@ impl WireClient {
             }
         }
         self.put_blob_directly(blob, content)
+    }
+
+    /// Downloads an artifact (an extension package) into a new file `dest`,
+    /// at most `max_bytes`, as §13.4 says: straight from storage (through
+    /// `HttpProxy.*`), else through the HostGAPlugin's `/extensionArtifact`
+    /// with `uri` and, when given, the manifest it came from. Returns the
+    /// bytes written. On failure no file is left at `dest`.
+    ///
+    /// Storage gets one attempt: the plugin, tried next, is the retry (and
+    /// the way round a network that blocks storage). An artifact that is too
+    /// large, or a `dest` that cannot be created, is not tried again.
+    pub fn download_artifact(
+        &mut self,
+        uri: &str,
+        manifest_uri: Option<&str>,
+        dest: &Path,
+        max_bytes: u64,
+    ) -> Result<u64, WireError> {
+        match self.download_directly(uri, dest, max_bytes) {
+            Ok(n) => return Ok(n),
+            Err(e @ (WireError::TooLarge { .. } | WireError::Io { .. })) => return Err(e),
+            Err(e) => log::info!("direct download failed ({e}); trying the HostGAPlugin"),
+        }
+        self.extension_artifact_to_file(uri, manifest_uri, dest, max_bytes)
+    }
+
+    fn download_directly(&self, uri: &str, dest: &Path, max_bytes: u64) -> Result<u64, WireError> {
+        let once = RetryPolicy {
+            attempts: 1,
+            throttled_attempts: 1,
+            ..self.options.retry.clone()
+        };
+        self.execute_download(
+            &Call {
+                headers: self.storage_headers(),
+                proxy: self.options.storage_proxy.as_deref(),
+                ..Call::new("GET", uri, &once)
+            },
+            dest,
+            max_bytes,
+        )
     }
 
     /// Storage requests carry its API version and a date (in waagent's
