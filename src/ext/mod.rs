@@ -5,3 +5,5 @@
 //! process the daemon's loop looks at on each turn, never waits on. What to
 //! do is decided by a pure planner from the ExtensionsConfig and what is on
 //! disk; an executor carries the plan out one step per turn.
+
+pub mod handler;
