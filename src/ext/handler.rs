@@ -1,6 +1,6 @@
 //! A handler's own files (§13.3–§13.7, §13.12): its manifest, the
 //! environment and settings files the agent writes for it, the status and
-//! heartbeat files the extension writes back, and the
+//! heartbeat files the extension writes back (`handler/status.rs`), and the
 //! agent's record of the handler's state.
 //!
 //! Pure functions and bounded file readers; nothing here runs a command.
@@ -22,6 +22,12 @@ use serde_json::Value;
 use crate::names::quote;
 use crate::wire::docs::ExtensionState;
 use crate::wire::status::HandlerStatus;
+
+mod status;
+pub use status::{
+    parse_status, read_heartbeat, read_status, Heartbeat, StatusFor, StatusOutcome, StatusRead,
+    HEARTBEAT_MAX_AGE,
+};
 
 /// `ExtensionErrorCodes.PluginUnknownFailure`: a status file that cannot
 /// be read (waagent's code for it).

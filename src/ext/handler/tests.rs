@@ -1,5 +1,8 @@
 use super::*;
+use crate::wire::status::{ExtensionStatus, SubStatus};
 use std::path::PathBuf;
+use std::time::UNIX_EPOCH;
+use std::time::{Duration, SystemTime};
 
 use crate::wire::docs::test_support::{fixture, samples_dir};
 use crate::wire::docs::ExtensionsConfig;
@@ -20,6 +23,14 @@ fn own_text(name: &str) -> String {
 /// test is noted as skipped) without them.
 fn sample(rel: &str) -> Option<PathBuf> {
     Some(samples_dir()?.join("ext").join(rel))
+}
+
+fn single(seq_no: u64) -> StatusFor<'static> {
+    StatusFor {
+        handler: "Contoso.Tools.Example",
+        extension: None,
+        seq_no,
+    }
 }
 
 // --- HandlerManifest.json ----------------------------------------------------
@@ -378,6 +389,399 @@ fn settings_and_status_file_names() {
     }
 }
 
+// --- Status files --------------------------------------------------------------
+
+#[test]
+fn a_valid_status_file() {
+    let path = own("status_success.json");
+    let read = read_status(&path, &single(4));
+    assert_eq!(read.outcome, StatusOutcome::Valid);
+    assert_eq!(
+        read.status,
+        ExtensionStatus {
+            extension_name: None,
+            name: "Contoso.Tools.Example".into(),
+            sequence_number: 4,
+            operation: Some("Enable".into()),
+            status: "success",
+            code: 0,
+            message: "Enabled".into(),
+            configuration_applied_time: Some("2024-05-01T11:59:58Z".into()),
+            substatus: vec![
+                SubStatus {
+                    name: Some("StdOut".into()),
+                    status: "success",
+                    code: 0,
+                    message: Some("hello".into()),
+                },
+                SubStatus {
+                    name: Some("StdErr".into()),
+                    status: "warning",
+                    code: 3,
+                    message: Some("a \"quoted\"\nline".into()),
+                },
+                SubStatus {
+                    name: None,
+                    status: "error",
+                    code: 0,
+                    message: None,
+                },
+            ],
+        }
+    );
+
+    // A multi-config extension's status carries its name.
+    let of = StatusFor {
+        handler: "Contoso.Test.MultiHandler",
+        extension: Some("first"),
+        seq_no: 3,
+    };
+    let read = read_status(&path, &of);
+    assert_eq!(read.status.extension_name.as_deref(), Some("first"));
+    assert_eq!(read.status.name, "first");
+}
+
+#[test]
+fn a_status_value_waagent_does_not_know_is_an_error() {
+    let read = read_status(&own("status_unknown_value.json"), &single(1));
+    assert_eq!(read.outcome, StatusOutcome::Valid);
+    assert_eq!(read.status.status, "error");
+    assert_eq!(read.status.code, 12);
+    assert_eq!(read.status.operation.as_deref(), Some("Install"));
+    assert_eq!(read.status.message, "");
+}
+
+#[test]
+fn a_missing_status_file_is_reported_by_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("0.status");
+    let read = read_status(&path, &single(0));
+    assert_eq!(read.outcome, StatusOutcome::Missing);
+    assert!(!read.outcome.may_be_transient());
+    assert_eq!((read.status.status, read.status.code), ("transitioning", 0));
+    assert_eq!(
+        read.status.message,
+        format!(
+            "This status is being reported by the Guest Agent since no status file was reported \
+             by extension Contoso.Tools.Example: Status file {} does not exist",
+            path.display()
+        )
+    );
+    assert_eq!(read.status.operation, None);
+    assert_eq!(read.status.sequence_number, 0);
+}
+
+/// Every bad file: `error`, its code, what was found, and a message that
+/// names the file.
+#[test]
+fn bad_status_files() {
+    let cases: [(&str, StatusOutcome, &str); 5] = [
+        (
+            "status_half_written.json",
+            StatusOutcome::NotJson,
+            "is not valid JSON: EOF while parsing a string at line 1 column 93",
+        ),
+        (
+            "status_object.json",
+            StatusOutcome::Schema,
+            "is not a JSON array",
+        ),
+        (
+            "status_bad_substatus.json",
+            StatusOutcome::Schema,
+            r#"has status.substatus[0].status "done\u{1b}[31m", not one of transitioning, error, success, warning"#,
+        ),
+        (
+            "status_bad_message.json",
+            StatusOutcome::Schema,
+            "has no lang",
+        ),
+        (
+            "heartbeat.json",
+            StatusOutcome::Schema,
+            "has no status object in element 0",
+        ),
+    ];
+    for (name, outcome, problem) in cases {
+        let path = own(name);
+        let read = read_status(&path, &single(2));
+        assert_eq!(read.outcome, outcome, "{name}");
+        assert_eq!(read.status.status, "error", "{name}");
+        assert_eq!(read.status.code, CODE_STATUS_INVALID, "{name}");
+        assert!(
+            read.status.message.contains(&path.display().to_string()),
+            "{name}: {}",
+            read.status.message
+        );
+        assert!(
+            read.status.message.ends_with(problem),
+            "{name}: {}",
+            read.status.message
+        );
+        assert!(
+            read.status.message.contains("(sequence number 2)"),
+            "{name}"
+        );
+    }
+    // A half-written file does not show its content.
+    let read = read_status(&own("status_half_written.json"), &single(2));
+    assert!(!read.status.message.contains("formattedMessage"));
+    assert!(read.outcome.may_be_transient());
+}
+
+#[test]
+fn status_files_that_are_not_files_or_not_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| dir.path().join(name);
+
+    std::fs::write(at("empty.status"), "").unwrap();
+    std::fs::write(at("blank.status"), "\u{feff} \n").unwrap();
+    for name in ["empty.status", "blank.status"] {
+        let read = read_status(&at(name), &single(1));
+        assert_eq!(read.outcome, StatusOutcome::Empty, "{name}");
+        assert!(read.outcome.may_be_transient());
+        assert_eq!(
+            (read.status.status, read.status.code),
+            ("error", CODE_STATUS_INVALID)
+        );
+        assert!(read.status.message.ends_with("is empty"));
+    }
+
+    std::fs::write(
+        at("latin1.status"),
+        b"[{\"status\": {\"status\": \"\xe9\"}}]",
+    )
+    .unwrap();
+    assert_eq!(
+        read_status(&at("latin1.status"), &single(1)).outcome,
+        StatusOutcome::NotJson
+    );
+
+    std::fs::write(at("empty_array.status"), "[]").unwrap();
+    let read = read_status(&at("empty_array.status"), &single(1));
+    assert_eq!(read.outcome, StatusOutcome::Schema);
+    assert!(read.status.message.ends_with("is an empty array"));
+
+    // A BOM is tolerated.
+    let mut bom = b"\xef\xbb\xbf".to_vec();
+    bom.extend(std::fs::read(own("status_success.json")).unwrap());
+    std::fs::write(at("bom.status"), bom).unwrap();
+    assert_eq!(
+        read_status(&at("bom.status"), &single(1)).outcome,
+        StatusOutcome::Valid
+    );
+
+    // A link is not followed, even to a valid status.
+    std::os::unix::fs::symlink(own("status_success.json"), at("link.status")).unwrap();
+    let read = read_status(&at("link.status"), &single(1));
+    assert_eq!(read.outcome, StatusOutcome::NotRegular);
+    assert_eq!(read.status.code, CODE_STATUS_INVALID);
+    assert!(read
+        .status
+        .message
+        .ends_with("is a symbolic link, not a regular file"));
+
+    // A FIFO neither hangs the open nor is read.
+    nix::unistd::mkfifo(&at("fifo.status"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let read = read_status(&at("fifo.status"), &single(1));
+    assert_eq!(read.outcome, StatusOutcome::NotRegular);
+    assert!(read
+        .status
+        .message
+        .ends_with("is a FIFO, not a regular file"));
+
+    std::fs::create_dir(at("dir.status")).unwrap();
+    assert_eq!(
+        read_status(&at("dir.status"), &single(1)).outcome,
+        StatusOutcome::NotRegular
+    );
+
+    // Over 1 MiB: refused without parsing, however valid.
+    let padding = " ".repeat(STATUS_MAX_BYTES);
+    std::fs::write(
+        at("huge.status"),
+        format!("[{{\"status\": {{\"status\": \"success\"}}}}{padding}]"),
+    )
+    .unwrap();
+    let read = read_status(&at("huge.status"), &single(1));
+    assert_eq!(read.outcome, StatusOutcome::TooLarge);
+    assert_eq!(read.status.status, "error");
+    assert!(read.status.message.contains("is over 1048576 bytes"));
+}
+
+/// A status file over 128 KiB with long texts, built here.
+fn oversized_status(
+    message_chars: usize,
+    subs: usize,
+    name_chars: usize,
+    msg_chars: usize,
+) -> String {
+    let sub = serde_json::json!({
+        "name": "n".repeat(name_chars),
+        "status": "success",
+        "code": 0,
+        "formattedMessage": {"lang": "en-US", "message": "m".repeat(msg_chars)},
+    });
+    serde_json::json!([{
+        "status": {
+            "status": "success",
+            "operation": "o".repeat(5000),
+            "formattedMessage": {"lang": "en-US", "message": "é".repeat(message_chars)},
+            "substatus": vec![sub; subs],
+        }
+    }])
+    .to_string()
+}
+
+#[test]
+fn oversized_status_files_are_cut_as_waagent_cuts_them() {
+    let text = oversized_status(2000, 30, 6000, 12_000);
+    assert!(text.len() > STATUS_TRUNCATE_BYTES);
+    let read = parse_status(text.as_bytes(), Path::new("/x/0.status"), &single(0));
+    assert_eq!(read.outcome, StatusOutcome::Truncated);
+    let s = &read.status;
+    assert_eq!(s.message, format!("{} ... [TRUNCATED]", "é".repeat(1024)));
+    // 1040 characters of message, then 6000 + 10256 per substatus: seven
+    // fit in 128 KiB.
+    assert_eq!(s.substatus.len(), 7);
+    for sub in &s.substatus {
+        assert_eq!(sub.name.as_deref(), Some("n".repeat(6000).as_str()));
+        assert_eq!(
+            sub.message.as_deref(),
+            Some(format!("{} ... [TRUNCATED]", "m".repeat(10_240)).as_str())
+        );
+    }
+    assert_eq!(
+        s.operation.as_deref(),
+        Some(format!("{} ... [TRUNCATED]", "o".repeat(1024)).as_str())
+    );
+
+    // Under 128 KiB nothing is cut but the short fields.
+    let text = oversized_status(5000, 2, 20_000, 20_000);
+    assert!(text.len() < STATUS_TRUNCATE_BYTES);
+    let read = parse_status(text.as_bytes(), Path::new("/x/0.status"), &single(0));
+    assert_eq!(read.outcome, StatusOutcome::Valid);
+    assert_eq!(read.status.message.chars().count(), 5000);
+    assert_eq!(read.status.substatus.len(), 2);
+    assert_eq!(
+        read.status.substatus[1].message.as_deref().map(str::len),
+        Some(20_000)
+    );
+}
+
+#[test]
+fn sample_status_files() {
+    let Some(dir) = sample("") else {
+        return;
+    };
+    let read = read_status(&dir.join("sample-status.json"), &single(0));
+    assert_eq!(read.outcome, StatusOutcome::Valid);
+    let s = &read.status;
+    assert_eq!((s.status, s.code), ("success", 1));
+    assert_eq!(s.operation.as_deref(), Some("Enable"));
+    assert_eq!(s.configuration_applied_time, None);
+    assert_eq!(
+        s.message,
+        "Aenean semper nunc nisl, vitae sollicitudin felis consequat at. In lobortis elementum \
+         sapien, non commodo odio semper ac."
+    );
+    assert_eq!(s.substatus.len(), 1);
+    let sub = &s.substatus[0];
+    assert_eq!(
+        (sub.status, sub.code, sub.message.as_deref()),
+        ("success", 0, None)
+    );
+    assert!(sub
+        .name
+        .as_deref()
+        .unwrap()
+        .starts_with(r#"[{"status": {"status": "success", "code": "1", "snapshotInfo": "#));
+
+    let read = read_status(&dir.join("sample-status-very-large.json"), &single(0));
+    assert_eq!(read.outcome, StatusOutcome::Truncated);
+    let s = &read.status;
+    assert_eq!((s.status, s.code), ("success", 1));
+    assert!(s.message.starts_with(
+        "Lorem ipsum dolor sit amet, consectetur adipiscing elit. Vestibulum non lacinia urna, sit "
+    ));
+    assert!(s.message.ends_with(" ... [TRUNCATED]"));
+    assert_eq!(s.message.chars().count(), 1024 + 16);
+    assert_eq!(s.substatus.len(), 1);
+    let sub = &s.substatus[0];
+    assert_eq!((sub.status, sub.code), ("success", 0));
+    assert_eq!(sub.name.as_deref().unwrap().chars().count(), 10_240 + 16);
+    assert!(sub.message.as_deref().unwrap().starts_with(
+        "Lorem ipsum dolor sit amet, consectetur adipiscing elit. Vestibulum non lacinia urna, sit amet venenatis orci"
+    ));
+
+    for (name, outcome) in [
+        (
+            "sample-status-invalid-json-format.json",
+            StatusOutcome::NotJson,
+        ),
+        (
+            "sample-status-invalid-format-emptykey-line7.json",
+            StatusOutcome::NotJson,
+        ),
+        (
+            "sample-status-invalid-status-no-status-status-key.json",
+            StatusOutcome::Schema,
+        ),
+    ] {
+        let read = read_status(&dir.join(name), &single(0));
+        assert_eq!(read.outcome, outcome, "{name}");
+        assert_eq!(
+            (read.status.status, read.status.code),
+            ("error", CODE_STATUS_INVALID),
+            "{name}"
+        );
+        assert!(read.status.message.contains(name));
+        // The file's content stays out of the message.
+        assert!(!read.status.message.contains("uniqueMachineId"), "{name}");
+    }
+}
+
+/// A status read from a file reaches the status blob in §12's shape.
+#[test]
+fn a_status_read_goes_into_the_status_blob() {
+    let read = read_status(&own("status_success.json"), &single(4));
+    let handler = HandlerStatus {
+        name: "Contoso.Tools.Example".into(),
+        version: "1.2.3".into(),
+        status: "Ready",
+        code: 0,
+        message: Some("Plugin enabled".into()),
+        extension: Some(read.status),
+    };
+    let agent = crate::wire::status::AgentStatus {
+        os_name: "debian".into(),
+        os_version: "12".into(),
+        computer_name: "vm1".into(),
+        in_svd_seq_no: None,
+    };
+    let blob = crate::wire::status::aggregate_status(&agent, &[handler], UNIX_EPOCH);
+    let v: Value = serde_json::from_str(&blob).unwrap();
+    let h = &v["aggregateStatus"]["handlerAggregateStatus"][0];
+    assert_eq!(h["handlerName"], "Contoso.Tools.Example");
+    assert_eq!(h["runtimeSettingsStatus"]["sequenceNumber"], 4);
+    let st = &h["runtimeSettingsStatus"]["settingsStatus"]["status"];
+    assert_eq!(st["configurationAppliedTime"], "2024-05-01T11:59:58Z");
+    assert_eq!(st["operation"], "Enable");
+    assert_eq!(
+        st["formattedMessage"],
+        serde_json::json!({"lang": "en-US", "message": "Enabled"})
+    );
+    assert_eq!(st["substatus"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        st["substatus"][1],
+        serde_json::json!({"name": "StdErr", "status": "warning", "code": 3,
+            "formattedMessage": {"lang": "en-US", "message": "a \"quoted\"\nline"}})
+    );
+    assert_eq!(st["substatus"][2]["name"], Value::Null);
+}
+
+// --- Heartbeat -------------------------------------------------------------------
+
 fn handler() -> HandlerStatus {
     HandlerStatus {
         name: "Contoso.Tools.Example".into(),
@@ -387,6 +791,125 @@ fn handler() -> HandlerStatus {
         message: Some("Plugin enabled".into()),
         extension: None,
     }
+}
+
+#[test]
+fn a_fresh_heartbeat_sets_the_handlers_status() {
+    let path = own("heartbeat.json");
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    for now in [
+        mtime,
+        mtime + HEARTBEAT_MAX_AGE,
+        mtime - Duration::from_secs(3600),
+    ] {
+        let hb = read_heartbeat(&path, now);
+        assert_eq!(
+            hb,
+            Heartbeat::Reported {
+                status: "Ready",
+                code: 0,
+                message: Some("running".into())
+            }
+        );
+    }
+    let mut h = handler();
+    h.status = "NotReady";
+    h.code = 5;
+    read_heartbeat(&path, mtime).apply(&mut h);
+    assert_eq!(
+        (h.status, h.code, h.message.as_deref()),
+        ("Ready", 5, Some("running"))
+    );
+}
+
+#[test]
+fn a_stale_heartbeat_is_unresponsive() {
+    let path = own("heartbeat.json");
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let hb = read_heartbeat(&path, mtime + HEARTBEAT_MAX_AGE + Duration::from_secs(1));
+    assert_eq!(hb, Heartbeat::Unresponsive);
+    let mut h = handler();
+    hb.apply(&mut h);
+    assert_eq!(
+        (h.status, h.code, h.message.as_deref()),
+        (
+            "Unresponsive",
+            -1,
+            Some("Extension heartbeat is not responsive")
+        )
+    );
+    // Stale wins over malformed: the age is looked at first, as waagent does.
+    let bad = own("heartbeat_bad_status.json");
+    let mtime = std::fs::metadata(&bad).unwrap().modified().unwrap();
+    assert_eq!(
+        read_heartbeat(&bad, mtime + Duration::from_secs(601)),
+        Heartbeat::Unresponsive
+    );
+}
+
+#[test]
+fn missing_or_malformed_heartbeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let missing = dir.path().join(HEARTBEAT_FILE);
+    let Heartbeat::Invalid(why) = read_heartbeat(&missing, now) else {
+        panic!("a missing heartbeat is invalid");
+    };
+    assert_eq!(
+        why,
+        format!(
+            "Failed to get heartbeat file {}: it does not exist",
+            missing.display()
+        )
+    );
+    let mut h = handler();
+    read_heartbeat(&missing, now).apply(&mut h);
+    assert_eq!((h.status, h.code), ("NotReady", -1));
+
+    let bad = own("heartbeat_bad_status.json");
+    let mtime = std::fs::metadata(&bad).unwrap().modified().unwrap();
+    assert_eq!(
+        read_heartbeat(&bad, mtime),
+        Heartbeat::Invalid(format!(
+            "Malformed heartbeat file {}: heartbeat.status \"Sleeping\" is not one of Ready, NotReady, Installing, Unresponsive",
+            bad.display()
+        ))
+    );
+    for (text, why) in [
+        ("", "not valid JSON"),
+        ("{}", "no heartbeat object"),
+        (r#"[{"heartbeat": {"code": 0}}]"#, "no heartbeat.status"),
+        (
+            r#"[{"heartbeat": {"status": "Ready", "formattedMessage": {"lang": "en"}}}]"#,
+            "heartbeat.formattedMessage has no message",
+        ),
+    ] {
+        std::fs::write(&missing, text).unwrap();
+        let Heartbeat::Invalid(got) = read_heartbeat(&missing, SystemTime::now()) else {
+            panic!("{text} should be invalid");
+        };
+        assert!(got.contains(why), "{text}: {got}");
+    }
+    // Its status in any case, named as the status blob names it; a long
+    // message cut.
+    std::fs::write(
+        &missing,
+        format!(
+            r#"[{{"heartbeat": {{"status": "notready", "code": "4", "formattedMessage": {{"lang": "en-US", "message": "{}"}}}}}}]"#,
+            "x".repeat(3000)
+        ),
+    )
+    .unwrap();
+    let Heartbeat::Reported {
+        status,
+        code,
+        message,
+    } = read_heartbeat(&missing, SystemTime::now())
+    else {
+        panic!("valid heartbeat");
+    };
+    assert_eq!((status, code), ("NotReady", 4));
+    assert_eq!(message.unwrap().len(), 1024 + 16);
 }
 
 // --- HandlerState and HandlerStatus ------------------------------------------------
