@@ -1,6 +1,6 @@
 //! Property test for the parsers of text that is not fabric XML: waagent.conf,
-//! DHCP lease files, IMDS instance metadata, and the simulator-facing report
-//! builders' inputs. Arbitrary bytes never panic; each parser answers with
+//! DHCP lease files, IMDS instance metadata, an extension handler's JSON
+//! files, and the simulator-facing report builders' inputs. Arbitrary bytes never panic; each parser answers with
 //! its typed result (a warning list, `None`, an `ImdsError`).
 
 use std::path::Path;
@@ -8,9 +8,49 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use proptest::prelude::*;
 use waagent::config::Config;
+use waagent::ext::handler::{
+    parse_status, read_heartbeat, settings_json, HandlerManifest, StatusFor, StatusOutcome,
+    StatusRead,
+};
 use waagent::wire::endpoint::{dhclient_option_245, networkd_option_245};
 use waagent::wire::imds::parse_public_keys;
 use waagent::wire::reports::{health_xml, Health, ReportTarget, SubStatus};
+
+const STATUS: &str = include_str!("../test-data/ext/status_success.json");
+const MANIFEST: &str = include_str!("../test-data/ext/handler_manifest.json");
+const HEARTBEAT: &str = include_str!("../test-data/ext/heartbeat.json");
+
+/// What every status read must be, whatever the file held: one of the four
+/// values, an invalid file reported as such, with a message naming it.
+fn check_status(read: &StatusRead) -> Result<(), TestCaseError> {
+    let s = &read.status;
+    prop_assert!(["transitioning", "error", "success", "warning"].contains(&s.status));
+    match read.outcome {
+        StatusOutcome::Valid | StatusOutcome::Truncated => {
+            prop_assert!(s.substatus.iter().all(|sub| sub.status != "bogus"))
+        }
+        _ => {
+            prop_assert_eq!((s.status, s.code), ("error", 1012));
+            prop_assert!(
+                s.message.contains("/lib/X-1.0/status/0.status"),
+                "{}",
+                s.message
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `base` with `junk` inserted at byte `cut` (moved back to a character boundary).
+fn splice(base: &str, cut: usize, junk: &str) -> String {
+    let mut text = base.to_string();
+    let cut = (0..=cut.min(text.len()))
+        .rev()
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(0);
+    text.insert_str(cut, junk);
+    text
+}
 
 const LEASE: &str = "lease {\n  interface \"eth0\";\n  option unknown-245 a8:3f:81:10;\n  expire 0 2152/07/23 23:27:10;\n}\n";
 const CONF: &str = include_str!("../conf/waagent.conf");
@@ -66,5 +106,31 @@ proptest! {
         let got = d.unwrap_or_default();
         // XML normalises line ends; compare with them folded.
         prop_assert_eq!(got.replace('\r', "\n").replace("\n\n", "\n"), expected);
+    }
+
+    #[test]
+    fn handler_files_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+        let text = String::from_utf8_lossy(&bytes);
+        if let Err(e) = HandlerManifest::parse(&text) {
+            prop_assert!(e.to_string().starts_with("HandlerManifest.json: "));
+        }
+        if let Err(e) = settings_json(&text) {
+            prop_assert!(e.to_string().starts_with("the runtime settings: "));
+        }
+        let of = StatusFor { handler: "X", extension: None, seq_no: 0 };
+        check_status(&parse_status(&bytes, Path::new("/lib/X-1.0/status/0.status"), &of))?;
+    }
+
+    #[test]
+    fn handler_file_mutations(which in 0..3usize, cut in 0..800usize, junk in "[\\[\\]{}:,\"0-9a-zA-Z \\\\\n]{0,24}") {
+        let base = [STATUS, MANIFEST, HEARTBEAT][which];
+        let text = splice(base, cut, &junk);
+        let _ = HandlerManifest::parse(&text);
+        let of = StatusFor { handler: "X", extension: Some("e"), seq_no: 0 };
+        check_status(&parse_status(text.as_bytes(), Path::new("/lib/X-1.0/status/0.status"), &of))?;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("heartbeat.log");
+        std::fs::write(&path, &text).unwrap();
+        let _ = read_heartbeat(&path, std::time::SystemTime::now());
     }
 }

@@ -54,12 +54,31 @@ pub struct ExtensionStatus {
     /// The name inside the settings status: the extension's, else the handler's.
     pub name: String,
     pub sequence_number: u64,
-    /// `Enable`, `Disable`, …
-    pub operation: &'static str,
+    /// `Enable`, `Disable`, … as the extension wrote it; `None` (reported
+    /// as `null`, as waagent does) when it did not say.
+    pub operation: Option<String>,
     /// `transitioning`, `warning`, `error`, `success`.
     pub status: &'static str,
     pub code: i64,
     pub message: String,
+    /// When the extension says it applied these settings; `null` when it
+    /// did not say (waagent reports the file's value, never its own time).
+    pub configuration_applied_time: Option<String>,
+    /// Reported as `substatus`, left out when empty (§12.1).
+    pub substatus: Vec<SubStatus>,
+}
+
+/// One entry of an extension status's `substatus`; what the extension wrote,
+/// its text cut down when the status file was oversized (§13.6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubStatus {
+    /// `null` when the extension gave none.
+    pub name: Option<String>,
+    /// `transitioning`, `warning`, `error`, `success`.
+    pub status: &'static str,
+    pub code: i64,
+    /// `formattedMessage.message`; `null` when the extension gave none.
+    pub message: Option<String>,
 }
 
 /// Why the extensions of a goal state were not run.
@@ -121,10 +140,12 @@ pub fn not_run(ec: &ExtensionsConfig, why: NotRun) -> Vec<HandlerStatus> {
                 extension_name: s.name.clone(),
                 name: s.name.clone().unwrap_or_else(|| plugin.name.clone()),
                 sequence_number: s.seq_no,
-                operation: "Enable",
+                operation: Some("Enable".to_string()),
                 status: "error",
                 code,
                 message: String::new(),
+                configuration_applied_time: None,
+                substatus: Vec::new(),
             });
             out.push(handler(&full_name, extension));
             if !plugin.multi_config {
@@ -162,7 +183,7 @@ pub fn aggregate_status(
                     "settingsStatus": {
                         "status": {
                             "name": e.name,
-                            "configurationAppliedTime": ts,
+                            "configurationAppliedTime": e.configuration_applied_time,
                             "operation": e.operation,
                             "status": e.status,
                             "code": e.code,
@@ -173,6 +194,22 @@ pub fn aggregate_status(
                     },
                     "sequenceNumber": e.sequence_number,
                 });
+                if !e.substatus.is_empty() {
+                    let subs: Vec<serde_json::Value> = e
+                        .substatus
+                        .iter()
+                        .map(|s| {
+                            serde_json::json!({
+                                "name": s.name,
+                                "status": s.status,
+                                "code": s.code,
+                                "formattedMessage": {"lang": "en-US", "message": s.message},
+                            })
+                        })
+                        .collect();
+                    v["runtimeSettingsStatus"]["settingsStatus"]["status"]["substatus"] =
+                        subs.into();
+                }
                 if let Some(name) = &e.extension_name {
                     v["runtimeSettingsStatus"]["extensionName"] = name.clone().into();
                 }
@@ -363,5 +400,97 @@ mod tests {
             h[0].message.as_deref().unwrap(),
             format!("Extension 'Contoso.Test.EchoHandler' will not be processed: {reason}")
         );
+    }
+
+    #[test]
+    fn an_extension_status_carries_its_substatus_and_applied_time() {
+        let a = AgentStatus {
+            os_name: "debian".into(),
+            os_version: "12".into(),
+            computer_name: "vm1".into(),
+            in_svd_seq_no: Some(1),
+        };
+        let extension = |substatus: Vec<SubStatus>| ExtensionStatus {
+            extension_name: None,
+            name: "Contoso.Tools.Example".into(),
+            sequence_number: 3,
+            operation: Some("Enable".into()),
+            status: "success",
+            code: 0,
+            message: "Enabled".into(),
+            configuration_applied_time: Some("2024-05-01T11:59:58Z".into()),
+            substatus,
+        };
+        let handler = |e: ExtensionStatus| HandlerStatus {
+            name: "Contoso.Tools.Example".into(),
+            version: "1.2.3".into(),
+            status: "Ready",
+            code: 0,
+            message: Some("Plugin enabled".into()),
+            extension: Some(e),
+        };
+        let handlers = [
+            handler(extension(vec![
+                SubStatus {
+                    name: Some("StdOut".into()),
+                    status: "success",
+                    code: 0,
+                    message: Some("hello \"quoted\"\n".into()),
+                },
+                SubStatus {
+                    name: None,
+                    status: "warning",
+                    code: 7,
+                    message: None,
+                },
+            ])),
+            handler(extension(Vec::new())),
+        ];
+        let v: serde_json::Value =
+            serde_json::from_str(&aggregate_status(&a, &handlers, UNIX_EPOCH)).unwrap();
+        let agg = &v["aggregateStatus"];
+        assert_eq!(
+            agg["vmArtifactsAggregateStatus"]["goalStateAggregateStatus"]["status"],
+            "Success"
+        );
+        let rs = &agg["handlerAggregateStatus"][0]["runtimeSettingsStatus"];
+        assert_eq!(rs["sequenceNumber"], 3);
+        let settings = &rs["settingsStatus"];
+        assert_eq!(settings["version"], 1.0);
+        assert!(settings["version"].is_f64());
+        assert_eq!(settings["timestampUTC"], "1970-01-01T00:00:00Z");
+        let st = &settings["status"];
+        assert_eq!(st["name"], "Contoso.Tools.Example");
+        assert_eq!(st["configurationAppliedTime"], "2024-05-01T11:59:58Z");
+        assert_eq!(st["operation"], "Enable");
+        assert_eq!(st["status"], "success");
+        assert_eq!(st["formattedMessage"]["message"], "Enabled");
+        assert_eq!(
+            st["substatus"],
+            serde_json::json!([
+                {"name": "StdOut", "status": "success", "code": 0,
+                 "formattedMessage": {"lang": "en-US", "message": "hello \"quoted\"\n"}},
+                {"name": null, "status": "warning", "code": 7,
+                 "formattedMessage": {"lang": "en-US", "message": null}},
+            ])
+        );
+        // No substatus key at all when there is none (§12.1).
+        let st =
+            &agg["handlerAggregateStatus"][1]["runtimeSettingsStatus"]["settingsStatus"]["status"];
+        assert!(st.get("substatus").is_none());
+
+        // An extension status the agent made up has no applied time.
+        let ec = ExtensionsConfig::parse(&crate::wire::docs::test_support::fixture("ext_conf.xml"))
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&aggregate_status(
+            &a,
+            &not_run(&ec, NotRun::Unsupported),
+            UNIX_EPOCH,
+        ))
+        .unwrap();
+        let st = &v["aggregateStatus"]["handlerAggregateStatus"][0]["runtimeSettingsStatus"]
+            ["settingsStatus"]["status"];
+        assert!(st["configurationAppliedTime"].is_null());
+        assert!(st.get("substatus").is_none());
     }
 }
