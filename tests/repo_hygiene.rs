@@ -28,7 +28,13 @@ fn no_merge_conflict_markers() {
     for d in ["src", "tests", "scripts", "packaging", "test-data", "conf"] {
         walk(&root.join(d), &mut files);
     }
-    for f in ["README.md", "ARCHITECTURE.md", "PROTOCOL.md", "Cargo.toml", "Makefile"] {
+    for f in [
+        "README.md",
+        "ARCHITECTURE.md",
+        "PROTOCOL.md",
+        "Cargo.toml",
+        "Makefile",
+    ] {
         files.push(root.join(f));
     }
     let mut found = Vec::new();
@@ -42,5 +48,9 @@ fn no_merge_conflict_markers() {
             }
         }
     }
-    assert!(found.is_empty(), "conflict markers at:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "conflict markers at:\n{}",
+        found.join("\n")
+    );
 }

@@ -1,12 +1,16 @@
 //! The daemon's side of the fabric: where the WireServer is, the client,
 //! the goal state, health reports and the status blob.
 
+use crate::ext::exec::Context;
+use crate::ext::report;
 use crate::wire::client::{FullGoalState, WireClient};
 use crate::wire::crypto::Openssl;
 use crate::wire::docs::ExtensionsConfig;
 use crate::wire::endpoint::{self, Endpoint};
 use crate::wire::reports::Health;
-use crate::wire::status::{self, aggregate_status, AgentStatus, NotRun};
+use crate::wire::status::{
+    self, aggregate_status, AgentStatus, GoalStateOutcome, HandlerStatus, NotRun,
+};
 
 use super::*;
 
@@ -129,9 +133,11 @@ impl Daemon {
     }
 
     /// Steady state: look for a new incarnation. Returns the extensions
-    /// goal state now in force: the new incarnation's, else `current`, else
-    /// (after a restart) the saved incarnation's, read from Lib.Dir rather
-    /// than fetched again.
+    /// goal state now in force: the new incarnation's (kept pending while
+    /// the current one's handlers run), else `current`, else (after a
+    /// restart) the saved incarnation's, read from Lib.Dir rather than
+    /// fetched again — its enabled handlers are enabled again, as waagent
+    /// does on start.
     pub(super) fn poll_goal_state(
         &mut self,
         current: Option<Box<ExtensionGoal>>,
@@ -146,65 +152,127 @@ impl Daemon {
             }
         }
         let client = self.client.as_mut()?;
-        match client.update_goal_state(false) {
+        let newest = match client.update_goal_state(false) {
             Ok(Some(g)) => {
                 log::info!("new goal state: incarnation {}", g.goal_state.incarnation);
-                self.extension_goal(g.extensions_config.as_ref())
-            }
-            Ok(None) if current.is_none() => {
-                let saved = client.saved_incarnation().and_then(|inc| {
-                    std::fs::read_to_string(self.lib.join(libdir::extensions_config(&inc))).ok()
-                });
-                match saved.map(|text| ExtensionsConfig::parse(&text)) {
-                    Some(Ok(ec)) => self.extension_goal(Some(&ec)),
-                    Some(Err(e)) => {
-                        log::warn!("saved {e}");
-                        None
-                    }
+                let inc = g.goal_state.incarnation.clone();
+                match g.extensions_config {
+                    Some(ec) => self.extension_goal(&inc, ec),
                     None => None,
                 }
             }
-            Ok(None) => current,
+            Ok(None) if current.is_none() => {
+                let saved = client.saved_incarnation();
+                let text = saved.as_ref().and_then(|inc| {
+                    std::fs::read_to_string(self.lib.join(libdir::extensions_config(inc))).ok()
+                });
+                return match (saved, text.map(|t| ExtensionsConfig::parse(&t))) {
+                    (Some(inc), Some(Ok(ec))) => self.extension_goal(&inc, ec),
+                    (_, Some(Err(e))) => {
+                        log::warn!("saved {e}");
+                        None
+                    }
+                    _ => None,
+                };
+            }
+            Ok(None) => return current,
             Err(e) => {
                 log::warn!("goal state poll: {e}");
-                current
+                return current;
             }
+        };
+        match (current, newest) {
+            (Some(mut cur), Some(new)) if cur.busy() => {
+                cur.pending = Some(new);
+                Some(cur)
+            }
+            (_, new) => new,
         }
     }
 
-    /// What the Extension state works on for `ec`: nothing without an
-    /// ExtensionsConfig or a status blob to report to.
+    /// What the Extension state works on for `ec` (nothing without a status
+    /// blob to report to): its handlers to run, or, with
+    /// `Extensions.Enabled=n`, each reported as not run.
     pub(super) fn extension_goal(
         &self,
-        ec: Option<&ExtensionsConfig>,
+        incarnation: &str,
+        ec: ExtensionsConfig,
     ) -> Option<Box<ExtensionGoal>> {
-        let ec = ec?;
-        // No handler is run (yet): each is reported as such, never as done.
-        let why = match self.config.extensions_enabled {
-            true => NotRun::Unsupported,
-            false => NotRun::Disabled,
+        let status_blob = ec.status_upload_blob.clone()?;
+        let (handling, not_run) = match self.config.extensions_enabled {
+            true => (Some(Handling::new(incarnation, &ec, &self.lib)), Vec::new()),
+            false => (None, status::not_run(&ec, NotRun::Disabled)),
         };
         Some(Box::new(ExtensionGoal {
-            status_blob: ec.status_upload_blob.clone()?,
+            status_blob,
             in_svd_seq_no: ec
                 .in_vm_goal_state_metadata
                 .as_ref()
                 .and_then(|m| m.in_svd_seq_no),
-            handlers: status::not_run(ec, why),
+            config: ec,
+            handling,
+            not_run,
+            pending: None,
+            upload_due: true,
+            last_uploaded: None,
         }))
     }
 
-    /// The agent's status to the status blob; a failure is logged and the
-    /// next period tries again.
-    pub(super) fn upload_status(&mut self, goal: &ExtensionGoal) {
+    /// One turn of the Extension state: a step of the handlers (a newer
+    /// goal state taken up once they have settled), then the status, when a
+    /// poll made it due or a handler's status changed.
+    pub(super) fn handle_extensions(&mut self, goal: &mut Box<ExtensionGoal>) {
+        if !goal.busy() {
+            if let Some(next) = goal.pending.take() {
+                **goal = *next;
+            }
+        }
+        if let (Some(handling), Some(client)) = (goal.handling.as_mut(), self.client.as_mut()) {
+            let mut cx = Context {
+                os: &*self.os,
+                client,
+                config: &self.config,
+                now: self.clock.now(),
+            };
+            handling.poll(&mut cx);
+        }
+        let handlers = match &goal.handling {
+            Some(h) => {
+                report::handler_statuses(&goal.config, h, &self.lib, std::time::SystemTime::now())
+            }
+            None => goal.not_run.clone(),
+        };
+        if goal.upload_due || goal.last_uploaded.as_ref() != Some(&handlers) {
+            self.upload_status(goal, &handlers);
+            goal.upload_due = false;
+            goal.last_uploaded = Some(handlers);
+        }
+    }
+
+    /// The agent's and the handlers' status to the status blob; a failure
+    /// is logged and the next period tries again.
+    pub(super) fn upload_status(&mut self, goal: &ExtensionGoal, handlers: &[HandlerStatus]) {
         let distro = &self.os.env().distro;
         let agent = AgentStatus {
             os_name: distro.id.clone(),
             os_version: distro.version.clone(),
             computer_name: self.os.hostname().unwrap_or_default(),
             in_svd_seq_no: goal.in_svd_seq_no,
+            goal_state: match &goal.handling {
+                None => GoalStateOutcome::not_run(handlers),
+                Some(h) if !h.is_settled() => GoalStateOutcome::InProgress,
+                Some(h) => match h.failed() {
+                    f if f.is_empty() => GoalStateOutcome::Success,
+                    f => GoalStateOutcome::Failed(format!(
+                        "{} of {} extension handler(s) failed: {}",
+                        f.len(),
+                        goal.config.plugins.len(),
+                        f.join(", ")
+                    )),
+                },
+            },
         };
-        let body = aggregate_status(&agent, &goal.handlers, std::time::SystemTime::now());
+        let body = aggregate_status(&agent, handlers, std::time::SystemTime::now());
         let Some(client) = self.client.as_mut() else {
             return;
         };

@@ -32,12 +32,14 @@ use std::time::{Duration, Instant};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ProvisioningAgent};
+use crate::ext::exec::Handling;
 use crate::fsutil;
 use crate::libdir;
 use crate::os::OsUtil;
 use crate::ovf::{self, OvfEnv};
 use crate::provision::media;
 use crate::wire::client::{ClientOptions, FullGoalState, WireClient};
+use crate::wire::docs::ExtensionsConfig;
 use crate::wire::docs::StatusUploadBlob;
 use crate::wire::imds;
 use crate::wire::reports::{Health, SubStatus};
@@ -161,13 +163,43 @@ pub fn boot_decision(
 }
 
 /// The extensions goal state the Extension state works on: where the status
-/// goes, which goal state it answers, and what it says of each handler.
-#[derive(Debug, Clone)]
+/// goes, which goal state it answers, its handlers being carried out, and
+/// what to report of them.
 pub struct ExtensionGoal {
     pub status_blob: StatusUploadBlob,
     pub in_svd_seq_no: Option<u64>,
-    pub handlers: Vec<HandlerStatus>,
+    pub config: ExtensionsConfig,
+    /// The handlers being run; `None` when none may run here
+    /// (`Extensions.Enabled=n`): then `not_run` says why of each.
+    pub handling: Option<Handling>,
+    pub not_run: Vec<HandlerStatus>,
+    /// A newer goal state that arrived while handlers were running: taken
+    /// up once they have settled (waagent finishes one before the next).
+    pub pending: Option<Box<ExtensionGoal>>,
+    /// A goal-state poll happened since the last upload: the status is due.
+    pub upload_due: bool,
+    /// The handlers' statuses last uploaded, to upload again on a change.
+    pub last_uploaded: Option<Vec<HandlerStatus>>,
 }
+
+impl std::fmt::Debug for ExtensionGoal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExtensionGoal")
+            .field("in_svd_seq_no", &self.in_svd_seq_no)
+            .field("handlers", &self.config.plugins.len())
+            .finish()
+    }
+}
+
+impl ExtensionGoal {
+    /// Whether a handler command runs or a step is next.
+    pub fn busy(&self) -> bool {
+        self.handling.as_ref().is_some_and(|h| !h.is_settled())
+    }
+}
+
+/// How often a running extension command is looked at.
+const EXTENSION_TICK: Duration = Duration::from_secs(1);
 
 /// The daemon's states.
 #[derive(Debug)]
@@ -232,10 +264,11 @@ pub enum State {
         /// The extensions goal state in force, once one has been read.
         extensions: Option<Box<ExtensionGoal>>,
     },
-    /// Act on the extensions goal state: with no handlers yet, report the
-    /// agent's status and each handler as not run to the status blob.
+    /// Act on the extensions goal state: a step of its handlers, and the
+    /// status to the status blob when due or changed.
     Extension {
         goal: Box<ExtensionGoal>,
+        next_poll: Instant,
     },
     Stopped(i32),
 }
@@ -667,33 +700,57 @@ impl Daemon {
 
             State::Steady {
                 next_poll,
-                extensions,
+                mut extensions,
             } => {
-                let wait = next_poll.saturating_duration_since(self.clock.now());
+                // A handler command runs: look at it every tick, and poll
+                // the goal state only when that is due.
+                let busy = extensions.as_ref().is_some_and(|g| g.busy());
+                let wake = match busy {
+                    true => next_poll.min(self.clock.now() + EXTENSION_TICK),
+                    false => next_poll,
+                };
+                let wait = wake.saturating_duration_since(self.clock.now());
                 if !self.clock.sleep(wait) {
                     return State::Stopped(0);
                 }
-                if self.manages_environment() {
-                    self.run_monitors();
-                }
-                let extensions = self.poll_goal_state(extensions);
-                if self.manages_environment() {
-                    self.set_up_rdma();
+                let mut next_poll = next_poll;
+                if self.clock.now() >= next_poll {
+                    if self.manages_environment() {
+                        self.run_monitors();
+                    }
+                    extensions = self.poll_goal_state(extensions);
+                    if self.manages_environment() {
+                        self.set_up_rdma();
+                    }
+                    if let Some(g) = extensions.as_mut() {
+                        g.upload_due = true;
+                    }
+                    next_poll = self.clock.now() + self.poll_period();
                 }
                 match extensions {
-                    Some(goal) if !self.agent_disabled => State::Extension { goal },
+                    Some(goal) if !self.agent_disabled => State::Extension { goal, next_poll },
                     extensions => State::Steady {
-                        next_poll: self.clock.now() + self.poll_period(),
+                        next_poll,
                         extensions,
                     },
                 }
             }
 
-            State::Extension { goal } => {
-                self.upload_status(&goal);
-                self.goal_state_handled = true;
+            State::Extension {
+                mut goal,
+                next_poll,
+            } => {
+                self.handle_extensions(&mut goal);
+                // The first goal state handled: polls go to their regular period.
+                let next_poll = match self.goal_state_handled {
+                    true => next_poll,
+                    false => {
+                        self.goal_state_handled = true;
+                        self.clock.now() + self.poll_period()
+                    }
+                };
                 State::Steady {
-                    next_poll: self.clock.now() + self.poll_period(),
+                    next_poll,
                     extensions: Some(goal),
                 }
             }

@@ -27,7 +27,6 @@ use crate::fsutil;
 use crate::os::{Background, Cmd, OsUtil, Placement, Poll};
 use crate::wire::client::WireClient;
 use crate::wire::docs::{ExtensionManifest, ExtensionsConfig, Plugin};
-use crate::wire::status::{ExtensionStatus, HandlerStatus};
 
 /// The most a manifest may be; it lists versions and URLs.
 const MAX_MANIFEST_BYTES: u64 = 1 << 20;
@@ -63,9 +62,7 @@ fn redact_url(url: &str) -> &str {
 
 /// The package's `HandlerManifest.json`, in the handler's base directory.
 fn read_manifest(dir: &Path) -> Result<HandlerManifest, String> {
-    let p = dir.join("HandlerManifest.json");
-    let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-    HandlerManifest::parse(&text).map_err(|e| e.to_string())
+    HandlerManifest::read(dir).map_err(|e| e.to_string())
 }
 
 /// Copies `mrseq` and `status/*` of the old version into the new one
@@ -74,7 +71,10 @@ fn carry_over(from: &Path, to: &Path) {
     let _ = std::fs::copy(from.join("mrseq"), to.join("mrseq"));
     if let Ok(entries) = std::fs::read_dir(from.join("status")) {
         let _ = std::fs::create_dir_all(to.join("status"));
-        for e in entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_file())) {
+        for e in entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        {
             let _ = std::fs::copy(e.path(), to.join("status").join(e.file_name()));
         }
     }
@@ -102,8 +102,12 @@ pub enum Progress {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Enabled at this version.
-    Enabled { version: String },
-    Disabled { version: String },
+    Enabled {
+        version: String,
+    },
+    Disabled {
+        version: String,
+    },
     Uninstalled,
     /// Failed, with the ExtensionErrorCodes value and a message.
     Failed {
@@ -176,6 +180,15 @@ impl Handling {
         self.current.is_none() && self.tasks.is_empty()
     }
 
+    /// The handlers whose task failed in this goal state.
+    pub fn failed(&self) -> Vec<&str> {
+        self.outcomes
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Failed { .. }))
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+
     /// The outcome of `name`'s task, once it is done.
     pub fn outcome(&self, name: &str) -> Option<&Outcome> {
         self.outcomes
@@ -200,11 +213,7 @@ impl Handling {
                 Step::Wait => return Progress::Busy,
                 Step::Done(outcome) => {
                     let cur = self.current.take().expect("a task under way");
-                    log::info!(
-                        "extension {}: {}",
-                        cur.task.name(),
-                        describe(&outcome)
-                    );
+                    log::info!("extension {}: {}", cur.task.name(), describe(&outcome));
                     let name = cur.task.name().to_string();
                     self.outcomes.retain(|(n, _)| *n != name);
                     self.outcomes.push((name, outcome));
@@ -408,15 +417,23 @@ pub fn installed_handlers(lib: &Path) -> Vec<Installed> {
 
 /// `config/HandlerState` of a handler directory.
 pub fn read_state(dir: &Path) -> HandlerState {
-    std::fs::read_to_string(dir.join("config/HandlerState"))
-        .map(|t| HandlerState::parse(&t))
-        .unwrap_or(HandlerState::NotInstalled)
+    handler::read_handler_state(&dir.join("config"))
 }
 
 fn write_state(dir: &Path, state: HandlerState) -> Result<(), String> {
-    let p = dir.join("config/HandlerState");
-    fsutil::write_atomic(&p, state.as_str().as_bytes(), 0o600)
-        .map_err(|e| format!("{}: {e}", p.display()))
+    handler::write_handler_state(&dir.join("config"), state)
+        .map_err(|e| format!("{}/config/HandlerState: {e}", dir.display()))
+}
+
+/// The command line the package gives for `command`.
+fn command_line(m: &HandlerManifest, command: Command) -> Option<&str> {
+    match command {
+        Command::Enable => Some(m.enable.as_str()),
+        Command::Install => m.install.as_deref(),
+        Command::Disable => m.disable.as_deref(),
+        Command::Uninstall => m.uninstall.as_deref(),
+        Command::Update => m.update.as_deref(),
+    }
 }
 
 impl Handling {
@@ -439,8 +456,10 @@ impl Handling {
         };
         let dir = self.dir(name, &version);
         let mut state = read_state(&dir);
-        if matches!(state, HandlerState::NotInstalled | HandlerState::FailedUpgrade)
-            || !dir.join("HandlerManifest.json").is_file()
+        if matches!(
+            state,
+            HandlerState::NotInstalled | HandlerState::FailedUpgrade
+        ) || !dir.join("HandlerManifest.json").is_file()
         {
             self.set_up(name, &version, cx)
                 .map_err(|m| (PACKAGE_FAILED, m))?;
@@ -448,15 +467,15 @@ impl Handling {
         }
         let manifest = read_manifest(&dir).map_err(|m| (MANIFEST_FAILED, m))?;
         let policy = UpdatePolicy {
-            install_after_update: manifest.install_after_update(),
+            install_after_update: manifest.update_with_install,
             continue_on_update_failure: manifest.continue_on_update_failure,
         };
         let old = installed.filter(|i| i.version != version);
         let ops = enable_ops(installed, &version, state, policy);
-        let cur = self.current.as_mut().ok_or((
-            CODE_ENABLE_FAILED,
-            "no task under way".to_string(),
-        ))?;
+        let cur = self
+            .current
+            .as_mut()
+            .ok_or((CODE_ENABLE_FAILED, "no task under way".to_string()))?;
         cur.version = Some(version);
         cur.policy = policy;
         cur.from_version = old.map(|o| o.version.clone());
@@ -521,7 +540,10 @@ impl Handling {
                 }
             }
         }
-        Err(format!("cannot get the manifest of {}: {last}", plugin.name))
+        Err(format!(
+            "cannot get the manifest of {}: {last}",
+            plugin.name
+        ))
     }
 
     /// Downloads and unpacks `version` into `<lib>/{name}-{version}`, writes
@@ -574,13 +596,7 @@ impl Handling {
         }
         let log_dir = cx.config.extension_log_dir.join(name);
         let _ = fsutil::ensure_dir(&log_dir, 0o755);
-        let env = handler::handler_environment_json(
-            name,
-            version,
-            &dir,
-            &log_dir,
-            &log_dir.join("events"),
-        );
+        let env = handler::handler_environment_json(name, &dir, &log_dir);
         let p = dir.join("HandlerEnvironment.json");
         fsutil::write_atomic(&p, env.as_bytes(), 0o644)
             .map_err(|e| format!("{}: {e}", p.display()))?;
@@ -638,7 +654,10 @@ impl Handling {
     /// `0.settings` without any, §13.5).
     fn write_settings(&self, name: &str, version: &str) -> Result<(), String> {
         let dir = self.dir(name, version).join("config");
-        let settings = self.plugin(name).map(|p| p.settings.clone()).unwrap_or_default();
+        let settings = self
+            .plugin(name)
+            .map(|p| p.settings.clone())
+            .unwrap_or_default();
         if settings.is_empty() {
             let p = dir.join("0.settings");
             return fsutil::write_atomic(&p, b"", 0o600)
@@ -668,23 +687,21 @@ impl Handling {
     ) -> Result<Option<Running>, String> {
         let dir = self.dir(name, version);
         let manifest = read_manifest(&dir)?;
-        let Some(line) = manifest.command(command) else {
-            if command == Command::Enable {
-                return Err(format!("{name} {version} declares no enableCommand"));
-            }
+        let Some(line) = command_line(&manifest, command) else {
             return Ok(None);
         };
-        let exit_file = dir.join("config").join(format!(".{}.exit", command.as_str()));
+        // waagent's `/bin/sh -c "{base}/{cmd}"`: its script is our $1.
+        let (_, argv) = handler::shell_command(&dir, line).map_err(|e| e.to_string())?;
+        let script = argv.last().cloned().unwrap_or_default();
+        let exit_file = dir
+            .join("config")
+            .join(format!(".{}.exit", command.as_str()));
         let _ = std::fs::remove_file(&exit_file);
         let mut cmd = Cmd::new("/bin/sh")
             .arg("-c")
             .arg(r#"sh -c "$1"; c=$?; echo $c > "$2"; exit $c"#)
             .arg("waagent-extension")
-            .arg(format!(
-                "{}/{}",
-                dir.display(),
-                line.trim().trim_start_matches('/')
-            ))
+            .arg(script)
             .arg(exit_file.to_string_lossy())
             .timeout(self.timeout(command, cx.config));
         for (k, v) in self.environment(name, version, command, cx) {
@@ -804,10 +821,7 @@ impl Handling {
             Some(child) => match child.poll(cx.now) {
                 Poll::Running => return Step::Wait,
                 Poll::Exited(code) => Ok(code),
-                Poll::TimedOut => Err(format!(
-                    "{} timed out and was killed",
-                    run.command.as_str()
-                )),
+                Poll::TimedOut => Err(format!("{} timed out and was killed", run.command.as_str())),
             },
             // Adopted from a killed daemon: its exit file tells.
             None => match std::fs::read_to_string(&run.exit_file) {
@@ -822,7 +836,9 @@ impl Handling {
         let Some(run) = cur.running.take() else {
             return Step::Continue;
         };
-        let dir = self.lib.join(format!("{}-{}", cur.task.name(), run.version));
+        let dir = self
+            .lib
+            .join(format!("{}-{}", cur.task.name(), run.version));
         let _ = std::fs::remove_file(dir.join("config").join(RUNNING_FILE));
         let _ = std::fs::remove_file(&run.exit_file);
         // An adopted command that succeeded: record what its own steps would
@@ -859,7 +875,10 @@ impl Handling {
             (Ok(code), c @ (Command::Disable | Command::Uninstall))
                 if cur.from_version.is_some() && cur.policy.continue_on_update_failure =>
             {
-                log::warn!("extension {name}: {} exited {code}; continuing the update", c.as_str());
+                log::warn!(
+                    "extension {name}: {} exited {code}; continuing the update",
+                    c.as_str()
+                );
                 match c {
                     Command::Disable => cur.disable_code = Some(code),
                     _ => cur.uninstall_code = Some(code),
@@ -904,7 +923,10 @@ impl Handling {
     /// A command `name`'s handler was running when the daemon was killed:
     /// read from `config/Running` in its directories.
     fn adopt(&self, name: &str, cx: &Context<'_>) -> Option<Running> {
-        for i in installed_handlers(&self.lib).iter().filter(|i| i.name == name) {
+        for i in installed_handlers(&self.lib)
+            .iter()
+            .filter(|i| i.name == name)
+        {
             let dir = self.dir(name, &i.version);
             let marker = dir.join("config").join(RUNNING_FILE);
             let Ok(text) = std::fs::read_to_string(&marker) else {
@@ -922,7 +944,9 @@ impl Handling {
                     continue;
                 }
             };
-            let exit_file = dir.join("config").join(format!(".{}.exit", command.as_str()));
+            let exit_file = dir
+                .join("config")
+                .join(format!(".{}.exit", command.as_str()));
             let alive = v["pid"]
                 .as_u64()
                 .and_then(|p| i32::try_from(p).ok())

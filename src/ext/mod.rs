@@ -6,6 +6,8 @@
 //! do is decided by a pure planner from the ExtensionsConfig and what is on
 //! disk; an executor carries the plan out one step per turn.
 
+pub mod exec;
 pub mod handler;
 pub mod package;
 pub mod plan;
+pub mod report;

@@ -9,36 +9,7 @@ use std::cmp::Ordering;
 
 use crate::wire::docs::{ExtensionsConfig, PluginState};
 
-/// A handler's state on disk (`config/HandlerState`, §13.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HandlerState {
-    NotInstalled,
-    Installed,
-    Enabled,
-    FailedUpgrade,
-}
-
-impl HandlerState {
-    /// As `config/HandlerState` spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HandlerState::NotInstalled => "NotInstalled",
-            HandlerState::Installed => "Installed",
-            HandlerState::Enabled => "Enabled",
-            HandlerState::FailedUpgrade => "FailedUpgrade",
-        }
-    }
-
-    /// Anything unknown (a garbled file, none at all) is NotInstalled.
-    pub fn parse(text: &str) -> HandlerState {
-        match text.trim() {
-            "Installed" => HandlerState::Installed,
-            "Enabled" => HandlerState::Enabled,
-            "FailedUpgrade" => HandlerState::FailedUpgrade,
-            _ => HandlerState::NotInstalled,
-        }
-    }
-}
+pub use super::handler::HandlerState;
 
 /// What the goal state asks of one handler.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -687,15 +658,5 @@ mod tests {
                 "{old:?} → {new} ({state:?})"
             );
         }
-    }
-
-    #[test]
-    fn handler_state_spellings_round_trip_and_garbage_is_not_installed() {
-        use HandlerState::*;
-        for s in [NotInstalled, Installed, Enabled, FailedUpgrade] {
-            assert_eq!(HandlerState::parse(s.as_str()), s);
-        }
-        assert_eq!(HandlerState::parse("enabled!"), NotInstalled);
-        assert_eq!(HandlerState::parse("Enabled\n"), Enabled);
     }
 }

@@ -21,6 +21,28 @@ pub struct AgentStatus {
     pub computer_name: String,
     /// `inSvdSeqNo` of the extensions goal state processed, if known.
     pub in_svd_seq_no: Option<u64>,
+    /// How processing that goal state went (`goalStateAggregateStatus`).
+    pub goal_state: GoalStateOutcome,
+}
+
+/// The outcome of processing an extensions goal state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GoalStateOutcome {
+    /// Its handlers are still being run: nothing is said yet.
+    InProgress,
+    Success,
+    /// Why it failed (handlers that failed, or were not run).
+    Failed(String),
+}
+
+impl GoalStateOutcome {
+    /// For handlers none of which was run: failed, saying how many.
+    pub fn not_run(handlers: &[HandlerStatus]) -> GoalStateOutcome {
+        match handlers.len() {
+            0 => GoalStateOutcome::Success,
+            n => GoalStateOutcome::Failed(format!("{n} of {n} extension handler(s) not run")),
+        }
+    }
 }
 
 /// `ExtensionErrorCodes.PluginEnableProcessingFailed`: an enable that did not happen.
@@ -225,16 +247,14 @@ pub fn aggregate_status(
         },
         "handlerAggregateStatus": handler_entries,
     });
-    if let Some(seq) = agent.in_svd_seq_no {
-        let failed = handlers.iter().filter(|h| h.status != "Ready").count();
-        let (text, status, code) = match failed {
-            0 => ("GoalState executed successfully".to_string(), "Success", 0),
-            n => (
-                format!("{n} of {} extension handler(s) not run", handlers.len()),
-                "Failed",
-                CODE_GOAL_STATE_FAILED,
-            ),
-        };
+    let outcome = match &agent.goal_state {
+        GoalStateOutcome::InProgress => None,
+        GoalStateOutcome::Success => {
+            Some(("GoalState executed successfully".to_string(), "Success", 0))
+        }
+        GoalStateOutcome::Failed(why) => Some((why.clone(), "Failed", CODE_GOAL_STATE_FAILED)),
+    };
+    if let (Some(seq), Some((text, status, code))) = (agent.in_svd_seq_no, outcome) {
         aggregate["vmArtifactsAggregateStatus"] = serde_json::json!({
             "goalStateAggregateStatus": {
                 "formattedMessage": message(&text),
@@ -272,6 +292,7 @@ mod tests {
             os_version: "12".into(),
             computer_name: "vm1".into(),
             in_svd_seq_no: Some(4),
+            goal_state: GoalStateOutcome::Success,
         };
         let v: serde_json::Value =
             serde_json::from_str(&aggregate_status(&a, &[], UNIX_EPOCH)).unwrap();
@@ -303,6 +324,7 @@ mod tests {
             os_version: "12".into(),
             computer_name: "vm1".into(),
             in_svd_seq_no: Some(7),
+            goal_state: GoalStateOutcome::Failed("3 of 3 extension handler(s) not run".into()),
         };
         let handlers = not_run(&ec, NotRun::Unsupported);
         let v: serde_json::Value =
@@ -409,6 +431,7 @@ mod tests {
             os_version: "12".into(),
             computer_name: "vm1".into(),
             in_svd_seq_no: Some(1),
+            goal_state: GoalStateOutcome::Success,
         };
         let extension = |substatus: Vec<SubStatus>| ExtensionStatus {
             extension_name: None,

@@ -371,24 +371,36 @@ fn an_incarnation_that_is_not_a_number_is_refused_and_polling_goes_on() {
     assert!(lib.join("GoalState.2.xml").exists());
 }
 
-#[test]
-fn handlers_of_the_goal_state_are_reported_as_not_run_never_as_done() {
-    let v = vm(None, ProvisioningAgent::Disabled);
+/// A goal state with one handler whose manifest is nowhere to be had.
+fn with_unreachable_handler(v: &Vm) {
+    let location = v.sim.manifest_url("Contoso.Test.Nowhere");
     v.sim.inject(
         "type=extensionsConfig",
         [Fault::Replace(
             "<StatusUploadBlob".into(),
-            r#"<Plugins><Plugin name="Contoso.Test.Echo" version="1.0.0" location="http://x/m.xml" state="enabled" autoUpgrade="false" /></Plugins>
-<PluginSettings><Plugin name="Contoso.Test.Echo" version="1.0.0"><RuntimeSettings seqNo="5">{"runtimeSettings":[{"handlerSettings":{"publicSettings":{}}}]}</RuntimeSettings></Plugin></PluginSettings>
+            format!(
+                r#"<Plugins><Plugin name="Contoso.Test.Echo" version="1.0.0" location="{location}" state="enabled" autoUpgrade="false" /></Plugins>
+<PluginSettings><Plugin name="Contoso.Test.Echo" version="1.0.0"><RuntimeSettings seqNo="5">{{"runtimeSettings":[{{"handlerSettings":{{"publicSettings":{{}}}}}}]}}</RuntimeSettings></Plugin></PluginSettings>
 <StatusUploadBlob"#
-                .into(),
+            ),
         )],
     );
+}
+
+/// The last status blob uploaded, parsed.
+fn last_status(v: &Vm) -> serde_json::Value {
+    let uploads = v.sim.status_uploads();
+    serde_json::from_slice(&uploads.last().expect("a status upload").content).unwrap()
+}
+
+#[test]
+fn a_handler_that_cannot_be_run_is_reported_failed_with_its_code_never_as_done() {
+    // Its manifest cannot be fetched: PluginManifestDownloadError.
+    let v = vm(None, ProvisioningAgent::Disabled);
+    with_unreachable_handler(&v);
     let mut d = v.daemon();
     v.run_until(&mut d, "Extension");
-    let uploads = v.sim.status_uploads();
-    let blob: serde_json::Value = serde_json::from_slice(&uploads[0].content).unwrap();
-    let agg = &blob["aggregateStatus"];
+    let agg = &last_status(&v)["aggregateStatus"];
     assert_eq!(
         agg["vmArtifactsAggregateStatus"]["goalStateAggregateStatus"]["status"],
         "Failed"
@@ -396,11 +408,38 @@ fn handlers_of_the_goal_state_are_reported_as_not_run_never_as_done() {
     let h = &agg["handlerAggregateStatus"][0];
     assert_eq!(h["handlerName"], "Contoso.Test.Echo");
     assert_eq!(h["status"], "NotReady");
-    assert_eq!(h["code"], 1009);
+    assert_eq!(h["code"], 1001);
+    assert!(h["formattedMessage"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("cannot get the manifest of Contoso.Test.Echo"));
     assert_eq!(h["runtimeSettingsStatus"]["sequenceNumber"], 5);
     assert_eq!(
         h["runtimeSettingsStatus"]["settingsStatus"]["status"]["status"],
         "error"
+    );
+
+    // Extensions.Enabled=n: not run, and said so.
+    let mut v = vm(None, ProvisioningAgent::Disabled);
+    v.config.extensions_enabled = false;
+    with_unreachable_handler(&v);
+    let mut d = v.daemon();
+    v.run_until(&mut d, "Extension");
+    let agg = &last_status(&v)["aggregateStatus"];
+    let h = &agg["handlerAggregateStatus"][0];
+    assert_eq!(h["code"], 1009);
+    assert!(h["formattedMessage"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("extension processing is disabled"));
+    assert_eq!(
+        agg["vmArtifactsAggregateStatus"]["goalStateAggregateStatus"]["status"],
+        "Failed"
+    );
+    assert_eq!(
+        v.sim.requests_to("manifests").len(),
+        0,
+        "nothing is fetched when extensions are off"
     );
 }
 

@@ -758,6 +758,7 @@ fn a_status_read_goes_into_the_status_blob() {
         os_version: "12".into(),
         computer_name: "vm1".into(),
         in_svd_seq_no: None,
+        goal_state: crate::wire::status::GoalStateOutcome::InProgress,
     };
     let blob = crate::wire::status::aggregate_status(&agent, &[handler], UNIX_EPOCH);
     let v: Value = serde_json::from_str(&blob).unwrap();
