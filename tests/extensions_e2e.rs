@@ -425,3 +425,181 @@ stop_daemon
     assert_eq!(r.read("dirs.remove").trim(), "", "{ctx}");
     assert_eq!(r.read("daemon.rc"), "0\n0\n");
 }
+
+fn handler(name: &str, zip: &str) -> Value {
+    json!({
+        "name": name,
+        "version": "1.0.0",
+        "state": "enabled",
+        "seqNo": 0,
+        "publicSettings": {},
+        "packages": [{"version": "1.0.0", "zip": zip}],
+    })
+}
+
+/// What goes wrong stays with the handler it went wrong for: a hanging
+/// enable is killed at its deadline while statuses keep being uploaded; a
+/// malformed status file is reported as such; zip-slip and symlink
+/// packages are refused with nothing written outside; a storage location
+/// that refuses gives way to the HostGAPlugin; the others still run.
+#[test]
+fn failures_are_contained_and_reported() {
+    if sandbox::skip("failures_are_contained_and_reported") {
+        return;
+    }
+    let r = run(
+        &[
+            ("hang.zip", package("hang")),
+            ("bad.zip", package("malformed")),
+            ("slip.zip", zip_slip()),
+            ("link.zip", symlink_package()),
+            ("good.zip", package("")),
+        ],
+        &[(
+            "all",
+            json!([
+                handler("Contoso.Test.Hang", "hang.zip"),
+                handler("Contoso.Test.Bad", "bad.zip"),
+                handler("Contoso.Test.Slip", "slip.zip"),
+                handler("Contoso.Test.Link", "link.zip"),
+                handler("Contoso.Test.Fallback", "good.zip"),
+            ]),
+        )],
+        CONF,
+        r#"
+start_sim --fault packages/Contoso.Test.Fallback:403:10
+start_daemon
+wait_for "enable 1.0.0" /work/calls
+# The handlers after the hanging one run once it is killed (3 s).
+i=0; until [ "$(grep -c '^enable' /work/calls)" -ge 3 ]; do i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.05; done
+sleep 2.5
+ls /work > /work/listing
+ls -d /var/lib/waagent/Contoso.Test.* > /work/dirs 2>/dev/null
+ls /etc/linked > /work/etc-linked 2>&1
+stop_daemon
+"#,
+    );
+    let ctx = r.context();
+    assert_eq!(r.read("driver.err"), "", "{ctx}");
+    let status = |name: &str| r.last_handler_status(name);
+
+    let hang = status("Contoso.Test.Hang");
+    assert_eq!(hang["status"], "NotReady", "{ctx}");
+    assert_eq!(hang["code"], 1011);
+    assert_eq!(
+        hang["formattedMessage"]["message"],
+        "enable timed out and was killed"
+    );
+    // Uploads went on while it hung: the goal state was reported in
+    // progress (no aggregate verdict yet) on several polls.
+    let in_progress = r
+        .statuses()
+        .iter()
+        .filter(|s| s["aggregateStatus"]["vmArtifactsAggregateStatus"].is_null())
+        .count();
+    assert!(
+        in_progress >= 2,
+        "{in_progress} uploads while it hung\n{ctx}"
+    );
+
+    let bad = status("Contoso.Test.Bad");
+    assert_eq!(bad["status"], "Ready", "the handler itself is fine: {bad}");
+    let st = &bad["runtimeSettingsStatus"]["settingsStatus"]["status"];
+    assert_eq!(st["status"], "error", "{bad}");
+    assert_eq!(st["code"], 1012);
+
+    for name in ["Contoso.Test.Slip", "Contoso.Test.Link"] {
+        let h = status(name);
+        assert_eq!(h["status"], "NotReady", "{name}: {h}");
+        assert_eq!(h["code"], 1004, "{name}: {h}");
+        assert!(
+            h["formattedMessage"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("refus"),
+            "{name}: {h}"
+        );
+    }
+    assert!(
+        !r.read("listing").contains("slipped"),
+        "zip-slip wrote outside"
+    );
+    assert!(
+        r.read("etc-linked").contains("No such file"),
+        "{}",
+        r.read("etc-linked")
+    );
+    let dirs = r.read("dirs");
+    assert!(!dirs.contains("Slip") && !dirs.contains("Link"), "{dirs}");
+
+    let fallback = status("Contoso.Test.Fallback");
+    assert_eq!(fallback["status"], "Ready", "{ctx}");
+    let record = r.read("fabric.jsonl");
+    assert!(
+        record.contains("/extensionArtifact"),
+        "no HostGAPlugin download"
+    );
+    let statuses = r.statuses();
+    let verdict = &statuses.last().unwrap()["aggregateStatus"]["vmArtifactsAggregateStatus"]
+        ["goalStateAggregateStatus"];
+    assert_eq!(verdict["status"], "Failed");
+    assert!(verdict["formattedMessage"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("3 of 5 extension handler(s) failed"));
+}
+
+/// A daemon SIGKILLed while a handler installs, and started again at once,
+/// waits for that install instead of running it twice; a service that
+/// `enable` started survives the daemon's SIGTERM.
+#[test]
+fn a_killed_daemon_does_not_install_twice_and_services_outlive_it() {
+    if sandbox::skip("a_killed_daemon_does_not_install_twice_and_services_outlive_it") {
+        return;
+    }
+    let r = run(
+        &[
+            ("slow.zip", package("slow-install")),
+            ("svc.zip", package("service")),
+        ],
+        &[(
+            "all",
+            json!([
+                handler("Contoso.Test.Slow", "slow.zip"),
+                handler("Contoso.Test.Service", "svc.zip"),
+            ]),
+        )],
+        CONF,
+        r#"
+start_sim
+start_daemon
+wait_for "install-start" /work/calls
+sleep 0.5
+kill -KILL $daemon; wait $daemon 2>/dev/null
+echo "== restarted" >> /work/calls
+start_daemon
+i=0; until [ -s /work/service.pid ]; do i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.05; done
+sleep 1
+stop_daemon
+sleep 0.5
+if kill -0 "$(cat /work/service.pid)" 2>/dev/null; then echo alive > /work/service.after; else echo dead > /work/service.after; fi
+"#,
+    );
+    let ctx = r.context();
+    let calls = r.calls();
+    let count = |prefix: &str| calls.iter().filter(|l| l.starts_with(prefix)).count();
+    assert_eq!(count("install 1.0.0"), 2, "Slow's and Service's: {ctx}");
+    assert_eq!(count("install-start"), 1, "{ctx}");
+    assert_eq!(count("install-done"), 1, "{ctx}");
+    assert_eq!(count("enable 1.0.0"), 2, "{ctx}");
+    // Slow's enable came after the restart, once its install was done.
+    let restart = calls.iter().position(|l| l == "== restarted").unwrap();
+    let done = calls.iter().position(|l| l == "install-done").unwrap();
+    assert!(done > restart, "{ctx}");
+    assert_eq!(
+        r.last_handler_status("Contoso.Test.Slow")["status"],
+        "Ready",
+        "{ctx}"
+    );
+    assert_eq!(r.read("service.after").trim(), "alive", "{ctx}");
+}
