@@ -66,7 +66,7 @@ const COMMANDS: &[(&str, Command, &str)] = &[
     (
         "run-exthandlers",
         Command::RunExtHandlers,
-        "run the extension handler (not implemented yet)",
+        "run the current goal state's extension handlers in the foreground, then exit",
     ),
     (
         "deprovision",

@@ -3,6 +3,7 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::cli::{self, Command, Invocation};
 use crate::config::Config;
@@ -86,6 +87,7 @@ pub fn main(args: &[String]) -> i32 {
         Command::Start => start(&inv, &config_path),
         Command::Daemon => daemon(config),
         Command::SerialConsole => serial_console(config),
+        Command::RunExtHandlers => run_exthandlers(config),
         Command::Deprovision => deprovision(config, false, inv.force),
         Command::DeprovisionUser => deprovision(config, true, inv.force),
         Command::RegisterService => register_service(Env::system(config)),
@@ -190,9 +192,16 @@ fn daemon(config: Config) -> i32 {
         env.distro.version,
         env.distro.flavour
     );
-    // minreq would apply http_proxy & co. to every request; the WireServer
-    // must be reached directly, so they are taken out of the environment and
-    // used, like HttpProxy.*, for storage only.
+    let timing = daemon_timing(&config);
+    let os = os::for_env(env);
+    crate::daemon::Daemon::new(config, os, timing).run()
+}
+
+/// The daemon's timings, with the storage proxy: `HttpProxy.*`, else the
+/// environment's. minreq would apply http_proxy & co. to every request;
+/// the WireServer must be reached directly, so they are taken out of the
+/// environment and used, like HttpProxy.*, for storage only.
+fn daemon_timing(config: &Config) -> crate::daemon::Timing {
     let env_proxy = crate::http::take_environment_proxy();
     let mut timing = crate::daemon::Timing::default();
     timing.client.storage_proxy = match (&config.http_proxy_host, config.http_proxy_port) {
@@ -210,8 +219,32 @@ fn daemon(config: Config) -> i32 {
             p.rsplit('@').next().unwrap_or("")
         );
     }
+    timing
+}
+
+/// `-run-exthandlers`: the current goal state's extension handlers in the
+/// foreground, for an admin debugging one. Not beside a running daemon,
+/// which would run the same handlers: the daemon's pid-file lock decides.
+fn run_exthandlers(config: Config) -> i32 {
+    let env = Env::system(config.clone());
+    if let Err(e) = crate::daemon::install_handlers() {
+        log::warn!("{e}");
+    }
+    let _pid = match PidFile::acquire(&config.pid_file, &env.path("/proc"), Duration::ZERO) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!(
+                "waagent: -run-exthandlers needs the daemon stopped (it runs the same handlers): {e}"
+            );
+            log::error!("-run-exthandlers: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    crate::wire::crypto::export_fips_env(config.enable_fips);
+    let timing = daemon_timing(&config);
     let os = os::for_env(env);
-    crate::daemon::Daemon::new(config, os, timing).run()
+    let mut d = crate::daemon::Daemon::new(config, os, timing);
+    d.run_exthandlers(&mut std::io::stdout())
 }
 
 /// `-deprovision[+user]`: list, confirm (unless `-force`), do.

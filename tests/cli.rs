@@ -125,10 +125,7 @@ fn missing_configuration_file_is_a_clear_error() {
 #[test]
 fn unimplemented_commands_say_so_and_fail() {
     let s = Sandbox::new("");
-    for (flag, shown) in [
-        ("-run-exthandlers", "-run-exthandlers"),
-        ("-collect-logs", "-collect-logs"),
-    ] {
+    for (flag, shown) in [("-collect-logs", "-collect-logs")] {
         let o = s.run(&[flag, "-force"]);
         assert_eq!(o.status.code(), Some(1), "{flag}");
         let want = format!(
@@ -531,4 +528,83 @@ fn a_start_waits_for_a_dying_daemon_then_runs() {
     });
     assert!(d.running(second));
     assert_eq!(d.stop(second), Some(0));
+}
+
+/// A handler package whose enable writes its status (and only into its own
+/// directory), or, with `fail`, exits 3.
+fn echo_zip(fail: bool) -> Vec<u8> {
+    use std::io::Write;
+    let script = if fail {
+        "#!/bin/sh\nexit 3\n".to_string()
+    } else {
+        "#!/bin/sh\ncd \"$(dirname \"$0\")\"\n[ \"$1\" = enable ] && printf '[{\"version\":1.0,\"status\":{\"name\":\"Echo\",\"operation\":\"Enable\",\"status\":\"success\",\"code\":0,\"formattedMessage\":{\"lang\":\"en-US\",\"message\":\"ok\"}}}]' > status/0.status\nexit 0\n".to_string()
+    };
+    let manifest = r#"[{"name":"Echo","version":1.0,"handlerManifest":{"installCommand":"h.sh install","enableCommand":"h.sh enable","disableCommand":"h.sh disable","uninstallCommand":"h.sh uninstall","updateCommand":"h.sh update"}}]"#;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let o = zip::write::SimpleFileOptions::default();
+    w.start_file("HandlerManifest.json", o).unwrap();
+    w.write_all(manifest.as_bytes()).unwrap();
+    w.start_file("h.sh", o).unwrap();
+    w.write_all(script.as_bytes()).unwrap();
+    w.finish().unwrap().into_inner()
+}
+
+/// `-run-exthandlers` runs the goal state's handlers in the foreground,
+/// prints one line each, uploads the status, and exits 0 only when none
+/// failed; beside a running daemon it refuses.
+#[test]
+fn run_exthandlers_runs_the_handlers_once_in_the_foreground() {
+    use waagent::sim::SimHandler;
+    let (sim, s) = fabric_and_config();
+    sim.set_handlers(vec![
+        SimHandler::new("Contoso.Test.Echo", "1.0.0", echo_zip(false)),
+        SimHandler::new("Contoso.Test.Broken", "2.0.0", echo_zip(true)),
+    ]);
+    let o = s.run(&["-run-exthandlers"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "Contoso.Test.Echo: enabled 1.0.0\n\
+         Contoso.Test.Broken: 2.0.0 failed (1007): install failed with exit code 3\n"
+    );
+    assert!(s
+        .path("lib/Contoso.Test.Echo-1.0.0/status/0.status")
+        .exists());
+    let uploads = sim.status_uploads();
+    let last: serde_json::Value =
+        serde_json::from_slice(&uploads.last().expect("a status upload").content).unwrap();
+    let handlers = last["aggregateStatus"]["handlerAggregateStatus"]
+        .as_array()
+        .unwrap();
+    assert_eq!(handlers[0]["status"], "Ready");
+    assert_eq!(
+        handlers[0]["runtimeSettingsStatus"]["settingsStatus"]["status"]["status"],
+        "success"
+    );
+    assert_eq!(handlers[1]["status"], "NotReady");
+
+    // Only the good one: exit 0. Its enable runs again, nothing is reinstalled.
+    sim.set_handlers(vec![SimHandler::new(
+        "Contoso.Test.Echo",
+        "1.0.0",
+        echo_zip(false),
+    )]);
+    let o = s.run(&["-run-exthandlers"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "Contoso.Test.Echo: enabled 1.0.0\n");
+
+    // Beside a running daemon: refused, nothing run.
+    let mut d = Daemons(Vec::new());
+    let daemon = d.start(&s);
+    wait_for("the daemon's pid file", || {
+        waagent::pidfile::read_pid(&s.pid_path()) == Some(daemon)
+    });
+    let o = s.run(&["-run-exthandlers"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).starts_with("waagent: -run-exthandlers needs the daemon stopped"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(d.stop(daemon), Some(0));
 }

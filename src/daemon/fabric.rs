@@ -1,7 +1,7 @@
 //! The daemon's side of the fabric: where the WireServer is, the client,
 //! the goal state, health reports and the status blob.
 
-use crate::ext::exec::Context;
+use crate::ext::exec::{Context, Outcome};
 use crate::ext::report;
 use crate::wire::client::{FullGoalState, WireClient};
 use crate::wire::crypto::Openssl;
@@ -297,5 +297,74 @@ fn describe_health(h: &Health) -> String {
             sub_status,
             description,
         } => format!("NotReady/{}: {description}", sub_status.as_str()),
+    }
+}
+
+impl Daemon {
+    /// `-run-exthandlers`: the current goal state's handlers, in the
+    /// foreground, until every one has settled (or a stop is asked); one
+    /// line per handler on standard output; the status uploaded as the
+    /// daemon would. For an admin debugging an extension. Exit code 0 when
+    /// none failed.
+    pub fn run_exthandlers(&mut self, out: &mut dyn std::io::Write) -> i32 {
+        let goal = match self.connect() {
+            Ok(g) => g,
+            Err(e) => {
+                log::error!("cannot reach the fabric: {e}");
+                let _ = writeln!(out, "cannot reach the fabric: {e}");
+                return 1;
+            }
+        };
+        let inc = goal.goal_state.incarnation.clone();
+        let Some(ec) = goal.extensions_config else {
+            let _ = writeln!(out, "the goal state (incarnation {inc}) has no extensions");
+            return 0;
+        };
+        let Some(mut eg) = self.extension_goal(&inc, ec) else {
+            let _ = writeln!(out, "the goal state (incarnation {inc}) has no status blob");
+            return 1;
+        };
+        if eg.handling.is_none() {
+            let _ = writeln!(
+                out,
+                "extension processing is disabled (Extensions.Enabled=n): nothing was run"
+            );
+        }
+        while eg.busy() && !stop_requested() {
+            self.handle_extensions(&mut eg);
+            if eg.busy() && !self.clock.sleep(Duration::from_millis(200)) {
+                break;
+            }
+        }
+        eg.upload_due = true;
+        self.handle_extensions(&mut eg);
+        let mut failed = 0;
+        for p in &eg.config.plugins {
+            let line = match eg.handling.as_ref().and_then(|h| h.outcome(&p.name)) {
+                Some(Outcome::Enabled { version }) => format!("enabled {version}"),
+                Some(Outcome::Disabled { version }) => format!("disabled {version}"),
+                Some(Outcome::Uninstalled) => "uninstalled".to_string(),
+                Some(Outcome::Failed {
+                    version,
+                    code,
+                    message,
+                    ..
+                }) => {
+                    failed += 1;
+                    format!("{version} failed ({code}): {message}")
+                }
+                None if eg.handling.is_none() => {
+                    failed += 1;
+                    "not run".to_string()
+                }
+                None => "nothing to do".to_string(),
+            };
+            let _ = writeln!(out, "{}: {line}", p.name);
+        }
+        if stop_requested() {
+            let _ = writeln!(out, "stopped before every handler had settled");
+            return 1;
+        }
+        i32::from(failed > 0)
     }
 }
