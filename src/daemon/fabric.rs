@@ -175,6 +175,14 @@ impl Daemon {
                     _ => None,
                 };
             }
+            // Held: asked again on every poll until released.
+            Ok(None) if current.as_ref().is_some_and(|g| g.on_hold) => {
+                let cur = current?;
+                return match self.extension_goal(&cur.incarnation, cur.config.clone()) {
+                    Some(g) if g.on_hold => Some(cur),
+                    released => released,
+                };
+            }
             Ok(None) => return current,
             Err(e) => {
                 log::warn!("goal state poll: {e}");
@@ -194,14 +202,24 @@ impl Daemon {
     /// blob to report to): its handlers to run, or, with
     /// `Extensions.Enabled=n`, each reported as not run.
     pub(super) fn extension_goal(
-        &self,
+        &mut self,
         incarnation: &str,
         ec: ExtensionsConfig,
     ) -> Option<Box<ExtensionGoal>> {
         let status_blob = ec.status_upload_blob.clone()?;
-        let (handling, not_run) = match self.config.extensions_enabled {
-            true => (Some(Handling::new(incarnation, &ec, &self.lib)), Vec::new()),
-            false => (None, status::not_run(&ec, NotRun::Disabled)),
+        let on_hold = self.config.extensions_enabled && self.on_hold(&ec);
+        let (handling, not_run) = match (self.config.extensions_enabled, on_hold) {
+            // On hold: nothing runs; what is installed is reported.
+            (true, true) => (
+                Some(Handling::new(
+                    incarnation,
+                    &ExtensionsConfig::default(),
+                    &self.lib,
+                )),
+                Vec::new(),
+            ),
+            (true, false) => (Some(Handling::new(incarnation, &ec, &self.lib)), Vec::new()),
+            (false, _) => (None, status::not_run(&ec, NotRun::Disabled)),
         };
         Some(Box::new(ExtensionGoal {
             status_blob,
@@ -209,13 +227,55 @@ impl Daemon {
                 .in_vm_goal_state_metadata
                 .as_ref()
                 .and_then(|m| m.in_svd_seq_no),
+            incarnation: incarnation.to_string(),
             config: ec,
+            on_hold,
             handling,
             not_run,
             pending: None,
             upload_due: true,
             last_uploaded: None,
         }))
+    }
+
+    /// `EnableOverProvisioning` and the goal state's artifacts profile says
+    /// `onHold` (§13.11): the handlers wait. A profile that cannot be read
+    /// or understood holds nothing, as in waagent.
+    fn on_hold(&mut self, ec: &ExtensionsConfig) -> bool {
+        let (true, Some(url), Some(client)) = (
+            self.config.enable_over_provisioning,
+            ec.in_vm_artifacts_profile_blob.as_deref(),
+            self.client.as_mut(),
+        ) else {
+            return false;
+        };
+        let tmp = self.lib.join(".artifacts-profile.json");
+        let _ = std::fs::remove_file(&tmp);
+        let read = client
+            .download_artifact(url, None, &tmp, 64 * 1024)
+            .map_err(|e| e.to_string())
+            .and_then(|_| std::fs::read(&tmp).map_err(|e| e.to_string()));
+        let _ = std::fs::remove_file(&tmp);
+        let profile: serde_json::Value = match read.map(|b| serde_json::from_slice(&b)) {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                log::warn!("the artifacts profile is not JSON ({e}); not on hold");
+                return false;
+            }
+            Err(e) => {
+                log::warn!("cannot read the artifacts profile: {e}; not on hold");
+                return false;
+            }
+        };
+        let held = match &profile["onHold"] {
+            serde_json::Value::Bool(b) => *b,
+            serde_json::Value::String(s) => s.eq_ignore_ascii_case("true"),
+            _ => false,
+        };
+        if held {
+            log::info!("the goal state's extensions are on hold (artifacts profile)");
+        }
+        held
     }
 
     /// One turn of the Extension state: a step of the handlers (a newer
@@ -259,6 +319,7 @@ impl Daemon {
             computer_name: self.os.hostname().unwrap_or_default(),
             in_svd_seq_no: goal.in_svd_seq_no,
             goal_state: match &goal.handling {
+                _ if goal.on_hold => GoalStateOutcome::InProgress,
                 None => GoalStateOutcome::not_run(handlers),
                 Some(h) if !h.is_settled() => GoalStateOutcome::InProgress,
                 Some(h) => match h.failed() {

@@ -168,7 +168,12 @@ pub fn boot_decision(
 pub struct ExtensionGoal {
     pub status_blob: StatusUploadBlob,
     pub in_svd_seq_no: Option<u64>,
+    /// The incarnation it came with.
+    pub incarnation: String,
     pub config: ExtensionsConfig,
+    /// The artifacts profile holds the handlers (§13.11): asked again on
+    /// every poll.
+    pub on_hold: bool,
     /// The handlers being run; `None` when none may run here
     /// (`Extensions.Enabled=n`): then `not_run` says why of each.
     pub handling: Option<Handling>,

@@ -480,3 +480,49 @@ fn a_live_host_name_that_is_not_valid_is_never_written_anywhere() {
         .iter()
         .any(|l| l == "hostname renamed-by-user"));
 }
+
+#[test]
+fn handlers_on_hold_wait_until_the_artifacts_profile_releases_them() {
+    let v = vm(None, ProvisioningAgent::Disabled);
+    let profile = v
+        .sim
+        .put_blob("profile.json", br#"{"onHold": true}"#.to_vec());
+    let location = v.sim.manifest_url("Contoso.Test.Nowhere");
+    // Every ExtensionsConfig served names the profile and one handler.
+    for _ in 0..50 {
+        v.sim.inject(
+            "type=extensionsConfig",
+            [Fault::Replace(
+                "<StatusUploadBlob".into(),
+                format!(
+                    r#"<Plugins><Plugin name="Contoso.Test.Echo" version="1.0.0" location="{location}" state="enabled" /></Plugins>
+<InVMArtifactsProfileBlob>{profile}</InVMArtifactsProfileBlob>
+<StatusUploadBlob"#
+                ),
+            )],
+        );
+    }
+    let mut d = v.daemon();
+    let (_, mut state) = step_until(&mut d, State::Boot, "Extension", 20);
+    for _ in 0..6 {
+        state = d.step(state);
+    }
+    // Held: the manifest is never asked for; the goal state is in progress.
+    assert!(v.sim.requests_to("manifests").is_empty());
+    assert!(
+        v.sim.requests_to("profile.json").len() >= 2,
+        "asked on every poll"
+    );
+    let agg = &last_status(&v)["aggregateStatus"];
+    assert!(agg["vmArtifactsAggregateStatus"].is_null(), "{agg}");
+
+    // Released: the handler is taken up on the next poll.
+    v.sim
+        .put_blob("profile.json", br#"{"onHold": false}"#.to_vec());
+    for _ in 0..6 {
+        state = d.step(state);
+    }
+    assert!(!v.sim.requests_to("manifests").is_empty());
+    let h = &last_status(&v)["aggregateStatus"]["handlerAggregateStatus"][0];
+    assert_eq!(h["code"], 1001, "{h}");
+}
