@@ -547,6 +547,45 @@ fn echo_zip(fail: bool) -> Vec<u8> {
     w.finish().unwrap().into_inner()
 }
 
+/// An older fabric's goal state (`autoUpgrade` without `useExactVersion`)
+/// gets the newest minor version of the requested major one; CRP's exact
+/// versions are taken as asked (§13.8).
+#[test]
+fn run_exthandlers_takes_minor_upgrades_only_when_the_version_is_not_exact() {
+    use waagent::sim::{SimHandler, SimPackage};
+    let (sim, s) = fabric_and_config();
+    let handler = |name: &str, exact: bool| {
+        let mut h = SimHandler::new(name, "1.0.0", echo_zip(false));
+        h.auto_upgrade = true;
+        h.use_exact_version = exact;
+        for v in ["1.1.0", "2.0.0"] {
+            h.packages.push(SimPackage {
+                version: v.into(),
+                zip: echo_zip(false),
+            });
+        }
+        h
+    };
+    sim.set_handlers(vec![
+        handler("Contoso.Test.Auto", false),
+        handler("Contoso.Test.Exact", true),
+    ]);
+    let o = s.run(&["-run-exthandlers"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "Contoso.Test.Auto: enabled 1.1.0\n\
+         Contoso.Test.Exact: enabled 1.0.0\n"
+    );
+    assert!(s
+        .path("lib/Contoso.Test.Auto-1.1.0/status/0.status")
+        .exists());
+    assert!(!s.path("lib/Contoso.Test.Auto-1.0.0").exists());
+    assert!(s
+        .path("lib/Contoso.Test.Exact-1.0.0/status/0.status")
+        .exists());
+}
+
 /// `-run-exthandlers` runs the goal state's handlers in the foreground,
 /// prints one line each, uploads the status, and exits 0 only when none
 /// failed; beside a running daemon it refuses.

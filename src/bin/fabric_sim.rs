@@ -50,6 +50,8 @@ The --handlers FILE is a JSON array with one object per handler:
   name, version        required: Plugin@name and the requested Plugin@version
   state                enabled (default), disabled or uninstall (served as given)
   autoUpgrade          false (default) or true
+  useExactVersion      true (default) or false: false with autoUpgrade lets the agent
+                       take a newer minor version (an older fabric's goal state)
   seqNo                the settings' sequence number (default 0)
   publicSettings       any JSON (default {}); null with no protectedSettings and no
                        extensions: the handler has no PluginSettings at all

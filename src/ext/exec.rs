@@ -20,7 +20,7 @@ use super::handler::{self, HandlerManifest};
 use super::package;
 use super::plan::{
     self, enable_ops, select_version, Command, HandlerState, Installed, Op, Task, UpdatePolicy,
-    Wanted,
+    VersionRule, Wanted,
 };
 use crate::config::Config;
 use crate::fsutil;
@@ -447,12 +447,19 @@ impl Handling {
         cx: &mut Context<'_>,
     ) -> Result<(), (i64, String)> {
         use crate::wire::status::CODE_ENABLE_FAILED;
-        // Already installed at a version the request matches: no manifest.
+        // Already installed at a version an exact request matches: no
+        // manifest. Minor upgrades must look for a newer one.
+        let rule = self
+            .plugin(name)
+            .map_or(VersionRule::Exact, VersionRule::of);
         let version = match installed {
-            Some(i) if select_version(requested, &[i.version.as_str()]).is_some() => {
+            Some(i)
+                if rule == VersionRule::Exact
+                    && select_version(requested, &[i.version.as_str()], rule).is_some() =>
+            {
                 i.version.clone()
             }
-            _ => self.choose_version(name, requested, cx)?,
+            _ => self.choose_version(name, requested, rule, cx)?,
         };
         let dir = self.dir(name, &version);
         let mut state = read_state(&dir);
@@ -490,6 +497,7 @@ impl Handling {
         &self,
         name: &str,
         requested: &str,
+        rule: VersionRule,
         cx: &mut Context<'_>,
     ) -> Result<String, (i64, String)> {
         let plugin = self
@@ -503,7 +511,7 @@ impl Handling {
             .iter()
             .map(|p| p.version.as_str())
             .collect();
-        select_version(requested, &versions)
+        select_version(requested, &versions, rule)
             .map(str::to_string)
             .ok_or_else(|| {
                 (

@@ -191,22 +191,57 @@ pub fn compare_versions(a: &str, b: &str) -> Ordering {
     Ordering::Equal
 }
 
-/// The version to run for `requested`, as the current agent chooses it
-/// (§13.8, CRP sends exact versions): the newest manifest version of which
-/// `requested` is a component-wise prefix (`1.0` matches `1.0` and `1.0.7`;
-/// `2.1.13` only itself). `None`: the manifest does not list it.
-pub fn select_version<'a>(requested: &str, available: &[&'a str]) -> Option<&'a str> {
-    let want: Vec<&str> = requested.trim().split('.').collect();
+/// How a plugin's requested version is read (§13.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionRule {
+    /// The current agent's rule, and the one CRP asks for with
+    /// `useExactVersion="true"`: the requested version, or the newest
+    /// version it is a component-wise prefix of.
+    Exact,
+    /// `autoUpgrade="true"` without `useExactVersion` (older fabrics): the
+    /// newest version with the requested major version, never below the
+    /// requested one; 2.2.5's minor upgrades.
+    MinorUpgrades,
+}
+
+impl VersionRule {
+    pub fn of(plugin: &crate::wire::docs::Plugin) -> VersionRule {
+        if plugin.auto_upgrade && !plugin.use_exact_version {
+            VersionRule::MinorUpgrades
+        } else {
+            VersionRule::Exact
+        }
+    }
+}
+
+/// The version to run for `requested` under `rule` (§13.8). `Exact`: the
+/// newest manifest version of which `requested` is a component-wise prefix
+/// (`1.0` matches `1.0` and `1.0.7`; `2.1.13` only itself).
+/// `MinorUpgrades`: the newest one with the same major version that is not
+/// older than `requested`. `None`: the manifest lists none.
+pub fn select_version<'a>(
+    requested: &str,
+    available: &[&'a str],
+    rule: VersionRule,
+) -> Option<&'a str> {
+    let requested = requested.trim();
+    let want: Vec<&str> = requested.split('.').collect();
+    let same = |w: &str, h: &str| {
+        w == h || (w.parse::<u64>().is_ok() && w.parse::<u64>() == h.parse::<u64>())
+    };
     available
         .iter()
         .copied()
         .filter(|v| {
             let have: Vec<&str> = v.split('.').collect();
-            have.len() >= want.len()
-                && want.iter().zip(&have).all(|(w, h)| {
-                    w == h
-                        || (w.parse::<u64>().ok().is_some() && w.parse::<u64>() == h.parse::<u64>())
-                })
+            match rule {
+                VersionRule::Exact => {
+                    have.len() >= want.len() && want.iter().zip(&have).all(|(w, h)| same(w, h))
+                }
+                VersionRule::MinorUpgrades => {
+                    same(want[0], have[0]) && compare_versions(v, requested) != Ordering::Less
+                }
+            }
         })
         .max_by(|a, b| compare_versions(a, b))
 }
@@ -512,7 +547,26 @@ mod tests {
             // Leading zeros compare as numbers.
             ("01.0", Some("1.0.10")),
         ] {
-            assert_eq!(select_version(requested, &available), want, "{requested}");
+            assert_eq!(
+                select_version(requested, &available, VersionRule::Exact),
+                want,
+                "{requested}"
+            );
+        }
+        for (requested, want) in [
+            // Minor and patch upgrades within the major version...
+            ("1.0", Some("1.1.0")),
+            ("1.0.7", Some("1.1.0")),
+            ("2.1.13", Some("2.1.14")),
+            // ...never a major one, never below the request.
+            ("1.2", None),
+            ("3.0", None),
+        ] {
+            assert_eq!(
+                select_version(requested, &available, VersionRule::MinorUpgrades),
+                want,
+                "{requested} with minor upgrades"
+            );
         }
         assert_eq!(compare_versions("1.10", "1.9"), Ordering::Greater);
         assert_eq!(compare_versions("1.0", "1.0.0"), Ordering::Equal);

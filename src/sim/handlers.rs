@@ -34,6 +34,9 @@ pub struct SimHandler {
     /// also offer an invalid one.
     pub state: String,
     pub auto_upgrade: bool,
+    /// `useExactVersion`; true unless a test asks for an older fabric's
+    /// goal state, where `auto_upgrade` allows minor upgrades (§13.8).
+    pub use_exact_version: bool,
     /// The settings' sequence number (single-config).
     pub seq_no: u64,
     /// `{}` when none. `Null` with no `protected_settings` and no
@@ -63,6 +66,7 @@ impl SimHandler {
             version: version.into(),
             state: "enabled".into(),
             auto_upgrade: false,
+            use_exact_version: true,
             seq_no: 0,
             public_settings: json!({}),
             protected_settings: None,
@@ -212,13 +216,14 @@ pub(super) fn plugins_xml(handlers: &[SimHandler], base: &str) -> String {
     for h in handlers {
         out.push_str(&format!(
             "  <Plugin name=\"{name}\" version=\"{version}\" location=\"{loc}\" failoverlocation=\"{failover}\" \
-             state=\"{state}\" autoUpgrade=\"{auto}\" runAsStartupTask=\"false\" isJson=\"true\" useExactVersion=\"true\" />\n",
+             state=\"{state}\" autoUpgrade=\"{auto}\" runAsStartupTask=\"false\" isJson=\"true\" useExactVersion=\"{exact}\" />\n",
             name = escape(&h.name),
             version = escape(&h.version),
             loc = escape(&format!("{base}{}", manifest_path(&h.name, false))),
             failover = escape(&format!("{base}{}", manifest_path(&h.name, true))),
             state = escape(&h.state),
             auto = h.auto_upgrade,
+            exact = h.use_exact_version,
         ));
     }
     out.push_str("</Plugins>\n<PluginSettings>\n");
@@ -302,8 +307,12 @@ impl<'a> Fields<'a> {
     }
 
     fn boolean(&self, key: &str) -> Result<bool, String> {
+        self.boolean_or(key, false)
+    }
+
+    fn boolean_or(&self, key: &str, default: bool) -> Result<bool, String> {
         match self.0.get(key) {
-            None => Ok(false),
+            None => Ok(default),
             Some(Value::Bool(b)) => Ok(*b),
             Some(_) => Err(format!("{key}: expected true or false")),
         }
@@ -363,6 +372,7 @@ fn parse_handler(v: &Value, dir: &Path) -> Result<SimHandler, String> {
         "version",
         "state",
         "autoUpgrade",
+        "useExactVersion",
         "seqNo",
         "publicSettings",
         "primaryManifestMissing",
@@ -388,6 +398,7 @@ fn parse_handler(v: &Value, dir: &Path) -> Result<SimHandler, String> {
         version: f.required("version")?,
         state: f.string("state")?.unwrap_or_else(|| "enabled".into()),
         auto_upgrade: f.boolean("autoUpgrade")?,
+        use_exact_version: f.boolean_or("useExactVersion", true)?,
         seq_no: f.seq_no()?,
         public_settings: f.public_settings(),
         protected_settings: f.protected_settings(dir)?,
@@ -512,7 +523,7 @@ mod tests {
         let h = parse_in(
             dir.path(),
             r#"[{"name": "A.B", "version": "1.0", "state": "uninstall", "autoUpgrade": true,
-                 "seqNo": 9, "publicSettings": null, "primaryManifestMissing": true,
+                 "useExactVersion": false, "seqNo": 9, "publicSettings": null, "primaryManifestMissing": true,
                  "protectedSettings": "QUJD", "protectedSettingsCertThumbprint": "AB12",
                  "packages": [{"version": "1.0", "zip": "e.zip"}],
                  "extensions": [{"name": "x", "seqNo": 2, "state": "disabled"}, {"name": "y"}]}]"#,
@@ -520,6 +531,7 @@ mod tests {
         .unwrap();
         want.state = "uninstall".into();
         want.auto_upgrade = true;
+        want.use_exact_version = false;
         want.seq_no = 9;
         want.public_settings = Value::Null;
         want.primary_manifest_missing = true;
@@ -543,7 +555,7 @@ mod tests {
         assert!(err("[").starts_with("not JSON"));
         assert_eq!(
             err(r#"[{"name": "A", "version": "1", "seqno": 1}]"#),
-            "handler [0]: unknown key \"seqno\" (known: name, version, state, autoUpgrade, seqNo, publicSettings, primaryManifestMissing, packages, extensions, protectedSettings, protectedSettingsCertThumbprint, protectedSettingsCert)"
+            "handler [0]: unknown key \"seqno\" (known: name, version, state, autoUpgrade, useExactVersion, seqNo, publicSettings, primaryManifestMissing, packages, extensions, protectedSettings, protectedSettingsCertThumbprint, protectedSettingsCert)"
         );
         assert_eq!(err(r#"[{"name": "A"}]"#), "handler [0]: version is missing");
         assert_eq!(

@@ -147,6 +147,9 @@ pub struct Plugin {
     pub state: Option<PluginState>,
     /// `@autoUpgrade`: minor upgrades allowed (2.2.5's "auto" policy).
     pub auto_upgrade: bool,
+    /// `@useExactVersion`: the version is exact (or a prefix), never
+    /// upgraded; CRP always sends it today (§13.8).
+    pub use_exact_version: bool,
     /// `@isJson`.
     pub is_json: bool,
     /// `@encodedSignature`: base64 PKCS#7 signature of the package.
@@ -363,6 +366,7 @@ impl Plugin {
             additional_locations: texts(plugin, "additionalLocations/additionalLocation"),
             state: None,
             auto_upgrade: flag(plugin.attr("autoUpgrade")),
+            use_exact_version: flag(plugin.attr("useExactVersion")),
             is_json: flag(plugin.attr("isJson")),
             encoded_signature: plugin.opt_attr("encodedSignature"),
             multi_config: false,
@@ -662,6 +666,12 @@ mod tests {
         );
         assert_eq!(echo.state, Some(PluginState::Enabled));
         assert!(echo.auto_upgrade && echo.is_json && !echo.multi_config);
+        // autoUpgrade with useExactVersion: no upgrades (§13.8).
+        assert!(echo.use_exact_version);
+        assert_eq!(
+            crate::ext::plan::VersionRule::of(echo),
+            crate::ext::plan::VersionRule::Exact
+        );
         assert_eq!(echo.invalid_reason, None);
         assert_eq!(
             echo.encoded_signature.as_deref(),
@@ -989,7 +999,7 @@ mod tests {
             ("OSTCExtensions.ExampleHandlerLinux", "1.0.0")
         );
         assert_eq!(p.state, Some(PluginState::Enabled));
-        assert!(!p.auto_upgrade && p.is_json);
+        assert!(!p.auto_upgrade && p.is_json && !p.use_exact_version);
         assert!(p
             .encoded_signature
             .as_deref()
