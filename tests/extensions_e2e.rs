@@ -103,6 +103,19 @@ fn symlink_package() -> Vec<u8> {
     w.finish().unwrap().into_inner()
 }
 
+/// More entries than a handler may unpack (10,000): each one small, the
+/// whole zip about a megabyte.
+fn entry_bomb() -> Vec<u8> {
+    let mut w = ZipWriter::new(Cursor::new(Vec::new()));
+    let o = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    w.start_file("HandlerManifest.json", o).unwrap();
+    w.write_all(MANIFEST.as_bytes()).unwrap();
+    for i in 0..10_000 {
+        w.start_file(format!("f{i}"), o).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
 /// The driver's functions; a scenario follows them.
 const DRIVER: &str = r#"#!/bin/sh
 set -u
@@ -439,8 +452,8 @@ fn handler(name: &str, zip: &str) -> Value {
 
 /// What goes wrong stays with the handler it went wrong for: a hanging
 /// enable is killed at its deadline while statuses keep being uploaded; a
-/// malformed status file is reported as such; zip-slip and symlink
-/// packages are refused with nothing written outside; a storage location
+/// malformed status file is reported as such; zip-slip, symlink and
+/// entry-bomb packages are refused with nothing written outside; a storage location
 /// that refuses gives way to the HostGAPlugin; the others still run.
 #[test]
 fn failures_are_contained_and_reported() {
@@ -453,6 +466,7 @@ fn failures_are_contained_and_reported() {
             ("bad.zip", package("malformed")),
             ("slip.zip", zip_slip()),
             ("link.zip", symlink_package()),
+            ("bomb.zip", entry_bomb()),
             ("good.zip", package("")),
         ],
         &[(
@@ -462,6 +476,7 @@ fn failures_are_contained_and_reported() {
                 handler("Contoso.Test.Bad", "bad.zip"),
                 handler("Contoso.Test.Slip", "slip.zip"),
                 handler("Contoso.Test.Link", "link.zip"),
+                handler("Contoso.Test.Bomb", "bomb.zip"),
                 handler("Contoso.Test.Fallback", "good.zip"),
             ]),
         )],
@@ -491,16 +506,24 @@ stop_daemon
         "enable timed out and was killed"
     );
     // Uploads went on while it hung: the goal state was reported in
-    // progress (no aggregate verdict yet) on several polls.
-    let in_progress = r
-        .statuses()
+    // progress (no aggregate verdict yet) on several polls, each with the
+    // agent itself Ready.
+    let statuses = r.statuses();
+    let in_progress: Vec<_> = statuses
         .iter()
         .filter(|s| s["aggregateStatus"]["vmArtifactsAggregateStatus"].is_null())
-        .count();
+        .collect();
     assert!(
-        in_progress >= 2,
-        "{in_progress} uploads while it hung\n{ctx}"
+        in_progress.len() >= 2,
+        "{} uploads while it hung\n{ctx}",
+        in_progress.len()
     );
+    for s in &in_progress {
+        assert_eq!(
+            s["aggregateStatus"]["guestAgentStatus"]["status"], "Ready",
+            "{s}"
+        );
+    }
 
     let bad = status("Contoso.Test.Bad");
     assert_eq!(bad["status"], "Ready", "the handler itself is fine: {bad}");
@@ -529,8 +552,20 @@ stop_daemon
         "{}",
         r.read("etc-linked")
     );
+    let bomb = status("Contoso.Test.Bomb");
+    assert_eq!(bomb["code"], 1004, "{bomb}");
+    assert!(
+        bomb["formattedMessage"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("10001 entries, more than 10000"),
+        "{bomb}"
+    );
     let dirs = r.read("dirs");
-    assert!(!dirs.contains("Slip") && !dirs.contains("Link"), "{dirs}");
+    assert!(
+        ["Slip", "Link", "Bomb"].iter().all(|n| !dirs.contains(n)),
+        "{dirs}"
+    );
 
     let fallback = status("Contoso.Test.Fallback");
     assert_eq!(fallback["status"], "Ready", "{ctx}");
@@ -546,7 +581,7 @@ stop_daemon
     assert!(verdict["formattedMessage"]["message"]
         .as_str()
         .unwrap()
-        .starts_with("3 of 5 extension handler(s) failed"));
+        .starts_with("4 of 6 extension handler(s) failed"));
 }
 
 /// A daemon SIGKILLed while a handler installs, and started again at once,
