@@ -27,16 +27,26 @@ fn fast_policy() -> RetryPolicy {
 }
 
 fn client(sim: &FabricSim, lib: &Path) -> WireClient {
+    client_with(sim, lib, 1, None)
+}
+
+/// A client with `timeout_secs` and, for storage, `storage_proxy`.
+fn client_with(
+    sim: &FabricSim,
+    lib: &Path,
+    timeout_secs: u64,
+    storage_proxy: Option<String>,
+) -> WireClient {
     let openssl = Openssl::new(PathBuf::from("openssl"), Rc::new(SystemRunner));
     WireClient::new(
         sim.endpoint(),
         lib,
         openssl,
         ClientOptions {
-            timeout_secs: 1,
+            timeout_secs,
             retry: fast_policy(),
             health_retry: fast_policy(),
-            storage_proxy: None,
+            storage_proxy,
         },
     )
 }
@@ -658,18 +668,7 @@ fn storage_goes_through_the_proxy_and_the_wireserver_never_does() {
     let (proxy, seen) = connect_proxy();
     let sim = FabricSim::start(SimConfig::default()).unwrap();
     let lib = tempfile::tempdir().unwrap();
-    let openssl = Openssl::new(PathBuf::from("openssl"), Rc::new(SystemRunner));
-    let mut c = WireClient::new(
-        sim.endpoint(),
-        lib.path(),
-        openssl,
-        ClientOptions {
-            timeout_secs: 2,
-            retry: fast_policy(),
-            health_retry: fast_policy(),
-            storage_proxy: Some(proxy),
-        },
-    );
+    let mut c = client_with(&sim, lib.path(), 2, Some(proxy));
     c.versions().unwrap();
     c.update_goal_state(false).unwrap().unwrap();
     assert!(
@@ -911,18 +910,7 @@ fn a_package_download_goes_through_the_proxy() {
     let (proxy, seen) = connect_proxy();
     let sim = FabricSim::start(SimConfig::default()).unwrap();
     let lib = tempfile::tempdir().unwrap();
-    let openssl = Openssl::new(PathBuf::from("openssl"), Rc::new(SystemRunner));
-    let mut c = WireClient::new(
-        sim.endpoint(),
-        lib.path(),
-        openssl,
-        ClientOptions {
-            timeout_secs: 2,
-            retry: fast_policy(),
-            health_retry: fast_policy(),
-            storage_proxy: Some(proxy),
-        },
-    );
+    let mut c = client_with(&sim, lib.path(), 2, Some(proxy));
     let data = package_bytes(20_000);
     let url = sim.put_blob("Contoso.Ext__1.0.zip", data.clone());
     let dest = lib.path().join("Contoso.Ext__1.0.zip");

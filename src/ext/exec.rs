@@ -899,7 +899,7 @@ impl Handling {
                 log::warn!("extension {name}: uninstall exited {code}; removing it anyway");
                 Step::Continue
             }
-            (Ok(code), c) => {
+            (result, c) => {
                 if c == Command::Update {
                     let new = cur.version.clone().unwrap_or_default();
                     let _ = write_state(
@@ -907,23 +907,15 @@ impl Handling {
                         HandlerState::FailedUpgrade,
                     );
                 }
+                let (code, message) = match result {
+                    Ok(exit) => (
+                        code_for(c),
+                        format!("{} failed with exit code {exit}", c.as_str()),
+                    ),
+                    Err(message) => (TIMED_OUT, message),
+                };
                 let task = cur.task.clone();
-                Step::Done(fail(
-                    code_for(c),
-                    format!("{} failed with exit code {code}", c.as_str()),
-                    &task,
-                ))
-            }
-            (Err(message), c) => {
-                if c == Command::Update {
-                    let new = cur.version.clone().unwrap_or_default();
-                    let _ = write_state(
-                        &self.lib.join(format!("{name}-{new}")),
-                        HandlerState::FailedUpgrade,
-                    );
-                }
-                let task = cur.task.clone();
-                Step::Done(fail(TIMED_OUT, message, &task))
+                Step::Done(fail(code, message, &task))
             }
         }
     }
