@@ -6,17 +6,65 @@
 //! when the daemon waits, and hours of back-off pass in microseconds.
 //!
 //! A wait ends early when the process is asked to stop (SIGTERM/SIGINT set
-//! the flag through [`request_stop`]), so a stop takes effect within a tenth
-//! of a second of any wait.
+//! the flag through [`request_stop`]). Once [`install_wakeup`] has run (the
+//! daemon does it with its signal handlers), a wait is one `poll(2)` on a
+//! self-pipe that the stop request writes to: the idle daemon sleeps through
+//! a whole goal-state period without waking, and a stop ends any wait at
+//! once. Without it (tools, tests) a wait looks at the flag every tenth of a
+//! second.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 static STOP: AtomicBool = AtomicBool::new(false);
+/// The self-pipe's ends; -1 until [`install_wakeup`].
+static WAKE_READ: AtomicI32 = AtomicI32::new(-1);
+static WAKE_WRITE: AtomicI32 = AtomicI32::new(-1);
 
-/// Asks every wait to end. Async-signal-safe: only stores to an atomic.
+/// Asks every wait to end. Async-signal-safe: an atomic store and a
+/// one-byte `write(2)` to a non-blocking pipe (a full pipe already wakes).
 pub fn request_stop() {
     STOP.store(true, Ordering::SeqCst);
+    let fd = WAKE_WRITE.load(Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: fd is the pipe's write end, open for the process's life;
+        // the buffer is one valid byte.
+        unsafe { libc::write(fd, [1u8].as_ptr().cast(), 1) };
+    }
+}
+
+/// Makes waits end the moment [`request_stop`] runs, without waking to look
+/// at the flag. Idempotent; call before the signal handlers are installed.
+pub fn install_wakeup() -> std::io::Result<()> {
+    use nix::fcntl::OFlag;
+    use std::os::fd::IntoRawFd;
+    if WAKE_READ.load(Ordering::SeqCst) >= 0 {
+        return Ok(());
+    }
+    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+    WAKE_WRITE.store(write.into_raw_fd(), Ordering::SeqCst);
+    WAKE_READ.store(read.into_raw_fd(), Ordering::SeqCst);
+    Ok(())
+}
+
+/// Waits up to `d` for the self-pipe to become readable (a stop request)
+/// or a signal to interrupt; false when there is no self-pipe.
+fn wait_for_wakeup(d: Duration) -> bool {
+    let fd = WAKE_READ.load(Ordering::SeqCst);
+    if fd < 0 {
+        return false;
+    }
+    // Rounded up, so a wait never ends a little early and spins.
+    let ms = d.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd. EINTR or a readable pipe both just return;
+    // the caller looks at the flag and the time again.
+    unsafe { libc::poll(&mut pfd, 1, ms) };
+    true
 }
 
 /// Whether a stop has been asked for.
@@ -50,7 +98,9 @@ impl Clock for SystemClock {
             if left.is_zero() {
                 return true;
             }
-            std::thread::sleep(left.min(Duration::from_millis(100)));
+            if !wait_for_wakeup(left) {
+                std::thread::sleep(left.min(Duration::from_millis(100)));
+            }
         }
     }
 }
@@ -149,6 +199,60 @@ mod tests {
         assert!(c.sleep(Duration::from_secs(10)));
         assert!(!c.sleep(Duration::from_secs(10)));
         assert_eq!(c.elapsed(), Duration::from_secs(15));
+    }
+
+    /// This thread's voluntary context switches: one per time it slept.
+    fn wakeups() -> u64 {
+        std::fs::read_to_string("/proc/thread-self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// With the self-pipe, a wait sleeps once however long it is, and a
+    /// SIGTERM ends it at once. In a child process of its own: the stop
+    /// flag is process-wide.
+    #[test]
+    fn with_the_self_pipe_a_wait_sleeps_once_and_a_stop_ends_it() {
+        const CHILD: &str = "WAAGENT_RS_TEST_WAKEUP_CHILD";
+        let name = "clock::tests::with_the_self_pipe_a_wait_sleeps_once_and_a_stop_ends_it";
+        if std::env::var_os(CHILD).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([name, "--exact", "--nocapture", "--test-threads=1"])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains("1 passed"),
+                "{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
+        crate::daemon::install_handlers().unwrap();
+        let before = wakeups();
+        let start = Instant::now();
+        assert!(SystemClock.sleep(Duration::from_millis(700)));
+        assert!(start.elapsed() >= Duration::from_millis(700));
+        // The 100 ms polling this replaces would have woken 7 times.
+        let woke = wakeups() - before;
+        assert!(woke <= 2, "woke {woke} times");
+
+        std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_millis(100));
+            let _ =
+                nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGTERM);
+        });
+        let start = Instant::now();
+        assert!(!SystemClock.sleep(Duration::from_secs(600)));
+        assert!(start.elapsed() < Duration::from_secs(300));
+        // Stopped for good: later waits end at once.
+        assert!(!SystemClock.sleep(Duration::from_secs(600)));
     }
 
     #[test]
