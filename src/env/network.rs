@@ -123,9 +123,15 @@ fn move_file(src: &Path, dest: &Path) -> Result<(), OsError> {
 /// restarted, may have flushed the routes, and the caller re-adds them
 /// ([`ensure_wire_server_route`]). Checked every
 /// `OS.MonitorDhcpClientRestartPeriod`.
+///
+/// While the PID last seen is still that same process (its start time
+/// unchanged), the client cannot have restarted, and the flavour's lookup
+/// (`pidof`, a process spawned every period) is skipped.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DhcpClientMonitor {
     pid: Option<u32>,
+    /// When `pid` started, where the flavour can tell (Linux's /proc).
+    started: Option<u64>,
 }
 
 impl DhcpClientMonitor {
@@ -157,10 +163,18 @@ impl DhcpClientMonitor {
     }
 
     /// [`observe`](Self::observe) with the PID from the flavour
-    /// (`pidof dhclient`, networkd's MainPID, `pgrep -n dhclient`, …).
+    /// (`pidof dhclient`, networkd's MainPID, `pgrep -n dhclient`, …),
+    /// looked up only when the process last seen is gone.
     pub fn check(&mut self, os: &dyn OsUtil) -> Result<bool, OsError> {
+        if let (Some(pid), Some(started)) = (self.pid, self.started) {
+            if os.process_start_time(pid) == Some(started) {
+                return Ok(false);
+            }
+        }
         let pid = os.dhcp_client_pid()?;
-        Ok(self.observe(pid))
+        let restarted = self.observe(pid);
+        self.started = self.pid.and_then(|p| os.process_start_time(p));
+        Ok(restarted)
     }
 }
 
@@ -359,5 +373,71 @@ mod tests {
         assert!(m.check(os.as_ref()).unwrap());
         assert_eq!(m.pid(), Some(955));
         assert_eq!(runner.lines(), vec!["pidof dhclient", "pidof dhclient"]);
+    }
+
+    /// `/proc/{pid}/stat` under the test root, started at `ticks`.
+    fn proc_stat(root: &Path, pid: u32, ticks: u64) {
+        let dir = root.join(format!("proc/{pid}"));
+        fs::create_dir_all(&dir).unwrap();
+        // A command name with a space and a ')' in it, as a hostile one may.
+        let fields = format!("S 1 {pid} {pid} 0 -1 4194368 95 0 0 0 1 0 0 0 20 0 1 0 {ticks} 4861952 230 18446744073709551615 1 1 0 0 0 0 0 4096 0 0 0 0 17 1 0 0 0 0 0");
+        fs::write(dir.join("stat"), format!("{pid} (dh client)) {fields}\n")).unwrap();
+    }
+
+    /// While the client last seen is still running (same PID, same start
+    /// time), nothing is spawned; once it is gone, or its PID is another
+    /// process's, the flavour is asked again.
+    #[test]
+    fn dhcp_monitor_asks_only_when_the_client_it_saw_is_gone() {
+        let d = tempfile::tempdir().unwrap();
+        let runner = Rc::new(RecordingRunner::new());
+        let os = for_env(env(d.path(), Flavour::Debian, runner.clone()));
+        let mut m = DhcpClientMonitor::new();
+        proc_stat(d.path(), 812, 4000);
+        runner.push("pidof", Output::ok("812\n"));
+        assert!(!m.check(os.as_ref()).unwrap());
+        for _ in 0..5 {
+            assert!(!m.check(os.as_ref()).unwrap());
+        }
+        assert_eq!(runner.lines(), vec!["pidof dhclient"]);
+
+        // The PID now belongs to a later process: the client restarted.
+        proc_stat(d.path(), 812, 9000);
+        runner.push("pidof", Output::ok("955\n"));
+        proc_stat(d.path(), 955, 8999);
+        assert!(m.check(os.as_ref()).unwrap());
+        assert_eq!(m.pid(), Some(955));
+        assert!(!m.check(os.as_ref()).unwrap());
+        assert_eq!(runner.lines().len(), 2);
+
+        // Gone, with no client yet: asked on every check until one is back.
+        fs::remove_dir_all(d.path().join("proc/955")).unwrap();
+        runner.push("pidof", Output::failed(1, ""));
+        runner.push("pidof", Output::ok("1200\n"));
+        proc_stat(d.path(), 1200, 9500);
+        assert!(!m.check(os.as_ref()).unwrap());
+        assert!(m.check(os.as_ref()).unwrap());
+        assert!(!m.check(os.as_ref()).unwrap());
+        assert_eq!(runner.lines().len(), 4);
+    }
+
+    #[test]
+    fn process_start_time_reads_field_22_past_the_command_name() {
+        let d = tempfile::tempdir().unwrap();
+        let os = for_env(env(
+            d.path(),
+            Flavour::Debian,
+            Rc::new(RecordingRunner::new()),
+        ));
+        proc_stat(d.path(), 77, 123_456);
+        assert_eq!(os.process_start_time(77), Some(123_456));
+        assert_eq!(os.process_start_time(78), None);
+        // FreeBSD has no procfs to ask.
+        let freebsd = for_env(env(
+            d.path(),
+            Flavour::FreeBsd,
+            Rc::new(RecordingRunner::new()),
+        ));
+        assert_eq!(freebsd.process_start_time(77), None);
     }
 }

@@ -428,6 +428,11 @@ flavour!(
             Cmd::new("pgrep").args(["-n", "dhclient"])
         }
 
+        fn process_start_time(&self, _pid: u32) -> Option<u64> {
+            // procfs is rarely mounted: the monitor asks pgrep every time.
+            None
+        }
+
         fn primary_interface(&self) -> Option<String> {
             let out = self.env.run_ok(Cmd::new("route").args(["-n", "get", "default"])).ok()?;
             out.stdout

@@ -465,6 +465,18 @@ pub trait OsUtil {
             .find_map(|w| w.parse().ok().filter(|p| *p != 0)))
     }
 
+    /// When process `pid` started (clock ticks after boot, field 22 of
+    /// `/proc/{pid}/stat`): with the PID, it names one process, so a PID
+    /// reused by another is not mistaken for it. None: no such process, or
+    /// no procfs to tell.
+    fn process_start_time(&self, pid: u32) -> Option<u64> {
+        let stat = std::fs::read_to_string(self.env().path(&format!("/proc/{pid}/stat"))).ok()?;
+        // The command name, field 2, is in parentheses and may hold spaces
+        // or parentheses itself: count from the last ')'.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        rest.split_whitespace().nth(19)?.parse().ok()
+    }
+
     /// True when the main routing table has a route to exactly `dest`.
     fn has_route_to(&self, dest: Ipv4Addr) -> Result<bool, OsError> {
         linux::proc_route_has(&self.env().path("/proc/net/route"), dest)
