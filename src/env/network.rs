@@ -361,64 +361,55 @@ mod tests {
         assert!(!m.observe(Some(200)));
     }
 
-    #[test]
-    fn dhcp_monitor_asks_the_flavour() {
-        let d = tempfile::tempdir().unwrap();
-        let runner = Rc::new(RecordingRunner::new());
-        runner.push("pidof", Output::ok("812\n"));
-        runner.push("pidof", Output::ok("955 812\n"));
-        let os = for_env(env(d.path(), Flavour::RedHat, runner.clone()));
-        let mut m = DhcpClientMonitor::new();
-        assert!(!m.check(os.as_ref()).unwrap());
-        assert!(m.check(os.as_ref()).unwrap());
-        assert_eq!(m.pid(), Some(955));
-        assert_eq!(runner.lines(), vec!["pidof dhclient", "pidof dhclient"]);
-    }
-
-    /// `/proc/{pid}/stat` under the test root, started at `ticks`.
-    fn proc_stat(root: &Path, pid: u32, ticks: u64) {
+    /// Process `pid` under the test root: `comm` and a `stat` that says it
+    /// started at `ticks`.
+    fn process(root: &Path, pid: u32, comm: &str, ticks: u64) {
         let dir = root.join(format!("proc/{pid}"));
         fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("comm"), format!("{comm}\n")).unwrap();
         // A command name with a space and a ')' in it, as a hostile one may.
         let fields = format!("S 1 {pid} {pid} 0 -1 4194368 95 0 0 0 1 0 0 0 20 0 1 0 {ticks} 4861952 230 18446744073709551615 1 1 0 0 0 0 0 4096 0 0 0 0 17 1 0 0 0 0 0");
-        fs::write(dir.join("stat"), format!("{pid} (dh client)) {fields}\n")).unwrap();
+        fs::write(dir.join("stat"), format!("{pid} ({comm} x)) {fields}\n")).unwrap();
     }
 
-    /// While the client last seen is still running (same PID, same start
-    /// time), nothing is spawned; once it is gone, or its PID is another
-    /// process's, the flavour is asked again.
+    /// The client is found in /proc, as pidof would find it, and looked
+    /// for again only once the process last seen is gone or its PID is
+    /// another process's; nothing is ever spawned.
     #[test]
-    fn dhcp_monitor_asks_only_when_the_client_it_saw_is_gone() {
+    fn dhcp_monitor_finds_the_client_in_proc_and_looks_again_only_when_it_is_gone() {
         let d = tempfile::tempdir().unwrap();
         let runner = Rc::new(RecordingRunner::new());
-        let os = for_env(env(d.path(), Flavour::Debian, runner.clone()));
+        let os = for_env(env(d.path(), Flavour::RedHat, runner.clone()));
+        process(d.path(), 1, "systemd", 10);
+        process(d.path(), 812, "dhclient", 4000);
         let mut m = DhcpClientMonitor::new();
-        proc_stat(d.path(), 812, 4000);
-        runner.push("pidof", Output::ok("812\n"));
         assert!(!m.check(os.as_ref()).unwrap());
-        for _ in 0..5 {
+        assert_eq!(m.pid(), Some(812));
+        for _ in 0..3 {
             assert!(!m.check(os.as_ref()).unwrap());
         }
-        assert_eq!(runner.lines(), vec!["pidof dhclient"]);
+        // Not even a look at /proc while 812 is the same process.
+        fs::remove_dir_all(d.path().join("proc/1")).unwrap();
+        process(d.path(), 1, "dhclient", 5000);
+        assert!(!m.check(os.as_ref()).unwrap());
+        assert_eq!(m.pid(), Some(812));
+        fs::remove_dir_all(d.path().join("proc/1")).unwrap();
 
-        // The PID now belongs to a later process: the client restarted.
-        proc_stat(d.path(), 812, 9000);
-        runner.push("pidof", Output::ok("955\n"));
-        proc_stat(d.path(), 955, 8999);
+        // 812 is now another, later process: the client restarted as 955.
+        process(d.path(), 812, "bash", 9000);
+        process(d.path(), 955, "dhclient", 8999);
         assert!(m.check(os.as_ref()).unwrap());
         assert_eq!(m.pid(), Some(955));
         assert!(!m.check(os.as_ref()).unwrap());
-        assert_eq!(runner.lines().len(), 2);
 
-        // Gone, with no client yet: asked on every check until one is back.
+        // Gone, no client yet: kept, and looked for on each check.
         fs::remove_dir_all(d.path().join("proc/955")).unwrap();
-        runner.push("pidof", Output::failed(1, ""));
-        runner.push("pidof", Output::ok("1200\n"));
-        proc_stat(d.path(), 1200, 9500);
         assert!(!m.check(os.as_ref()).unwrap());
+        assert_eq!(m.pid(), Some(955));
+        process(d.path(), 1200, "dhclient", 9500);
         assert!(m.check(os.as_ref()).unwrap());
-        assert!(!m.check(os.as_ref()).unwrap());
-        assert_eq!(runner.lines().len(), 4);
+        assert_eq!(m.pid(), Some(1200));
+        assert!(runner.lines().is_empty(), "{:?}", runner.lines());
     }
 
     #[test]
@@ -429,7 +420,7 @@ mod tests {
             Flavour::Debian,
             Rc::new(RecordingRunner::new()),
         ));
-        proc_stat(d.path(), 77, 123_456);
+        process(d.path(), 77, "a (b)", 123_456);
         assert_eq!(os.process_start_time(77), Some(123_456));
         assert_eq!(os.process_start_time(78), None);
         // FreeBSD has no procfs to ask.

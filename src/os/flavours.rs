@@ -109,11 +109,11 @@ flavour!(
             self.env.run_ok(cmd).map(drop)
         }
 
-        fn dhcp_client_pid_cmd(&self) -> Cmd {
+        fn dhcp_client_names(&self) -> &'static [&'static str] {
             if self.env.path("/run/systemd/netif").is_dir() {
-                networkd_pid_cmd()
+                NETWORKD
             } else {
-                Cmd::new("pidof").arg("dhclient")
+                &["dhclient"]
             }
         }
     }
@@ -236,8 +236,8 @@ flavour!(
             linux::set_line(&file, "DHCLIENT_HOSTNAME_OPTION=", &format!("DHCLIENT_HOSTNAME_OPTION=\"{name}\""))
         }
 
-        fn dhcp_client_pid_cmd(&self) -> Cmd {
-            Cmd::new("pidof").args(["wickedd-dhcp4", "dhcpcd"])
+        fn dhcp_client_names(&self) -> &'static [&'static str] {
+            &["wickedd-dhcp4", "dhcpcd"]
         }
     }
 );
@@ -287,8 +287,8 @@ flavour!(
             Ok(())
         }
 
-        fn dhcp_client_pid_cmd(&self) -> Cmd {
-            networkd_pid_cmd()
+        fn dhcp_client_names(&self) -> &'static [&'static str] {
+            NETWORKD
         }
     }
 );
@@ -424,8 +424,17 @@ flavour!(
             linux::files_with_prefix(&self.env.path("/var/db"), "dhclient.leases.")
         }
 
-        fn dhcp_client_pid_cmd(&self) -> Cmd {
-            Cmd::new("pgrep").args(["-n", "dhclient"])
+        fn dhcp_client_pid(&self) -> Result<Option<u32>, OsError> {
+            // procfs is rarely mounted here: ask pgrep, every period.
+            let out = self
+                .env
+                .runner
+                .run(&Cmd::new("pgrep").args(["-n", "dhclient"]))
+                .map_err(OsError::Run)?;
+            Ok(out
+                .stdout
+                .split_whitespace()
+                .find_map(|w| w.parse().ok().filter(|p| *p != 0)))
         }
 
         fn process_start_time(&self, _pid: u32) -> Option<u64> {
@@ -752,9 +761,8 @@ fn gpart_show(text: &str) -> (Option<String>, Option<String>) {
     (scheme, part)
 }
 
-fn networkd_pid_cmd() -> Cmd {
-    Cmd::new("systemctl").args(["show", "-p", "MainPID", "--value", "systemd-networkd"])
-}
+/// systemd-networkd's name in /proc/{pid}/comm (cut to 15 bytes).
+const NETWORKD: &[&str] = &["systemd-network"];
 
 /// `hostnamectl set-hostname`, falling back to the generic way when
 /// hostnamed is not running (early boot, containers).

@@ -271,6 +271,33 @@ pub(crate) fn files_with_prefix(dir: &Path, prefix: &str) -> Vec<PathBuf> {
     v
 }
 
+/// When process `pid` started, in clock ticks after boot: field 22 of
+/// `{proc_dir}/{pid}/stat`. None when there is no such process.
+pub(crate) fn process_start_time(proc_dir: &Path, pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(proc_dir.join(pid.to_string()).join("stat")).ok()?;
+    // The command name, field 2, is in parentheses and may hold spaces or
+    // parentheses itself: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The newest process (latest start, then highest PID) whose
+/// `{proc_dir}/{pid}/comm` is one of `names`: what `pidof` finds, without
+/// a process of its own. Processes that end meanwhile are passed over.
+pub(crate) fn newest_process_named(proc_dir: &Path, names: &[&str]) -> Option<u32> {
+    fs::read_dir(proc_dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read_to_string(proc_dir.join(pid.to_string()).join("comm"))
+                .is_ok_and(|c| names.contains(&c.trim_end_matches('\n')))
+        })
+        .filter_map(|pid| Some((process_start_time(proc_dir, pid)?, pid)))
+        .max()
+        .map(|(_, pid)| pid)
+}
+
 /// Names in `dir` starting with `prefix`, of any file type (device nodes too).
 pub(crate) fn files_or_devices(dir: &Path, prefix: &str) -> Vec<String> {
     fs::read_dir(dir)

@@ -446,23 +446,21 @@ pub trait OsUtil {
         v
     }
 
-    /// The command whose output is the DHCP client's PID (§15's monitor).
-    fn dhcp_client_pid_cmd(&self) -> Cmd {
-        Cmd::new("pidof").arg("dhclient")
+    /// The DHCP client's process names, as `/proc/{pid}/comm` shows them
+    /// (at most 15 bytes: networkd is `systemd-network`).
+    fn dhcp_client_names(&self) -> &'static [&'static str] {
+        &["dhclient"]
     }
 
     /// The DHCP client's PID; a change means it restarted and may have
-    /// dropped the WireServer route.
+    /// dropped the WireServer route. What `pidof` would say, read from
+    /// /proc rather than spawned every period: the newest process with
+    /// one of [`dhcp_client_names`](Self::dhcp_client_names).
     fn dhcp_client_pid(&self) -> Result<Option<u32>, OsError> {
-        let out = self
-            .env()
-            .runner
-            .run(&self.dhcp_client_pid_cmd())
-            .map_err(OsError::Run)?;
-        Ok(out
-            .stdout
-            .split_whitespace()
-            .find_map(|w| w.parse().ok().filter(|p| *p != 0)))
+        Ok(linux::newest_process_named(
+            &self.env().path("/proc"),
+            self.dhcp_client_names(),
+        ))
     }
 
     /// When process `pid` started (clock ticks after boot, field 22 of
@@ -470,11 +468,7 @@ pub trait OsUtil {
     /// reused by another is not mistaken for it. None: no such process, or
     /// no procfs to tell.
     fn process_start_time(&self, pid: u32) -> Option<u64> {
-        let stat = std::fs::read_to_string(self.env().path(&format!("/proc/{pid}/stat"))).ok()?;
-        // The command name, field 2, is in parentheses and may hold spaces
-        // or parentheses itself: count from the last ')'.
-        let rest = &stat[stat.rfind(')')? + 1..];
-        rest.split_whitespace().nth(19)?.parse().ok()
+        linux::process_start_time(&self.env().path("/proc"), pid)
     }
 
     /// True when the main routing table has a route to exactly `dest`.

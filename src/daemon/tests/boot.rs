@@ -91,7 +91,7 @@ fn first_boot_through_every_provisioning_transition() {
     assert_eq!(v.sim.status_uploads().len(), 1);
 
     // Reboot: straight to Steady, polling at once; nothing reported, no
-    // system change (only the DHCP-client monitor looks for its PID).
+    // system change, no command run (the DHCP-client monitor reads /proc).
     let before = v.runner.calls().len();
     let mut d = v.daemon();
     assert_eq!(
@@ -101,7 +101,7 @@ fn first_boot_through_every_provisioning_transition() {
     assert_eq!(v.waits(), [0.0]);
     assert_eq!(health(&v.sim), ["NotReady/Provisioning", "Ready"]);
     let after: Vec<String> = v.runner.lines()[before..].to_vec();
-    assert_eq!(after, ["pidof dhclient"]);
+    assert!(after.is_empty(), "{after:?}");
     assert_eq!(
         v.sim.status_uploads().len(),
         2,

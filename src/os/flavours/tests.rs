@@ -40,6 +40,19 @@ thread_local! {
     static TAKEN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
+impl Fixture {
+    /// Process `pid` named `comm` in the fixture's /proc, started at `ticks`.
+    fn process(&self, pid: u32, comm: &str, ticks: u64) {
+        self.write(&format!("/proc/{pid}/comm"), &format!("{comm}\n"));
+        self.write(
+            &format!("/proc/{pid}/stat"),
+            &format!(
+                "{pid} ({comm}) S 1 {pid} {pid} 0 -1 0 0 0 0 0 1 0 0 0 20 0 1 0 {ticks} 1 1\n"
+            ),
+        );
+    }
+}
+
 fn fixture(flavour: Flavour, version: &str, systemd: bool) -> Fixture {
     TAKEN.with(|t| t.set(0));
     let root = tempfile::tempdir().unwrap();
@@ -456,11 +469,13 @@ fn dhcp_leases_and_client_pid() {
             f.file("/run/systemd/netif/leases/2")
         ]
     );
-    f.runner.push("pidof", Output::ok("812\n"));
-    assert_eq!(f.os.dhcp_client_pid().unwrap(), Some(812));
-    assert_eq!(f.take(), ["pidof dhclient"]);
-    f.runner.push("pidof", Output::failed(1, ""));
+    // The DHCP client is found in /proc, as pidof would: the newest.
     assert_eq!(f.os.dhcp_client_pid().unwrap(), None);
+    f.process(700, "dhclient", 100);
+    f.process(812, "dhclient", 300);
+    f.process(900, "sshd", 400);
+    assert_eq!(f.os.dhcp_client_pid().unwrap(), Some(812));
+    assert!(f.take().is_empty());
 
     let f = fixture(Flavour::RedHat, "8", true);
     f.write("/var/lib/NetworkManager/internal-abc-eth0.lease", "x");
@@ -473,18 +488,22 @@ fn dhcp_leases_and_client_pid() {
         ]
     );
 
+    // networkd (CoreOS; Debian and Ubuntu when it runs): its comm is cut
+    // to 15 bytes.
     let f = fixture(Flavour::CoreOs, "1", true);
-    f.runner.push("systemctl", Output::ok("633\n"));
+    f.process(633, "systemd-network", 50);
+    f.process(640, "dhclient", 60);
     assert_eq!(f.os.dhcp_client_pid().unwrap(), Some(633));
-    assert_eq!(
-        f.take(),
-        ["systemctl show -p MainPID --value systemd-networkd"]
-    );
+    let f = fixture(Flavour::Ubuntu, "22.04", true);
+    fs::create_dir_all(f.file("/run/systemd/netif")).unwrap();
+    f.process(633, "systemd-network", 50);
+    assert_eq!(f.os.dhcp_client_pid().unwrap(), Some(633));
 
     let f = fixture(Flavour::Suse, "15", true);
-    f.runner.push("pidof", Output::ok("1201 900\n"));
+    f.process(900, "dhcpcd", 80);
+    f.process(1201, "wickedd-dhcp4", 90);
     assert_eq!(f.os.dhcp_client_pid().unwrap(), Some(1201));
-    assert_eq!(f.take(), ["pidof wickedd-dhcp4 dhcpcd"]);
+    assert!(f.take().is_empty());
 
     let f = fixture(Flavour::FreeBsd, "13", false);
     f.write("/var/db/dhclient.leases.hn0", "lease {}");
