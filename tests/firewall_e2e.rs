@@ -32,6 +32,12 @@ case $1 in is-enabled) echo disabled; exit 1 ;; esac
 exit 0
 EOF
 chmod 755 bin/systemctl
+# The agent's iptables, through a stand-in that logs each call; this
+# script calls the real one.
+IPT=$(PATH=$PATH:/usr/sbin:/sbin command -v iptables)
+printf '#!/bin/sh\necho "$*" >> /work/ev/iptables.log\nexec %s "$@"\n' "$IPT" > bin/iptables
+chmod 755 bin/iptables
+iptables() { "$IPT" "$@"; }
 export PATH=/work/bin:$PATH
 
 ./fabric-sim --wire 168.63.129.16:80 --plugin 168.63.129.16:32526 --imds 169.254.169.254:80 \
@@ -75,7 +81,10 @@ kill -TERM $pid; wait $pid; echo $? > ev/daemon.rc
 ./waagent -daemon -configuration-path:/work/waagent.conf &
 pid=$!
 wait_ready 2
-sleep 1.5
+# Its periodic checks (every second) while the rules stay complete.
+mark=$(wc -l < ev/iptables.log)
+sleep 2.5
+tail -n +$((mark + 1)) ev/iptables.log > ev/iptables_steady.log
 rules > ev/after_second
 kill -TERM $pid; wait $pid; echo $? > ev/daemon2.rc
 
@@ -199,8 +208,15 @@ fn daemon_and_setup_firewall_let_only_root_reach_the_wire_server() {
     );
     assert_eq!(read("ev/daemon.rc").trim(), "0", "{ctx}");
 
-    // A second daemon changed nothing.
+    // A second daemon changed nothing, and while the rules stayed as it
+    // found them each periodic check was one listing, not a check per rule.
     assert_eq!(read("ev/after_second"), RULES, "{ctx}");
+    let steady = read("ev/iptables_steady.log");
+    assert!(!steady.is_empty(), "no periodic check ran\n{ctx}");
+    assert!(
+        steady.lines().all(|l| l == "-w -t security -S OUTPUT"),
+        "{steady}"
+    );
     assert!(
         log.contains("the WireServer firewall rules for 168.63.129.16 are already set"),
         "{ctx}"

@@ -224,6 +224,35 @@ impl<'a> Firewall<'a> {
 
     /// The current rules as the tool lists them, for the log; an error
     /// message when the listing fails.
+    /// The OUTPUT rules that name the WireServer, as iptables prints them
+    /// (`-S`): one command, where [`check`](Self::check) takes one per rule.
+    /// A snapshot taken while the rules were complete, found again
+    /// unchanged, means they still are. `None` for the other tools.
+    pub fn snapshot(&self) -> Result<Option<Vec<String>>, FirewallError> {
+        if !matches!(self.backend, Backend::Iptables { .. }) {
+            return Ok(None);
+        }
+        let out = self
+            .env
+            .runner
+            .run_ok(&self.iptables().args(["-S", "OUTPUT"]))?;
+        let (exact, net) = (self.ip.to_string(), format!("{}/32", self.ip));
+        Ok(Some(
+            out.stdout
+                .lines()
+                .filter(|l| {
+                    let mut words = l.split_whitespace();
+                    words.next() == Some("-A")
+                        && l.split_whitespace()
+                            .collect::<Vec<_>>()
+                            .windows(2)
+                            .any(|w| w[0] == "-d" && (w[1] == exact || w[1] == net))
+                })
+                .map(str::to_string)
+                .collect(),
+        ))
+    }
+
     pub fn listing(&self) -> String {
         let cmd = match self.backend {
             Backend::Iptables { .. } => self.iptables().args(["-L", "-nxv"]),

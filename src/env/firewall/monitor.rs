@@ -51,6 +51,9 @@ pub struct FirewallMonitor {
     backend: Option<Backend>,
     unsupported: bool,
     reports: Throttle,
+    /// [`Firewall::snapshot`] of rules known complete: while it is found
+    /// again, the periodic check costs one command instead of three.
+    complete: Option<Vec<String>>,
 }
 
 impl FirewallMonitor {
@@ -62,6 +65,7 @@ impl FirewallMonitor {
             backend: None,
             unsupported: false,
             reports: Throttle::default(),
+            complete: None,
         }
     }
 
@@ -119,7 +123,11 @@ impl FirewallMonitor {
             Ok(false) => {}
             Err(e) => log::error!("cannot remove the legacy firewall rule for {ip}: {e}"),
         }
-        match fw.ensure() {
+        let ensured = fw.ensure();
+        if ensured.is_ok() {
+            self.complete = complete_snapshot(&fw);
+        }
+        match ensured {
             Ok(Ensured::AlreadySet) => {
                 log::info!("the WireServer firewall rules for {ip} are already set:\n{}", fw.listing())
             }
@@ -170,8 +178,16 @@ impl FirewallMonitor {
                 return;
             }
         };
+        if let Some(known) = &self.complete {
+            if fw.snapshot().ok().flatten().as_ref() == Some(known) {
+                return;
+            }
+        }
         let result = match fw.check() {
-            Ok(RulesState::Complete) => return,
+            Ok(RulesState::Complete) => {
+                self.complete = complete_snapshot(&fw);
+                return;
+            }
             Ok(RulesState::Absent) => {
                 if self.reports.allow(now) {
                     log::warn!("the WireServer firewall rules for {ip} are not set; setting them");
@@ -188,6 +204,10 @@ impl FirewallMonitor {
                 fw.remove().and_then(|()| fw.setup())
             }
             Err(e) => Err(e),
+        };
+        self.complete = match result {
+            Ok(()) => complete_snapshot(&fw),
+            Err(_) => None,
         };
         match result {
             Ok(()) if self.reports.allow(now) => {
@@ -206,11 +226,21 @@ impl FirewallMonitor {
     }
 }
 
+/// A snapshot of rules just found or made complete, kept only if it shows
+/// at least our rules: one that does not (a tool that prints them some
+/// other way) would match their absence too.
+fn complete_snapshot(fw: &Firewall<'_>) -> Option<Vec<String>> {
+    fw.snapshot()
+        .ok()
+        .flatten()
+        .filter(|s| s.len() >= super::Rule::ALL.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::env::firewall::testutil::*;
-    use crate::os::{Flavour, RecordingRunner};
+    use crate::os::{Flavour, Output, RecordingRunner};
     use std::rc::Rc;
 
     #[test]
@@ -259,13 +289,58 @@ mod tests {
         let now = Instant::now();
         let before = runner.lines().len();
         m.check(&*os, now);
-        // Complete: three checks, nothing else (no version probe again).
-        assert_eq!(runner.lines()[before..], lines(CHECK, &[DNS, ROOT, DROP]));
+        // Complete, as set: one listing, the same as then; no rule checks,
+        // no version probe again.
+        const LIST: &str = "iptables -w -t security -S OUTPUT";
+        assert_eq!(runner.lines()[before..], [LIST]);
         chain.borrow_mut().clear();
         m.check(&*os, now);
         assert_eq!(*chain.borrow(), [spec(DNS), spec(ROOT), spec(DROP)]);
         chain.borrow_mut().remove(1);
+        let before = runner.lines().len();
         m.check(&*os, now);
+        assert_eq!(*chain.borrow(), [spec(DNS), spec(ROOT), spec(DROP)]);
+        // The listing differed: each rule checked, the set made again.
+        assert_eq!(
+            runner.lines()[before..before + 4],
+            [vec![LIST.to_string()], lines(CHECK, &[DNS, ROOT, DROP])].concat()
+        );
+        // Another rule for the WireServer, ahead of ours: the listing
+        // differs, the rules are checked (complete), and that listing is
+        // the one compared from then on.
+        chain.borrow_mut().insert(0, spec("-j LOG"));
+        let before = runner.lines().len();
+        m.check(&*os, now);
+        assert_eq!(
+            runner.lines()[before..],
+            [
+                vec![LIST.to_string()],
+                lines(CHECK, &[DNS, ROOT, DROP]),
+                vec![LIST.to_string()]
+            ]
+            .concat()
+        );
+        let before = runner.lines().len();
+        m.check(&*os, now);
+        assert_eq!(runner.lines()[before..], [LIST]);
+    }
+
+    /// A listing that does not show our rules (a tool that prints them
+    /// some other way) is never trusted: it would match their absence.
+    #[test]
+    fn a_listing_without_our_rules_is_not_a_proof() {
+        let d = tempfile::tempdir().unwrap();
+        let runner = Rc::new(RecordingRunner::new());
+        runner.respond(|cmd| {
+            (cmd.argv().contains(&"-S".to_string())).then(|| Ok(Output::ok("-P OUTPUT ACCEPT\n")))
+        });
+        let chain = fake_iptables(&runner);
+        let os = crate::os::for_env(env(d.path(), Flavour::Debian, runner.clone()));
+        let mut m = FirewallMonitor::new(WIRE, 0, None);
+        m.initialize(&*os);
+        assert_eq!(m.complete, None);
+        chain.borrow_mut().clear();
+        m.check(&*os, Instant::now());
         assert_eq!(*chain.borrow(), [spec(DNS), spec(ROOT), spec(DROP)]);
     }
 }

@@ -36,7 +36,7 @@ pub(super) fn spec(rule: &str) -> String {
 }
 
 /// Test support: an iptables that keeps its `security` OUTPUT chain in
-/// memory (`-A`, `-C`, `-D`, `-L`, `--version`), so tests see the rules a
+/// memory (`-A`, `-C`, `-D`, `-L`, `-S`, `--version`), so tests see the rules a
 /// sequence of commands leaves. Returns the chain, one rule spec per line.
 pub(crate) fn fake_iptables(
     runner: &crate::os::RecordingRunner,
@@ -80,6 +80,17 @@ pub(crate) fn fake_iptables(
                 None => bad_rule(),
             },
             "-L" => Ok(Output::ok(&format!("Chain OUTPUT\n{}\n", chain.join("\n")))),
+            // As iptables prints them: the address as a /32 network.
+            "-S" => Ok(Output::ok(&format!(
+                "-P OUTPUT ACCEPT\n{}",
+                chain
+                    .iter()
+                    .map(|r| format!(
+                        "-A OUTPUT {}\n",
+                        r.replace("-d 168.63.129.16 ", "-d 168.63.129.16/32 ")
+                    ))
+                    .collect::<String>()
+            ))),
             _ => Ok(Output::failed(2, "unknown option")),
         })
     });
