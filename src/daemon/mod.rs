@@ -203,8 +203,15 @@ impl ExtensionGoal {
     }
 }
 
-/// How often a running extension command is looked at.
-const EXTENSION_TICK: Duration = Duration::from_secs(1);
+/// How soon a running extension command is looked at again: an eighth of
+/// the time it has run, from 20 ms up to a second. Most install and enable
+/// commands take well under a second, and waiting a whole second for each
+/// doubled the time to the extension's first status; a long command still
+/// costs one turn a second.
+fn extension_tick(running_for: Option<Duration>) -> Duration {
+    let ran = running_for.unwrap_or_default();
+    (ran / 8).clamp(Duration::from_millis(20), Duration::from_secs(1))
+}
 
 /// The daemon's states.
 #[derive(Debug)]
@@ -678,8 +685,10 @@ impl Daemon {
                         log::warn!("cannot report the SSH host key fingerprint: {e}");
                     }
                 }
+                // The extensions are asked for at once, as waagent's
+                // extension handler does when it starts, not a period later.
                 State::Steady {
-                    next_poll: self.clock.now() + self.poll_period(),
+                    next_poll: self.clock.now(),
                     extensions: None,
                 }
             }
@@ -709,10 +718,13 @@ impl Daemon {
             } => {
                 // A handler command runs: look at it every tick, and poll
                 // the goal state only when that is due.
-                let busy = extensions.as_ref().is_some_and(|g| g.busy());
-                let wake = match busy {
-                    true => next_poll.min(self.clock.now() + EXTENSION_TICK),
-                    false => next_poll,
+                let now = self.clock.now();
+                let wake = match extensions.as_ref().filter(|g| g.busy()) {
+                    Some(g) => {
+                        let ran = g.handling.as_ref().and_then(|h| h.running_for(now));
+                        next_poll.min(now + extension_tick(ran))
+                    }
+                    None => next_poll,
                 };
                 let wait = wake.saturating_duration_since(self.clock.now());
                 if !self.clock.sleep(wait) {
@@ -825,3 +837,23 @@ impl Daemon {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod tick_tests {
+    use super::extension_tick;
+    use std::time::Duration;
+
+    #[test]
+    fn a_running_command_is_looked_at_soon_then_once_a_second() {
+        let ms = |n| Duration::from_millis(n);
+        // Just started (or adopted, its start unknown): soon.
+        assert_eq!(extension_tick(None), ms(20));
+        assert_eq!(extension_tick(Some(ms(0))), ms(20));
+        // An eighth of the time it has run: a command that ends within a
+        // second is noticed within 1/8 of its run time (or 20 ms).
+        assert_eq!(extension_tick(Some(ms(400))), ms(50));
+        // A long command: once a second, as before.
+        assert_eq!(extension_tick(Some(ms(8_000))), ms(1000));
+        assert_eq!(extension_tick(Some(Duration::from_secs(3600))), ms(1000));
+    }
+}

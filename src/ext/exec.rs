@@ -153,6 +153,8 @@ struct Running {
     command: Command,
     exit_file: PathBuf,
     child: Option<Background>,
+    /// When this daemon started it or found it running.
+    since: Instant,
     deadline: Instant,
 }
 
@@ -178,6 +180,12 @@ impl Handling {
 
     pub fn is_settled(&self) -> bool {
         self.current.is_none() && self.tasks.is_empty()
+    }
+
+    /// How long the command under way has been running, if one is.
+    pub fn running_for(&self, now: Instant) -> Option<Duration> {
+        let run = self.current.as_ref()?.running.as_ref()?;
+        Some(now.saturating_duration_since(run.since))
     }
 
     /// The handlers whose task failed in this goal state.
@@ -747,6 +755,7 @@ impl Handling {
             command,
             exit_file,
             child: Some(child),
+            since: cx.now,
             deadline,
         }))
     }
@@ -970,6 +979,7 @@ impl Handling {
                 command,
                 exit_file,
                 child: None,
+                since: cx.now,
                 deadline: cx.now + timeout,
             });
         }

@@ -12,9 +12,10 @@ fn first_boot_through_every_provisioning_transition() {
     let mut d = v.daemon();
     let trace = v.run_until(&mut d, "Extension");
     // The client's retries (1 s Fibonacci), Connect's back-off (10 s, then
-    // doubled), nothing while provisioning, then Extensions.GoalStatePeriod.
+    // doubled), nothing while provisioning, and a wait of nothing between
+    // Ready and the extensions.
     let client = [2.0, 3.0, 5.0, 8.0, 13.0];
-    let want: Vec<f64> = [&client[..], &[10.0], &client[..], &[20.0, 6.0]].concat();
+    let want: Vec<f64> = [&client[..], &[10.0], &client[..], &[20.0, 0.0]].concat();
     assert_eq!(v.waits(), want);
     let mut want: Vec<String> = [
         "Boot",

@@ -56,7 +56,8 @@ fn boot_prepares_the_environment_and_steady_state_runs_each_monitor_on_its_perio
 
     let start = v.clock.elapsed();
 
-    // First poll (6 s): every monitor runs at its first chance.
+    // The first poll comes at once after Ready: every monitor runs at its
+    // first chance.
     state = step_for(&v, &mut d, state, start, 6);
     assert_eq!(v.read(timeout), "300");
     let lib = "var/lib/waagent/";
@@ -74,10 +75,10 @@ fn boot_prepares_the_environment_and_steady_state_runs_each_monitor_on_its_perio
     // the first poll 30 s (their periods) after the last run, not before.
     write(&v.path(timeout), "30\n");
     write(&v.path(rule), "SUBSYSTEM==\"net\", NAME=\"eth1\"\n");
-    state = step_for(&v, &mut d, state, start, 6 + 24);
+    state = step_for(&v, &mut d, state, start, 24);
     assert_eq!(v.read(timeout), "30\n", "not due before its period");
     assert!(v.path(rule).exists());
-    state = step_for(&v, &mut d, state, start, 6 + 30);
+    state = step_for(&v, &mut d, state, start, 30);
     assert_eq!(v.read(timeout), "300");
     assert!(!v.path(rule).exists());
     assert_eq!(
@@ -88,11 +89,11 @@ fn boot_prepares_the_environment_and_steady_state_runs_each_monitor_on_its_perio
     // The DHCP client (period 60 s) restarted between its second and third
     // look: the route to the WireServer is added back through the gateway.
     let route = format!("ip route add {}/32 via 10.0.0.1", v.sim.endpoint().host);
-    state = step_for(&v, &mut d, state, start, 6 + 60);
+    state = step_for(&v, &mut d, state, start, 60);
     assert!(!v.runner.lines().contains(&route));
     std::fs::remove_dir_all(v.path("proc/100")).unwrap();
     dhclient(200, 900);
-    step_for(&v, &mut d, state, start, 6 + 120);
+    step_for(&v, &mut d, state, start, 120);
     assert!(v.runner.lines().contains(&route), "{:#?}", v.runner.lines());
     // Found in /proc: no process was spawned to look for it.
     assert!(
@@ -104,8 +105,9 @@ fn boot_prepares_the_environment_and_steady_state_runs_each_monitor_on_its_perio
     // Between the monitors, the goal state is polled every 6 s: nothing
     // but those waits passed on the clock.
     let waits = v.waits();
-    assert!(waits.iter().all(|w| *w == 6.0), "{waits:?}");
-    assert_eq!(waits.len(), 126 / 6);
+    assert_eq!(waits[0], 0.0, "the first poll at once");
+    assert!(waits[1..].iter().all(|w| *w == 6.0), "{waits:?}");
+    assert_eq!(waits.len(), 1 + 120 / 6);
 }
 
 #[test]
@@ -114,6 +116,9 @@ fn sigterm_stops_the_steady_state_and_connect_at_once() {
     let mut d = v.daemon();
     v.run_until(&mut d, "Steady");
     let (_, state) = step_until(&mut d, State::Boot, "Steady", 10);
+    // The first poll, at once; then the 6 s wait.
+    let state = d.step(state);
+    let state = d.step(state);
     let stop = v.clock.elapsed() + Duration::from_secs(3);
     v.clock.stop_at(stop);
     assert!(matches!(d.step(state), State::Stopped(0)));
@@ -138,17 +143,32 @@ fn polls_at_the_initial_period_until_a_goal_state_is_handled() {
     let mut d = v.daemon();
     let (trace, state) = step_until(&mut d, State::Boot, "Steady", 10);
     assert_eq!(trace.last().map(String::as_str), Some("ReportReady"));
+    // Its extensions not at hand (the saved document is gone), the poll at
+    // once after Ready handles nothing; polls come at the initial period
+    // until a new goal state brings them, then at the regular one.
+    for e in std::fs::read_dir(v.path("var/lib/waagent")).unwrap() {
+        let e = e.unwrap();
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with("ExtensionsConfig")
+        {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
     v.clock.take_waits();
     let mut state = state;
     let mut names = Vec::new();
-    for _ in 0..6 {
+    for i in 0..6 {
+        if i == 2 {
+            v.sim.bump_incarnation();
+        }
         state = d.step(state);
         names.push(state.name());
     }
     assert_eq!(
         names,
         [
-            "Extension",
+            "Steady",
             "Steady",
             "Extension",
             "Steady",
@@ -156,8 +176,8 @@ fn polls_at_the_initial_period_until_a_goal_state_is_handled() {
             "Steady"
         ]
     );
-    assert_eq!(v.waits(), [2.0, 10.0, 10.0]);
-    assert_eq!(v.sim.status_uploads().len(), 3);
+    assert_eq!(v.waits(), [0.0, 2.0, 2.0, 10.0]);
+    assert_eq!(v.sim.status_uploads().len(), 2);
 
     // Extensions.Enabled=n: the goal state every five minutes.
     let mut v = vm(None, ProvisioningAgent::Disabled);
@@ -166,10 +186,10 @@ fn polls_at_the_initial_period_until_a_goal_state_is_handled() {
     let (_, state) = step_until(&mut d, State::Boot, "Steady", 10);
     v.clock.take_waits();
     let mut state = state;
-    for _ in 0..4 {
+    for _ in 0..6 {
         state = d.step(state);
     }
-    assert_eq!(v.waits(), [300.0, 300.0]);
+    assert_eq!(v.waits(), [0.0, 300.0, 300.0]);
 }
 
 #[test]
@@ -309,7 +329,8 @@ fn firewall_rules_are_set_before_provisioning_and_put_back_on_their_period() {
     v.clock.take_waits();
 
     let start = v.clock.elapsed();
-    // First poll (6 s): complete, as set at Connect: one listing tells.
+    // The first poll, at once after Ready: complete, as set at Connect; one
+    // listing tells.
     state = step_for(&v, &mut d, state, start, 6);
     assert_eq!(listings(&v), setup_listings + 1);
     assert_eq!(checks(&v), setup_checks);
@@ -317,7 +338,7 @@ fn firewall_rules_are_set_before_provisioning_and_put_back_on_their_period() {
 
     // Someone deletes the DROP: not put back before the period (30 s) …
     chain.borrow_mut().pop();
-    state = step_for(&v, &mut d, state, start, 6 + 24);
+    state = step_for(&v, &mut d, state, start, 24);
     assert_eq!(
         listings(&v),
         setup_listings + 1,
@@ -325,14 +346,14 @@ fn firewall_rules_are_set_before_provisioning_and_put_back_on_their_period() {
     );
     assert_eq!(chain.borrow().len(), 2);
     // … then the incomplete set is removed and set again, in order.
-    state = step_for(&v, &mut d, state, start, 6 + 30);
+    state = step_for(&v, &mut d, state, start, 30);
     assert_eq!(*chain.borrow(), rules);
 
     // Everything flushed: all three back on the next period, not before.
     chain.borrow_mut().clear();
-    state = step_for(&v, &mut d, state, start, 6 + 54);
+    state = step_for(&v, &mut d, state, start, 54);
     assert!(chain.borrow().is_empty());
-    step_for(&v, &mut d, state, start, 6 + 60);
+    step_for(&v, &mut d, state, start, 60);
     assert_eq!(*chain.borrow(), rules);
     let appends = v
         .runner
@@ -341,9 +362,10 @@ fn firewall_rules_are_set_before_provisioning_and_put_back_on_their_period() {
         .filter(|l| l.starts_with("iptables -w -t security -A"))
         .count();
     assert_eq!(appends, 9, "set at Connect, repaired, set again");
-    // The goal state was polled every 6 s in between: no other waits.
+    // The goal state was polled at once, then every 6 s: no other waits.
     let waits = v.waits();
-    assert!(waits.iter().all(|w| *w == 6.0), "{waits:?}");
+    assert_eq!(waits[0], 0.0, "the first poll at once");
+    assert!(waits[1..].iter().all(|w| *w == 6.0), "{waits:?}");
 
     // A reboot (the kernel forgot the rules): straight to Steady, where the
     // first monitor run sets them up.
