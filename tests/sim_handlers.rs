@@ -723,3 +723,62 @@ fn the_goal_state_names_a_certificates_document_only_when_there_are_certificates
     let url = certs_url(&["--new-tenant-cert", dir.path().to_str().unwrap()]);
     assert!(url.is_some_and(|u| u.contains("comp=certificates")));
 }
+
+#[test]
+fn what_waagent_also_sends_is_answered_as_azure_answers_it() {
+    let sim = FabricSim::start(SimConfig::default()).unwrap();
+    let wire = sim.endpoint().wire_base();
+    let events = "<?xml version=\"1.0\"?><TelemetryData version=\"1.0\"><Provider id=\"69B669B9-4AF8-4C50-BDC4-6006FA76E975\"></Provider></TelemetryData>";
+    assert_eq!(
+        post(&format!("{wire}/machine?comp=telemetrydata"), events),
+        200
+    );
+    assert_eq!(
+        post(
+            &format!("{wire}/HealthService"),
+            "{\"Api\":\"reporttargethealth\"}"
+        ),
+        200
+    );
+    // Recorded with their bodies, like every request.
+    let posts: Vec<(String, String)> = sim
+        .requests()
+        .into_iter()
+        .map(|r| (r.request.target, String::from_utf8(r.request.body).unwrap()))
+        .collect();
+    assert_eq!(
+        posts[0],
+        (
+            "/machine?comp=telemetrydata".to_string(),
+            events.to_string()
+        )
+    );
+    assert_eq!(posts[1].0, "/HealthService");
+
+    // IMDS: the compute part alone, as waagent asks for it, is the same
+    // object as in the whole document; without the Metadata header, 400.
+    let imds = sim.imds_base();
+    let meta = [("Metadata", "true")];
+    let (status, whole) = get(
+        &format!("{imds}/metadata/instance?api-version=2018-02-01"),
+        &meta,
+    );
+    assert_eq!(status, 200);
+    let whole: Value = serde_json::from_slice(&whole).unwrap();
+    let (status, compute) = get(
+        &format!("{imds}/metadata/instance/compute?api-version=2018-02-01"),
+        &meta,
+    );
+    assert_eq!(status, 200);
+    let compute: Value = serde_json::from_slice(&compute).unwrap();
+    assert_eq!(compute, whole["compute"]);
+    assert_eq!(compute["vmId"], "e7fdbfc4-2deb-4a4e-8615-ea6aaf50162e");
+    assert_eq!(
+        get(&format!("{imds}/metadata/instance/compute"), &[]).0,
+        400
+    );
+    assert_eq!(
+        get(&format!("{imds}/metadata/instance/network"), &meta).0,
+        404
+    );
+}

@@ -541,6 +541,12 @@ fn route_wire(state: &Mutex<State>, req: &HttpRequest) -> Reply {
             }
             None => Reply::body(400, "text/plain", "malformed health report"),
         },
+        // What waagent also sends, answered as Azure does (the request is
+        // recorded; nothing else is kept): its telemetry events and the
+        // HealthService observations of the HostGAPlugin and IMDS.
+        ("POST", "/machine", Some("telemetrydata")) | ("POST", "/HealthService", None) => {
+            Reply::status(200)
+        }
         ("POST", "/machine", Some("roleProperties")) => match parse_role_properties(&req.body) {
             Some(p) => {
                 lock(state).role_properties.push(p);
@@ -640,9 +646,13 @@ fn route_imds(state: &Mutex<State>, req: &HttpRequest) -> Reply {
             r#"{"error":"Bad request. Required metadata header not specified"}"#,
         );
     }
-    if req.method != "GET" || req.path() != "/metadata/instance" {
-        return Reply::status(404);
-    }
+    // `/metadata/instance/compute` is the `compute` part alone (waagent
+    // reads it for its telemetry).
+    let compute_only = match (req.method.as_str(), req.path()) {
+        ("GET", "/metadata/instance") => false,
+        ("GET", "/metadata/instance/compute") => true,
+        _ => return Reply::status(404),
+    };
     let config = lock(state).config.clone().unwrap_or_default();
     let keys: Vec<serde_json::Value> = config
         .imds_public_keys
@@ -651,14 +661,29 @@ fn route_imds(state: &Mutex<State>, req: &HttpRequest) -> Reply {
         .collect();
     let doc = serde_json::json!({
         "compute": {
+            "location": "westeurope",
             "name": config.vm_name,
+            "offer": "debian-12",
             "osType": "Linux",
+            "placementGroupId": "",
+            "platformFaultDomain": "0",
+            "platformUpdateDomain": "0",
+            "publisher": "Debian",
+            "resourceGroupName": "sim-rg",
+            "sku": "12-gen2",
+            "subscriptionId": "00000000-0000-0000-0000-000000000000",
+            "tags": "",
+            "version": "0.20250101.1",
             "vmId": "e7fdbfc4-2deb-4a4e-8615-ea6aaf50162e",
+            "vmScaleSetName": "",
+            "vmSize": "Standard_B2s",
+            "zone": "",
             "publicKeys": keys,
         },
         "network": {"interface": [{"macAddress": "000D3A3382E8",
             "ipv4": {"ipAddress": [{"privateIpAddress": "10.0.0.4", "publicIpAddress": ""}]}}]}
     });
+    let doc = if compute_only { &doc["compute"] } else { &doc };
     Reply::body(200, "application/json", doc.to_string())
 }
 
