@@ -7,6 +7,7 @@
 #   make uninstall              remove what install put there
 #   make test                   fmt check, clippy, cargo test
 #   make size                   release binary size and start-up time
+#   make bench                  measure beside Debian's waagent 2.7.3 (scripts/bench)
 #   make fuzz                   fuzz every parser of outside input, FUZZ_SECONDS
 #                               (default 60) per target (scripts/fuzz)
 #   make demo                   build, install into a throwaway root and run the agent there
@@ -214,8 +215,10 @@ size: build
 		echo "start-up: not measured (needs hyperfine or date +%N)"; \
 	fi
 
-# Size, start-up, and (as root) provisioning time, memory and steady-state
-# CPU in sandboxed VMs against fabric-sim: see scripts/bench.
+# Size and start-up; as root, waagent-rs beside Debian's waagent 2.7.3 in
+# sandboxed VMs against fabric-sim (time to Ready and to an extension's
+# status, CPU, memory, processes, requests, installed size, a soak), the
+# BENCH_* knobs and the README table: see scripts/bench. About 25 minutes.
 bench:
 	./scripts/bench
 

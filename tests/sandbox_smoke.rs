@@ -244,6 +244,7 @@ fn provisioning_dvd_mounts_with_the_agents_command() {
     let script = "\
         cat /sys/block/sr0/device/type
         test -b /dev/sr0 || exit 11
+        mount | grep -q /dev/sr0 && exit 18
         ls /proc/self/fd | grep -qx 9 && exit 12
         mkdir -p /mnt/cdrom/secure
         mount -o ro -t udf,iso9660 /dev/sr0 /mnt/cdrom/secure || exit 13

@@ -624,3 +624,161 @@ fn the_program_serves_a_handlers_file_and_records_status_uploads() {
         .as_str()
         .is_some_and(|t| t.ends_with("Echo__1.0.0"))));
 }
+
+/// A `POST` of `body` to `url`; the status.
+fn post(url: &str, body: &str) -> u16 {
+    waagent::http::send(&waagent::http::Request {
+        method: "POST",
+        url,
+        headers: &[("Content-Type", "text/xml; charset=utf-8")],
+        body: Some(body.as_bytes()),
+        timeout_secs: 5,
+        max_body: 1024,
+        proxy: None,
+    })
+    .expect("the simulator answers")
+    .status
+}
+
+fn epoch_secs(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[test]
+fn waiting_for_requests_returns_as_soon_as_one_is_recorded() {
+    let sim = FabricSim::start(SimConfig::default()).unwrap();
+    // Nothing arrives: the wait ends at its timeout with what there was.
+    assert_eq!(sim.wait_for_requests(0, Duration::from_millis(20)), 0);
+    let url = format!("{}/?comp=versions", sim.endpoint().wire_base());
+    let client = std::thread::spawn(move || get(&url, &[]).0);
+    // A long timeout: the wait ends because the request came (a test that
+    // hangs here is the failure), and the request is there with its time.
+    assert_eq!(sim.wait_for_requests(0, Duration::from_secs(600)), 1);
+    assert_eq!(client.join().unwrap(), 200);
+    let r = &sim.requests()[0];
+    assert_eq!(r.request.target, "/?comp=versions");
+    assert!(r.at <= std::time::SystemTime::now());
+}
+
+#[test]
+fn the_record_carries_when_each_request_and_report_was_received() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("fabric.jsonl");
+    let p = start_program(&["--record", record.to_str().unwrap()]);
+    let (_, body) = get(&format!("{}/machine/?comp=goalstate", p.wire), &[]);
+    let gs = GoalState::parse(&String::from_utf8(body).unwrap()).unwrap();
+    let ri = gs.role_instance.unwrap();
+    let target = waagent::wire::reports::ReportTarget {
+        incarnation: gs.incarnation.clone(),
+        container_id: gs.container_id.clone(),
+        instance_id: ri.instance_id.clone(),
+    };
+    let before = epoch_secs(std::time::SystemTime::now());
+    let xml = waagent::wire::reports::health_xml(&target, &waagent::wire::reports::Health::Ready);
+    assert_eq!(post(&format!("{}/machine?comp=health", p.wire), &xml), 200);
+    let after = epoch_secs(std::time::SystemTime::now());
+    wait_for("the health report in the record", || {
+        !records(&record, "health").is_empty()
+    });
+    let health = &records(&record, "health")[0];
+    assert_eq!(health["state"], "Ready");
+    let t = health["t"].as_f64().expect("a time");
+    // Within a microsecond's rounding of the window the report was sent in.
+    assert!(
+        before - 1e-6 <= t && t <= after + 1e-6,
+        "{before} <= {t} <= {after}"
+    );
+    let posted: Vec<Value> = records(&record, "request")
+        .into_iter()
+        .filter(|r| r["method"] == "POST")
+        .collect();
+    assert_eq!(posted.len(), 1);
+    let rt = posted[0]["t"].as_f64().expect("a time");
+    assert!(
+        before - 1e-6 <= rt && rt <= t + 1e-6,
+        "{before} <= {rt} <= {t}"
+    );
+    // Every request line has its time, in arrival order.
+    let times: Vec<f64> = records(&record, "request")
+        .iter()
+        .map(|r| r["t"].as_f64().expect("a time"))
+        .collect();
+    assert_eq!(times.len(), 2);
+    assert!(times[0] <= times[1]);
+}
+
+#[test]
+fn the_goal_state_names_a_certificates_document_only_when_there_are_certificates() {
+    let certs_url = |args: &[&str]| {
+        let p = start_program(args);
+        let (_, body) = get(&format!("{}/machine/?comp=goalstate", p.wire), &[]);
+        let gs = GoalState::parse(&String::from_utf8(body).unwrap()).unwrap();
+        gs.role_instance.unwrap().certificates_url
+    };
+    // Today's usual VM: an SSH key inline in ovf-env.xml, no certificates.
+    assert_eq!(certs_url(&[]), None);
+    let dir = tempfile::tempdir().unwrap();
+    let url = certs_url(&["--new-tenant-cert", dir.path().to_str().unwrap()]);
+    assert!(url.is_some_and(|u| u.contains("comp=certificates")));
+}
+
+#[test]
+fn what_waagent_also_sends_is_answered_as_azure_answers_it() {
+    let sim = FabricSim::start(SimConfig::default()).unwrap();
+    let wire = sim.endpoint().wire_base();
+    let events = "<?xml version=\"1.0\"?><TelemetryData version=\"1.0\"><Provider id=\"69B669B9-4AF8-4C50-BDC4-6006FA76E975\"></Provider></TelemetryData>";
+    assert_eq!(
+        post(&format!("{wire}/machine?comp=telemetrydata"), events),
+        200
+    );
+    assert_eq!(
+        post(
+            &format!("{wire}/HealthService"),
+            "{\"Api\":\"reporttargethealth\"}"
+        ),
+        200
+    );
+    // Recorded with their bodies, like every request.
+    let posts: Vec<(String, String)> = sim
+        .requests()
+        .into_iter()
+        .map(|r| (r.request.target, String::from_utf8(r.request.body).unwrap()))
+        .collect();
+    assert_eq!(
+        posts[0],
+        (
+            "/machine?comp=telemetrydata".to_string(),
+            events.to_string()
+        )
+    );
+    assert_eq!(posts[1].0, "/HealthService");
+
+    // IMDS: the compute part alone, as waagent asks for it, is the same
+    // object as in the whole document; without the Metadata header, 400.
+    let imds = sim.imds_base();
+    let meta = [("Metadata", "true")];
+    let (status, whole) = get(
+        &format!("{imds}/metadata/instance?api-version=2018-02-01"),
+        &meta,
+    );
+    assert_eq!(status, 200);
+    let whole: Value = serde_json::from_slice(&whole).unwrap();
+    let (status, compute) = get(
+        &format!("{imds}/metadata/instance/compute?api-version=2018-02-01"),
+        &meta,
+    );
+    assert_eq!(status, 200);
+    let compute: Value = serde_json::from_slice(&compute).unwrap();
+    assert_eq!(compute, whole["compute"]);
+    assert_eq!(compute["vmId"], "e7fdbfc4-2deb-4a4e-8615-ea6aaf50162e");
+    assert_eq!(
+        get(&format!("{imds}/metadata/instance/compute"), &[]).0,
+        400
+    );
+    assert_eq!(
+        get(&format!("{imds}/metadata/instance/network"), &meta).0,
+        404
+    );
+}

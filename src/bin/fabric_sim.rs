@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use std::io::Write;
 
@@ -36,7 +36,10 @@ const USAGE: &str = "usage: fabric-sim [--wire ADDR:PORT] [--plugin ADDR:PORT] [
                        temporary file and rename it).
   --record FILE        append every request, health and role-properties report,
                        status upload (kind \"status\", its content as text), new
-                       incarnation and --handlers error as a JSON line to FILE
+                       incarnation and --handlers error as a JSON line to FILE,
+                       as they arrive; requests, health reports and status uploads
+                       carry \"t\", when they were received (seconds since the
+                       Unix epoch, wall clock)
   --fault PATTERN:KIND[:N]
                        misbehave on the next N (default 1) requests whose path and
                        query contain PATTERN; KIND is reset, truncate, malformed,
@@ -173,15 +176,16 @@ fn run() -> Result<(), String> {
         ),
         None => None,
     };
+    // One write per line, so a reader polling the file never sees half of one.
     let mut emit = |line: serde_json::Value| {
         if let Some(f) = out.as_mut() {
-            let _ = writeln!(f, "{line}");
+            let _ = f.write_all(format!("{line}\n").as_bytes());
         }
     };
     let (mut shown, mut reports, mut roles, mut uploads, mut errors) = (0, 0, 0, 0, 0);
     let mut incarnation = sim.config().incarnation;
     loop {
-        std::thread::sleep(Duration::from_millis(50));
+        sim.wait_for_requests(shown, Duration::from_millis(50));
         let requests = sim.requests();
         for r in &requests[shown..] {
             println!(
@@ -195,6 +199,7 @@ fn run() -> Result<(), String> {
                 "target": r.request.target,
                 "status": r.status,
                 "body": String::from_utf8_lossy(&r.request.body),
+                "t": epoch_secs(r.at),
             }));
         }
         shown = requests.len();
@@ -216,6 +221,7 @@ fn run() -> Result<(), String> {
                 "state": h.state,
                 "subStatus": h.sub_status,
                 "description": h.description,
+                "t": epoch_secs(h.at),
             }));
         }
         reports = health.len();
@@ -235,6 +241,7 @@ fn run() -> Result<(), String> {
                 "via": format!("{:?}", u.via),
                 "blobUrl": u.blob_url,
                 "content": String::from_utf8_lossy(&u.content),
+                "t": epoch_secs(u.at),
             }));
         }
         uploads = status.len();
@@ -249,6 +256,11 @@ fn run() -> Result<(), String> {
             incarnation = now;
         }
     }
+}
+
+/// Seconds since the Unix epoch, to the microsecond.
+fn epoch_secs(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as f64 / 1e6
 }
 
 /// `PATTERN:KIND[:N]` → the pattern and N copies of the fault.

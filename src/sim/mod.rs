@@ -19,8 +19,8 @@ pub mod skips;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 
@@ -49,6 +49,9 @@ pub struct Recorded {
     pub status: u16,
     /// The injected fault it got, if any.
     pub fault: Option<Fault>,
+    /// When the simulator had read it (wall clock, for benchmarks that
+    /// compare it with a process's start).
+    pub at: SystemTime,
 }
 
 /// A health report as the fabric understood it.
@@ -61,6 +64,8 @@ pub struct HealthReport {
     pub state: String,
     pub sub_status: Option<String>,
     pub description: Option<String>,
+    /// When the simulator received it.
+    pub at: SystemTime,
 }
 
 /// A status blob upload, directly or through the HostGAPlugin.
@@ -69,6 +74,8 @@ pub struct StatusUpload {
     pub via: Service,
     pub blob_url: String,
     pub content: Vec<u8>,
+    /// When the simulator received it.
+    pub at: SystemTime,
 }
 
 /// Misbehaviour for the next request(s) whose path and query contain a
@@ -197,6 +204,8 @@ impl State {
 /// A running simulator; stops when dropped.
 pub struct FabricSim {
     state: Arc<Mutex<State>>,
+    /// Notified after each request is recorded (see [`FabricSim::wait_for_requests`]).
+    news: Arc<Condvar>,
     wire: Server,
     plugin: Server,
     imds: Server,
@@ -226,13 +235,20 @@ impl FabricSim {
             config: Some(config),
             ..State::default()
         }));
-        let s = state.clone();
-        let wire_handler: Handler = Arc::new(move |r: &HttpRequest| handle(&s, Service::Wire, r));
-        let s = state.clone();
-        let plugin_handler: Handler =
-            Arc::new(move |r: &HttpRequest| handle(&s, Service::HostPlugin, r));
-        let s = state.clone();
-        let imds_handler: Handler = Arc::new(move |r: &HttpRequest| handle(&s, Service::Imds, r));
+        let news = Arc::new(Condvar::new());
+        let handler = |service: Service| -> Handler {
+            let (s, n) = (state.clone(), news.clone());
+            Arc::new(move |r: &HttpRequest| {
+                let reply = handle(&s, service, r);
+                n.notify_all();
+                reply
+            })
+        };
+        let (wire_handler, plugin_handler, imds_handler) = (
+            handler(Service::Wire),
+            handler(Service::HostPlugin),
+            handler(Service::Imds),
+        );
         let wire = Server::start(wire, wire_handler)?;
         let plugin = Server::start(plugin, plugin_handler)?;
         let imds = Server::start(imds, imds_handler)?;
@@ -243,6 +259,7 @@ impl FabricSim {
         }
         Ok(FabricSim {
             state,
+            news,
             wire,
             plugin,
             imds,
@@ -266,6 +283,19 @@ impl FabricSim {
     /// Every request so far, in arrival order.
     pub fn requests(&self) -> Vec<Recorded> {
         lock(&self.state).requests.clone()
+    }
+
+    /// Waits until more than `seen` requests have been recorded, or for
+    /// `timeout`; returns how many there are. A program that reports what
+    /// the fabric received (`fabric-sim --record`) reacts at once instead of
+    /// polling, so its record is written as the requests arrive.
+    pub fn wait_for_requests(&self, seen: usize, timeout: Duration) -> usize {
+        let guard = lock(&self.state);
+        let (guard, _) = self
+            .news
+            .wait_timeout_while(guard, timeout, |s| s.requests.len() <= seen)
+            .unwrap_or_else(|p| p.into_inner());
+        guard.requests.len()
     }
 
     /// Requests whose path and query contain `pattern`.
@@ -402,6 +432,7 @@ fn with_body(reply: Reply, f: impl FnOnce(Vec<u8>) -> Vec<u8>) -> Reply {
 }
 
 fn handle(state: &Mutex<State>, service: Service, req: &HttpRequest) -> Reply {
+    let at = SystemTime::now();
     let fault = {
         let mut s = lock(state);
         s.faults
@@ -441,6 +472,7 @@ fn handle(state: &Mutex<State>, service: Service, req: &HttpRequest) -> Reply {
         request: req.clone(),
         status,
         fault,
+        at,
     });
     reply
 }
@@ -509,6 +541,12 @@ fn route_wire(state: &Mutex<State>, req: &HttpRequest) -> Reply {
             }
             None => Reply::body(400, "text/plain", "malformed health report"),
         },
+        // What waagent also sends, answered as Azure does (the request is
+        // recorded; nothing else is kept): its telemetry events and the
+        // HealthService observations of the HostGAPlugin and IMDS.
+        ("POST", "/machine", Some("telemetrydata")) | ("POST", "/HealthService", None) => {
+            Reply::status(200)
+        }
         ("POST", "/machine", Some("roleProperties")) => match parse_role_properties(&req.body) {
             Some(p) => {
                 lock(state).role_properties.push(p);
@@ -522,6 +560,7 @@ fn route_wire(state: &Mutex<State>, req: &HttpRequest) -> Reply {
                 via: Service::Wire,
                 blob_url: url,
                 content: req.body.clone(),
+                at: SystemTime::now(),
             });
             Reply::status(201)
         }
@@ -585,6 +624,7 @@ fn route_plugin(state: &Mutex<State>, req: &HttpRequest) -> Reply {
                     via: Service::HostPlugin,
                     blob_url: url,
                     content,
+                    at: SystemTime::now(),
                 });
                 Reply::status(200)
             }
@@ -606,9 +646,13 @@ fn route_imds(state: &Mutex<State>, req: &HttpRequest) -> Reply {
             r#"{"error":"Bad request. Required metadata header not specified"}"#,
         );
     }
-    if req.method != "GET" || req.path() != "/metadata/instance" {
-        return Reply::status(404);
-    }
+    // `/metadata/instance/compute` is the `compute` part alone (waagent
+    // reads it for its telemetry).
+    let compute_only = match (req.method.as_str(), req.path()) {
+        ("GET", "/metadata/instance") => false,
+        ("GET", "/metadata/instance/compute") => true,
+        _ => return Reply::status(404),
+    };
     let config = lock(state).config.clone().unwrap_or_default();
     let keys: Vec<serde_json::Value> = config
         .imds_public_keys
@@ -617,14 +661,29 @@ fn route_imds(state: &Mutex<State>, req: &HttpRequest) -> Reply {
         .collect();
     let doc = serde_json::json!({
         "compute": {
+            "location": "westeurope",
             "name": config.vm_name,
+            "offer": "debian-12",
             "osType": "Linux",
+            "placementGroupId": "",
+            "platformFaultDomain": "0",
+            "platformUpdateDomain": "0",
+            "publisher": "Debian",
+            "resourceGroupName": "sim-rg",
+            "sku": "12-gen2",
+            "subscriptionId": "00000000-0000-0000-0000-000000000000",
+            "tags": "",
+            "version": "0.20250101.1",
             "vmId": "e7fdbfc4-2deb-4a4e-8615-ea6aaf50162e",
+            "vmScaleSetName": "",
+            "vmSize": "Standard_B2s",
+            "zone": "",
             "publicKeys": keys,
         },
         "network": {"interface": [{"macAddress": "000D3A3382E8",
             "ipv4": {"ipAddress": [{"privateIpAddress": "10.0.0.4", "publicIpAddress": ""}]}}]}
     });
+    let doc = if compute_only { &doc["compute"] } else { &doc };
     Reply::body(200, "application/json", doc.to_string())
 }
 
@@ -649,6 +708,7 @@ fn parse_health(body: &[u8]) -> Option<HealthReport> {
         state: text(health, &["State"])?,
         sub_status: text(health, &["Details", "SubStatus"]),
         description: text(health, &["Details", "Description"]),
+        at: SystemTime::now(),
     })
 }
 
