@@ -387,8 +387,10 @@ impl Daemon {
                 return code;
             }
             if stop_requested() {
+                // Between steps (a wait would have ended in Stopped itself).
                 log::info!("stop requested in state {}", state.name());
-                return 0;
+                state = State::Stopped(0);
+                continue;
             }
             log::debug!("state {}", state.name());
             state = self.step(state);
