@@ -197,7 +197,9 @@ def start_fabric(config):
 
 def start_agent(cgroup, strace):
     """Forks, joins the cgroup, notes the time, execs the agent; returns
-    (pid, time just before exec)."""
+    (pid, time just before exec) once the exec is done, so that no sample
+    sees the forked copy of this Python process (its RSS is not the
+    agent's)."""
     argv = ["/usr/sbin/waagent", "-daemon"]
     if strace:
         argv = [
@@ -207,10 +209,13 @@ def start_agent(cgroup, strace):
         ] + argv
     env = {"PATH": PATH, "LANG": "C.UTF-8"}
     r, w = os.pipe()
+    # Close-on-exec (os.pipe's default): EOF on done_r means the exec is done.
+    done_r, done_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
             os.close(r)
+            os.close(done_r)
             os.setsid()
             if cgroup:
                 with open(f"{CGROUP}/cgroup.procs", "w") as f:
@@ -227,8 +232,11 @@ def start_agent(cgroup, strace):
         finally:
             os._exit(127)
     os.close(w)
+    os.close(done_w)
     t0 = float(os.read(r, 64).decode())
     os.close(r)
+    os.read(done_r, 1)
+    os.close(done_r)
     return pid, t0
 
 
