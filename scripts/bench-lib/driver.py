@@ -309,6 +309,19 @@ def rss_kib(pid):
         return 0
 
 
+def pss_kib(pid):
+    """Proportional set size: each shared page split among the processes
+    mapping it, so a sum over processes counts libc once, not once per child."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0
+
+
 def status_field(pid, field):
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -330,6 +343,7 @@ class Sampler:
         self.peak_rss_t = None
         self.peak_procs = 0
         self.last_rss = 0
+        self.peak_pss = 0
 
     def sample_cpu(self):
         if self.cg:
@@ -344,6 +358,7 @@ class Sampler:
         self.peak_procs = max(self.peak_procs, len(pids))
         if total > self.peak_rss:
             self.peak_rss, self.peak_rss_t = total, time.time()
+        self.peak_pss = max(self.peak_pss, sum(pss_kib(p) for p in pids))
 
     def cpu_at(self, t):
         """CPU seconds at wall-clock time t, interpolated between samples."""
@@ -549,6 +564,7 @@ def run(args):
         if cgroup:
             result["peak_rss_kib"] = sampler.peak_rss
             result["peak_rss_at_s"] = sampler.peak_rss_t - t0
+            result["peak_pss_kib"] = sampler.peak_pss
             result["peak_processes"] = sampler.peak_procs
             result["processes_at_end"] = {
                 str(p): {"name": status_field(p, "Name"), "rss_kib": rss_kib(p), "hwm_kib": status_field(p, "VmHWM")}

@@ -230,6 +230,7 @@ METRICS = [
     ("cpu_ext_s", "CPU to extension status (s)", "timed", lambda r: r["cpu_ext_s"], "{:.3f}"),
     ("cpu_idle_per_min_s", "CPU per idle minute (s)", "timed", lambda r: r["idle"]["cpu_per_min_s"], "{:.4f}"),
     ("peak_rss_mib", "peak RSS, all processes (MiB)", "timed", lambda r: r["peak_rss_kib"] / MIB, "{:.1f}"),
+    ("peak_pss_mib", "peak PSS, all processes (MiB)", "timed", lambda r: r["peak_pss_kib"] / MIB, "{:.1f}"),
     ("idle_rss_mib", "RSS in steady state (MiB)", "timed", lambda r: r["idle"]["rss_end_kib"] / MIB, "{:.1f}"),
     ("processes_to_ext", "processes spawned to ext. status", "strace", lambda r: r["processes_to_ext"], "{:.0f}"),
     ("processes_idle_per_min", "processes spawned per idle min", "strace", lambda r: r["idle"]["processes_per_min"], "{:.1f}"),
@@ -395,7 +396,8 @@ def render(summ, tl, soak, meta, runs):
         "",
         "  Ready and extension status: wall clock from exec to the fabric receiving it. CPU: the run's cpuacct cgroup",
         "  (every process of the agent, children included). RSS: the sum over the cgroup's processes, sampled every",
-        f"  10 ms. Idle: {meta.get('idle_secs', '?')} s from {meta.get('settle_secs', '?')} s after the extension's status, "
+        "  10 ms from the exec; PSS likewise, with each shared page (libc, libcrypto) split among the processes mapping it.",
+        f"  Idle: {meta.get('idle_secs', '?')} s from {meta.get('settle_secs', '?')} s after the extension's status, "
         "configuration 1 runs only.",
         "  Processes: strace -f (fork/vfork/clone/clone3 without CLONE_THREAD) in one separate untimed run per agent and",
         "  configuration; the agent's own first process not counted.",
@@ -446,6 +448,8 @@ def line(path):
         bits.append(f"CPU to Ready {r['cpu_ready_s']:.3f} s")
     if r.get("peak_rss_kib"):
         bits.append(f"peak RSS {r['peak_rss_kib'] / MIB:.1f} MiB")
+    if r.get("peak_pss_kib"):
+        bits.append(f"peak PSS {r['peak_pss_kib'] / MIB:.1f} MiB")
     if r.get("idle") and r["idle"].get("cpu_per_min_s") is not None:
         bits.append(f"idle CPU {r['idle']['cpu_per_min_s']:.4f} s/min")
     if r.get("idle"):
