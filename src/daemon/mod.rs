@@ -25,6 +25,7 @@ mod environment;
 mod fabric;
 mod provisioning;
 mod signals;
+pub mod timeline;
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
