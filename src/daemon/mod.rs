@@ -337,6 +337,9 @@ pub struct Daemon {
     clock: Rc<dyn Clock>,
     /// The provisioning media's drive, ejected once `provisioned` is written.
     media_device: Option<PathBuf>,
+    /// Its `umount`, started once ovf-env.xml was read; over before the
+    /// eject (or collected in Steady).
+    media_unmount: Option<crate::os::Background>,
     /// The transport certificate, in hand or being generated since Boot,
     /// until a client takes it.
     transport: Option<Transport>,
@@ -368,6 +371,7 @@ impl Daemon {
             monitors: Monitors::default(),
             clock: Rc::new(SystemClock),
             media_device: None,
+            media_unmount: None,
             transport: None,
             host_keys: None,
             sshd_restart: None,
@@ -485,8 +489,13 @@ impl Daemon {
                     &*self.clock,
                 ) {
                     Err(e) => Job::Fail(format!("provisioning media: {e}")),
-                    Ok(media::Media { text, device }) => {
+                    Ok(media::Media {
+                        text,
+                        device,
+                        unmounting,
+                    }) => {
                         self.media_device = device;
+                        self.media_unmount = unmounting;
                         if let Err(e) = self.write_lib(libdir::OVF_ENV, &ovf::masked(&text), 0o600)
                         {
                             log::warn!("{e}");
@@ -712,6 +721,9 @@ impl Daemon {
                 }
                 // Only now: a daemon killed before `provisioned` was written
                 // reads the media again.
+                if let Some(child) = self.media_unmount.take() {
+                    media::finish_unmount(child, &*self.clock);
+                }
                 if let Some(device) = self.media_device.take() {
                     media::eject(&*self.os, &device);
                 }
@@ -794,6 +806,11 @@ impl Daemon {
                 if let Some(c) = self.sshd_restart.as_mut() {
                     if c.poll(now) != crate::os::Poll::Running {
                         self.sshd_restart = None;
+                    }
+                }
+                if let Some(c) = self.media_unmount.as_mut() {
+                    if c.poll(now) != crate::os::Poll::Running {
+                        self.media_unmount = None;
                     }
                 }
                 if self.clock.now() >= next_poll {

@@ -567,6 +567,21 @@ pub trait OsUtil {
             .map(drop)
     }
 
+    /// Starts [`umount`](Self::umount) in the background (tens of
+    /// milliseconds of the kernel's, which nothing after it waits for but
+    /// the eject); `now` is the daemon's clock.
+    fn start_umount(
+        &self,
+        mount_point: &Path,
+        now: std::time::Instant,
+    ) -> Result<Background, OsError> {
+        let cmd = Cmd::new("umount").arg(mount_point.to_string_lossy());
+        self.env()
+            .runner
+            .start_captured(&cmd, now + cmd.timeout)
+            .map_err(OsError::Run)
+    }
+
     fn eject(&self, device: &Path) -> Result<(), OsError> {
         self.env()
             .run_ok(Cmd::new("eject").arg(device.to_string_lossy()))

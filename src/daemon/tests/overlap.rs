@@ -356,3 +356,31 @@ fn the_fingerprint_is_what_ssh_keygen_lf_prints() {
     let e = host_key_fingerprint(&config).unwrap_err();
     assert!(e.ends_with("ssh_host_rsa_key.pub does not exist"), "{e}");
 }
+
+#[test]
+fn the_media_is_unmounted_in_the_background_and_ejected_once_that_is_over() {
+    let mut v = vm(Some(&full_ovf()), ProvisioningAgent::Waagent);
+    v.config.regenerate_ssh_host_key_pair = true;
+    v.config.ssh_host_key_pair_type = SshHostKeyType::Ed25519;
+    v.runner.takes(v.clock.clone(), |cmd| {
+        (cmd.program == "umount").then_some(40 * MS)
+    });
+    let mut d = v.daemon();
+    let state = d.step(State::Boot);
+    let state = d.step(state);
+    assert_eq!(state.name(), "Connect");
+    // ReadMedia did not wait for the umount, and the keys started after it.
+    assert_eq!(v.clock.elapsed(), Duration::ZERO);
+    let lines = v.runner.lines();
+    let at = |start: &str| lines.iter().position(|l| l.starts_with(start));
+    assert!(at("umount ") < at("ssh-keygen "), "{lines:#?}");
+    assert!(at("ssh-keygen ").is_some());
+    let (trace, _) = step_until(&mut d, state, "Steady", 50);
+    assert!(trace.contains(&"MarkProvisioned".to_string()), "{trace:?}");
+    // The eject waited exactly for the umount, at MarkProvisioned.
+    assert_eq!(v.waits(), [0.04]);
+    let lines = v.runner.lines();
+    let eject = lines.iter().position(|l| l.starts_with("eject "));
+    assert!(eject.is_some(), "{lines:#?}");
+    assert_eq!(health(&v.sim), ["NotReady/Provisioning", "Ready"]);
+}
