@@ -150,7 +150,15 @@ impl Daemon {
             .versions()
             .and_then(|_| client.update_goal_state(true));
         let goal = match fetched {
-            Ok(Some(goal)) => goal,
+            Ok(Some(goal)) => {
+                let ri = goal.goal_state.role_instance.as_ref();
+                if !ri.is_some_and(|ri| ri.certificates_url.is_some()) {
+                    // The way to Ready needs no transport key: its openssl
+                    // must not take the CPU the user's steps need.
+                    client.defer_transport();
+                }
+                goal
+            }
             failed => {
                 // The next attempt's client takes the transport certificate over.
                 self.transport = client.take_transport();

@@ -246,6 +246,14 @@ impl WireClient {
         }
     }
 
+    /// The goal state needs no Certificates: the transport certificate
+    /// still being generated is made at the lowest CPU priority.
+    pub fn defer_transport(&mut self) {
+        if let Some(p) = self.pending_transport.as_mut() {
+            p.defer();
+        }
+    }
+
     /// Collects the transport certificate being generated if it has
     /// finished, without waiting; a failed generation is logged and the
     /// next need makes one again. True while it is still running.
