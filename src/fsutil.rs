@@ -69,7 +69,7 @@ pub fn write_atomic_owned(
 /// across, or the replacement does not happen; another attribute that
 /// cannot is a warning.
 #[cfg(target_os = "linux")]
-fn keep_xattrs(path: &Path, to: &File) -> io::Result<()> {
+pub(crate) fn keep_xattrs(path: &Path, to: &File) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     let Ok(from) = fs::OpenOptions::new()
@@ -103,7 +103,7 @@ fn keep_xattrs(path: &Path, to: &File) -> io::Result<()> {
 
 /// FreeBSD has no SELinux; its extattrs are left to the administrator.
 #[cfg(not(target_os = "linux"))]
-fn keep_xattrs(_path: &Path, _to: &File) -> io::Result<()> {
+pub(crate) fn keep_xattrs(_path: &Path, _to: &File) -> io::Result<()> {
     Ok(())
 }
 
@@ -181,7 +181,7 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

@@ -134,8 +134,9 @@ fn first_boot_exchange_versions_goal_state_certificates_not_ready_ready() {
             "GET /machine/?comp=goalstate".into(),
             format!("GET {m}?comp=config&type=hostingEnvironmentConfig&incarnation=1"),
             format!("GET {m}?comp=config&type=sharedConfig&incarnation=1"),
-            format!("GET {m}?comp=certificates&incarnation=1"),
             format!("GET {m}?comp=config&type=extensionsConfig&incarnation=1"),
+            // Last: the transport certificate may still be being generated.
+            format!("GET {m}?comp=certificates&incarnation=1"),
             "POST /machine?comp=health".into(),
             "POST /machine?comp=health".into(),
         ]
@@ -151,7 +152,7 @@ fn first_boot_exchange_versions_goal_state_certificates_not_ready_ready() {
         assert_eq!(r.request.header("x-ms-agent-name"), Some("WALinuxAgent"));
     }
     // The Certificates request carries the transport certificate on one line.
-    let cert_req = &reqs[4].request;
+    let cert_req = &reqs[5].request;
     assert_eq!(cert_req.header("x-ms-cipher-name"), Some("AES128_CBC"));
     let header = cert_req
         .header("x-ms-guest-agent-public-x509-cert")

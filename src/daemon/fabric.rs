@@ -1,6 +1,7 @@
 //! The daemon's side of the fabric: where the WireServer is, the client,
 //! the goal state, health reports and the status blob.
 
+use super::timeline::Phase;
 use crate::ext::exec::{Context, Outcome};
 use crate::ext::report;
 use crate::wire::client::{FullGoalState, WireClient};
@@ -66,17 +67,77 @@ impl Daemon {
         Ok((Endpoint::at(ip), Some(source)))
     }
 
-    pub(super) fn new_client(&self, ep: Endpoint) -> WireClient {
-        let openssl = Openssl::new(
+    fn openssl(&self) -> Openssl {
+        Openssl::new(
             self.config.openssl_path.clone(),
             self.os.env().runner.clone(),
-        );
-        WireClient::new(ep, &self.lib, openssl, self.timing.client.clone())
-            .with_clock(self.clock.clone())
+        )
+    }
+
+    /// A client for `ep`, with the transport certificate made (or being
+    /// made) since Boot.
+    pub(super) fn new_client(&mut self, ep: Endpoint) -> WireClient {
+        let client = WireClient::new(ep, &self.lib, self.openssl(), self.timing.client.clone())
+            .with_clock(self.clock.clone());
+        match self.transport.take() {
+            Some(t) => client.with_transport(t),
+            None => client,
+        }
+    }
+
+    /// At daemon start: the transport certificate in Lib.Dir when it is
+    /// sound, else `openssl req` started in the background (its RSA key is
+    /// the slowest thing before the Certificates request). A failure to
+    /// start is logged; the Certificates request then makes it.
+    pub(super) fn start_transport(&mut self) {
+        let now = self.clock.now();
+        match crypto::start_transport_cert(&self.openssl(), &self.lib, now) {
+            Ok(t) => {
+                if matches!(t, Transport::Pending(_)) {
+                    self.timeline.begin(Phase::TransportKey, now);
+                }
+                self.transport = Some(t);
+            }
+            Err(e) => log::warn!("{e}; it is made when it is needed"),
+        }
+    }
+
+    /// What the client's last goal-state fetch took, into the timeline.
+    pub(super) fn note_fetch_times(&mut self) {
+        let Some(t) = self.client.as_ref().map(WireClient::fetch_times) else {
+            return;
+        };
+        if let Some(at) = t.documents {
+            self.timeline.end(Phase::GoalState, at);
+        }
+        if let Some((from, to)) = t.certificates {
+            self.timeline.span(Phase::Certificates, from, to);
+        }
+        if let Some(at) = t.transport_ready {
+            self.timeline.end(Phase::TransportKey, at);
+        }
+    }
+
+    /// The final health report (Ready or ProvisioningFailed); once sent,
+    /// the timeline of the way there is logged.
+    pub(super) fn final_report(&mut self, goal: &FullGoalState, health: &Health) -> bool {
+        let start = self.clock.now();
+        let sent = self.report(goal, health);
+        if sent {
+            let end = self.clock.now();
+            self.timeline.span(Phase::Report, start, end);
+            let outcome = match health {
+                Health::Ready => "Ready",
+                Health::NotReady { .. } => "ProvisioningFailed",
+            };
+            log::info!("{}", self.timeline.line(outcome, end));
+        }
+        sent
     }
 
     /// Discovery, versions and a forced goal-state fetch with certificates.
     pub(super) fn connect(&mut self) -> Result<FullGoalState, String> {
+        self.timeline.begin(Phase::GoalState, self.clock.now());
         let (ep, source) = self.endpoint()?;
         log::info!(
             "WireServer at {ep} ({})",
@@ -85,17 +146,32 @@ impl Daemon {
         // Before the first request, and so before provisioning.
         self.set_up_firewall(&ep.host);
         let mut client = self.new_client(ep.clone());
-        let goal = client
+        let fetched = client
             .versions()
-            .and_then(|_| client.update_goal_state(true))
-            .map_err(|e| {
-                if source == Some(endpoint::Source::Cache) {
+            .and_then(|_| client.update_goal_state(true));
+        let goal = match fetched {
+            Ok(Some(goal)) => {
+                let ri = goal.goal_state.role_instance.as_ref();
+                if !ri.is_some_and(|ri| ri.certificates_url.is_some()) {
+                    // The way to Ready needs no transport key: its openssl
+                    // must not take the CPU the user's steps need.
+                    client.defer_transport();
+                }
+                goal
+            }
+            failed => {
+                // The next attempt's client takes the transport certificate over.
+                self.transport = client.take_transport();
+                if source == Some(endpoint::Source::Cache) && failed.is_err() {
                     // The cached address may be an old VNet's: rediscover next time.
                     let _ = endpoint::clear_cache(&self.lib);
                 }
-                e.to_string()
-            })?
-            .ok_or("the WireServer sent no goal state")?;
+                return Err(match failed {
+                    Err(e) => e.to_string(),
+                    Ok(_) => "the WireServer sent no goal state".into(),
+                });
+            }
+        };
         if let (Some(_), Ok(ip)) = (source, ep.host.parse()) {
             if endpoint::read_cache(&self.lib) != Some(ip) {
                 if let Err(e) = endpoint::write_cache(&self.lib, ip) {
@@ -345,7 +421,7 @@ impl Daemon {
 
     /// A client for the discovered (or configured) WireServer, for an
     /// already-provisioned VM: nothing is sent until it is used.
-    pub(super) fn discovered_client(&self) -> Result<WireClient, String> {
+    pub(super) fn discovered_client(&mut self) -> Result<WireClient, String> {
         let (ep, _) = self.endpoint()?;
         Ok(self.new_client(ep))
     }

@@ -25,6 +25,7 @@ mod environment;
 mod fabric;
 mod provisioning;
 mod signals;
+pub mod timeline;
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -35,10 +36,12 @@ use crate::config::{Config, ProvisioningAgent};
 use crate::ext::exec::Handling;
 use crate::fsutil;
 use crate::libdir;
+use crate::os::HostKeyJob;
 use crate::os::OsUtil;
 use crate::ovf::{self, OvfEnv};
 use crate::provision::media;
 use crate::wire::client::{ClientOptions, FullGoalState, WireClient};
+use crate::wire::crypto::{self, Transport};
 use crate::wire::docs::ExtensionsConfig;
 use crate::wire::docs::StatusUploadBlob;
 use crate::wire::imds;
@@ -49,6 +52,7 @@ pub use crate::journal::Journal;
 use environment::Monitors;
 pub use provisioning::{host_key_fingerprint, Plan, Step};
 pub use signals::{install_handlers, stop_requested};
+use timeline::{Phase, Timeline};
 
 /// `<lib>/provisioned`: provisioning finished; holds the VM's instance id.
 pub const PROVISIONED_FILE: &str = libdir::PROVISIONED;
@@ -213,6 +217,11 @@ fn extension_tick(running_for: Option<Duration>) -> Duration {
     (ran / 8).clamp(Duration::from_millis(20), Duration::from_secs(1))
 }
 
+/// The longest one turn of the HostKeys (RestartSshd) step waits for the
+/// host keys being made (sshd being restarted) before the loop comes round
+/// again.
+const HOST_KEYS_TICK: Duration = Duration::from_secs(1);
+
 /// The daemon's states.
 #[derive(Debug)]
 pub enum State {
@@ -335,6 +344,19 @@ pub struct Daemon {
     clock: Rc<dyn Clock>,
     /// The provisioning media's drive, ejected once `provisioned` is written.
     media_device: Option<PathBuf>,
+    /// Its `umount`, started once ovf-env.xml was read; over before the
+    /// eject (or collected in Steady).
+    media_unmount: Option<crate::os::Background>,
+    /// The transport certificate, in hand or being generated since Boot,
+    /// until a client takes it.
+    transport: Option<Transport>,
+    /// New SSH host keys being made since ReadMedia, until HostKeys
+    /// collects them.
+    host_keys: Option<HostKeyJob>,
+    /// sshd being restarted since HostKeys, until RestartSshd collects it.
+    sshd_restart: Option<crate::os::Background>,
+    /// The way to the final report, for its log line.
+    timeline: Timeline,
 }
 
 impl Daemon {
@@ -356,6 +378,11 @@ impl Daemon {
             monitors: Monitors::default(),
             clock: Rc::new(SystemClock),
             media_device: None,
+            media_unmount: None,
+            transport: None,
+            host_keys: None,
+            sshd_restart: None,
+            timeline: Timeline::new(Instant::now()),
         }
     }
 
@@ -401,6 +428,7 @@ impl Daemon {
     pub fn step(&mut self, state: State) -> State {
         match state {
             State::Boot => {
+                self.timeline = Timeline::new(self.clock.now());
                 if let Err(e) = fsutil::ensure_dir(&self.lib, 0o700) {
                     log::error!("cannot create Lib.Dir {}: {e}", self.lib.display());
                     return State::Stopped(1);
@@ -432,6 +460,9 @@ impl Daemon {
                     self.forget_previous_instance(mode == Mode::CloudInit);
                 }
                 self.agent_disabled = self.lib.join(DISABLE_AGENT_FILE).exists();
+                // Before anything else: the RSA key takes longer than the
+                // DVD and the goal state together.
+                self.start_transport();
                 let report_only = State::Connect {
                     job: Job::ReportOnly,
                     attempt: 0,
@@ -459,6 +490,7 @@ impl Daemon {
             }
 
             State::ReadMedia => {
+                self.timeline.begin(Phase::Dvd, self.clock.now());
                 let job = match media::read_ovf_env(
                     &*self.os,
                     &self.config.dvd_mount_point,
@@ -466,8 +498,13 @@ impl Daemon {
                     &*self.clock,
                 ) {
                     Err(e) => Job::Fail(format!("provisioning media: {e}")),
-                    Ok(media::Media { text, device }) => {
+                    Ok(media::Media {
+                        text,
+                        device,
+                        unmounting,
+                    }) => {
                         self.media_device = device;
+                        self.media_unmount = unmounting;
                         if let Err(e) = self.write_lib(libdir::OVF_ENV, &ovf::masked(&text), 0o600)
                         {
                             log::warn!("{e}");
@@ -478,6 +515,12 @@ impl Daemon {
                         }
                     }
                 };
+                self.timeline.end(Phase::Dvd, self.clock.now());
+                if let Job::Waagent(ovf) = &job {
+                    // Before the goal state is asked for: ssh-keygen runs
+                    // while the fabric answers and the user is made.
+                    self.start_host_keys(ovf);
+                }
                 State::Connect { job, attempt: 0 }
             }
 
@@ -506,6 +549,7 @@ impl Daemon {
 
             State::Connect { job, attempt } => match self.connect() {
                 Ok(goal) => {
+                    self.note_fetch_times();
                     let goal = Box::new(goal);
                     log::info!(
                         "goal state incarnation {}, container {}",
@@ -586,6 +630,33 @@ impl Daemon {
                 // A step a killed daemon finished is not redone. HostKeys
                 // still runs its check, as Plan needs its fingerprint.
                 let done = self.journal.as_ref().is_some_and(|j| j.step_done(key));
+                let phase = match step {
+                    Step::HostKeys => Some(Phase::HostKeys),
+                    Step::RestartSshd => Some(Phase::Sshd),
+                    Step::HostName | Step::SshdConfig => None,
+                    _ => Some(Phase::User),
+                };
+                if let Some(p) = phase {
+                    self.timeline.begin(p, self.clock.now());
+                }
+                // The host keys (sshd's restart) are collected once their
+                // children have finished; until then a turn waits for them,
+                // a tick at most, and the loop comes round again.
+                let ready = match step {
+                    Step::HostKeys if !done && self.config.regenerate_ssh_host_key_pair => {
+                        self.await_host_keys(&plan.ovf)
+                    }
+                    Step::RestartSshd if !done => Ok(self.await_sshd_restart()),
+                    _ => Ok(true),
+                };
+                match ready {
+                    Ok(true) => {}
+                    Ok(false) => return State::Provision { plan, goal, step },
+                    Err(reason) => {
+                        self.end_phase(phase);
+                        return State::ReportFailed { goal, reason };
+                    }
+                }
                 if done && step != Step::HostKeys {
                     log::info!(
                         "provisioning: {} was done before a restart",
@@ -594,12 +665,12 @@ impl Daemon {
                 } else {
                     log::info!("provisioning: {}", step.describe());
                     let result = if done {
-                        host_key_fingerprint(&*self.os, &self.config)
-                            .map(|fp| plan.fingerprint = Some(fp))
+                        host_key_fingerprint(&self.config).map(|fp| plan.fingerprint = Some(fp))
                     } else {
                         self.provision_step(step, &mut plan)
                     };
                     if let Err(e) = result {
+                        self.end_phase(phase);
                         return State::ReportFailed {
                             goal,
                             reason: format!("{}: {e}", step.describe()),
@@ -608,6 +679,10 @@ impl Daemon {
                     if let Some(Err(e)) = self.journal.as_mut().map(|j| j.record_step(key)) {
                         log::warn!("{e}");
                     }
+                }
+                self.end_phase(phase);
+                if step == Step::HostKeys {
+                    self.start_sshd_restart();
                 }
                 match step.next() {
                     Some(next) => State::Provision {
@@ -623,28 +698,26 @@ impl Daemon {
                 }
             }
 
-            State::WaitForHostKey { goal, since } => {
-                match host_key_fingerprint(&*self.os, &self.config) {
-                    Ok(fp) => State::MarkProvisioned {
-                        goal,
-                        fingerprint: Some(fp),
-                        disable_agent: false,
-                    },
-                    Err(_)
-                        if self.clock.now().saturating_duration_since(since)
-                            < self.timing.cloud_init_wait =>
-                    {
-                        if !self.clock.sleep(self.timing.cloud_init_poll) {
-                            return State::Stopped(0);
-                        }
-                        State::WaitForHostKey { goal, since }
+            State::WaitForHostKey { goal, since } => match host_key_fingerprint(&self.config) {
+                Ok(fp) => State::MarkProvisioned {
+                    goal,
+                    fingerprint: Some(fp),
+                    disable_agent: false,
+                },
+                Err(_)
+                    if self.clock.now().saturating_duration_since(since)
+                        < self.timing.cloud_init_wait =>
+                {
+                    if !self.clock.sleep(self.timing.cloud_init_poll) {
+                        return State::Stopped(0);
                     }
-                    Err(e) => State::ReportFailed {
-                        goal,
-                        reason: format!("cloud-init made no SSH host key: {e}"),
-                    },
+                    State::WaitForHostKey { goal, since }
                 }
-            }
+                Err(e) => State::ReportFailed {
+                    goal,
+                    reason: format!("cloud-init made no SSH host key: {e}"),
+                },
+            },
 
             State::MarkProvisioned {
                 goal,
@@ -657,6 +730,9 @@ impl Daemon {
                 }
                 // Only now: a daemon killed before `provisioned` was written
                 // reads the media again.
+                if let Some(child) = self.media_unmount.take() {
+                    media::finish_unmount(child, &*self.clock);
+                }
                 if let Some(device) = self.media_device.take() {
                     media::eject(&*self.os, &device);
                 }
@@ -674,7 +750,7 @@ impl Daemon {
             }
 
             State::ReportReady { goal, fingerprint } => {
-                if self.report(&goal, &Health::Ready) {
+                if self.final_report(&goal, &Health::Ready) {
                     let inc = goal.goal_state.incarnation.clone();
                     if let Some(Err(e)) = self.journal.as_mut().map(|j| j.record_ready(&inc)) {
                         log::warn!("{e}");
@@ -701,7 +777,9 @@ impl Daemon {
                 if let Some(Err(e)) = self.journal.as_mut().map(Journal::clear_steps) {
                     log::warn!("{e}");
                 }
-                self.report(
+                // Host keys being made are not wanted any more.
+                self.host_keys = None;
+                self.final_report(
                     &goal,
                     &Health::NotReady {
                         sub_status: SubStatus::ProvisioningFailed,
@@ -733,6 +811,22 @@ impl Daemon {
                     return State::Stopped(0);
                 }
                 let mut next_poll = next_poll;
+                // A transport certificate nobody needed yet, once made; an
+                // sshd restart a failed provisioning left running, once over.
+                if let Some(c) = self.client.as_mut() {
+                    c.poll_transport();
+                }
+                let now = self.clock.now();
+                if let Some(c) = self.sshd_restart.as_mut() {
+                    if c.poll(now) != crate::os::Poll::Running {
+                        self.sshd_restart = None;
+                    }
+                }
+                if let Some(c) = self.media_unmount.as_mut() {
+                    if c.poll(now) != crate::os::Poll::Running {
+                        self.media_unmount = None;
+                    }
+                }
                 if self.clock.now() >= next_poll {
                     if self.manages_environment() {
                         self.run_monitors();
@@ -775,6 +869,12 @@ impl Daemon {
             }
 
             State::Stopped(code) => State::Stopped(code),
+        }
+    }
+
+    fn end_phase(&mut self, phase: Option<Phase>) {
+        if let Some(p) = phase {
+            self.timeline.end(p, self.clock.now());
         }
     }
 

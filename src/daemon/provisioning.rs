@@ -8,14 +8,14 @@ use std::time::Duration;
 use crate::config::{Config, SshHostKeyType};
 use crate::fsutil;
 use crate::journal::CreatedUser;
-use crate::os::{Cmd, OsUtil};
 use crate::ovf::OvfEnv;
 use crate::provision::{custom_data, keys, password, sshd};
 use crate::wire::imds;
 
+use super::timeline::Phase;
 use super::*;
 
-/// The provisioning actions, in order (§9.1 step 6.5 to 6.7).
+/// The provisioning actions (§9.1 step 6.5 to 6.7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     HostName,
@@ -32,17 +32,22 @@ pub enum Step {
 }
 
 impl Step {
+    /// The order they run in. sshd's configuration and host keys come
+    /// first, so its restart (tens of milliseconds, in the background from
+    /// the end of HostKeys) overlaps the user's steps; RestartSshd, last,
+    /// collects it. A journal records steps by [`key`](Self::key), so one
+    /// written in another order resumes the same.
     pub const ALL: [Step; 11] = [
         Step::HostName,
+        Step::SshdConfig,
+        Step::HostKeys,
         Step::User,
         Step::Password,
         Step::Sudoers,
-        Step::SshdConfig,
         Step::PublicKeys,
         Step::KeyPairs,
         Step::CustomData,
         Step::RootPassword,
-        Step::HostKeys,
         Step::RestartSshd,
     ];
 
@@ -142,11 +147,99 @@ impl Daemon {
     }
 
     pub(super) fn begin_journal(&mut self, plan: &Plan) -> Result<(), String> {
-        let what = format!("{}@{}", plan.ovf.user_name, plan.ovf.host_name);
+        let what = provisioning_id(&plan.ovf);
         match self.journal.as_mut() {
             Some(j) => j.begin(&what),
             None => Ok(()),
         }
+    }
+
+    /// At ReadMedia, once the document is read: new SSH host keys, when
+    /// they are wanted and this provisioning has not made them already,
+    /// start being made (`ssh-keygen` in the background, nothing replaced
+    /// until HostKeys). What a killed daemon left half-made goes either way.
+    pub(super) fn start_host_keys(&mut self, ovf: &OvfEnv) {
+        let made = self.journal.as_ref().is_some_and(|j| {
+            j.entry().provisioning.as_deref() == Some(provisioning_id(ovf).as_str())
+                && j.step_done(Step::HostKeys.key())
+        });
+        let c = &self.config;
+        if !c.regenerate_ssh_host_key_pair || made {
+            self.os.discard_ssh_host_key_work();
+            return;
+        }
+        let now = self.clock.now();
+        match self
+            .os
+            .start_ssh_host_keys(c.ssh_host_key_pair_type, &ovf.host_name, now)
+        {
+            Ok(job) => {
+                self.timeline.begin(Phase::HostKeys, now);
+                self.host_keys = Some(job);
+            }
+            Err(e) => log::warn!("cannot start making the SSH host keys: {e}; trying again later"),
+        }
+    }
+
+    /// Once sshd's configuration and host keys are in place: its restart
+    /// starts in the background (RestartSshd collects it), unless a killed
+    /// daemon's journal says it was done.
+    pub(super) fn start_sshd_restart(&mut self) {
+        let done = self
+            .journal
+            .as_ref()
+            .is_some_and(|j| j.step_done(Step::RestartSshd.key()));
+        if done || self.sshd_restart.is_some() {
+            return;
+        }
+        let now = self.clock.now();
+        match self.os.start_restart_sshd(now) {
+            Ok(Some(child)) => {
+                self.timeline.begin(Phase::Sshd, now);
+                self.sshd_restart = Some(child);
+            }
+            Ok(None) => {}
+            // RestartSshd tries again, and says so if it fails.
+            Err(e) => log::debug!("cannot start restarting sshd: {e}"),
+        }
+    }
+
+    /// RestartSshd's wait for the restart started after HostKeys: true once
+    /// it has finished (or none was started); else false after waiting a
+    /// tick for it.
+    pub(super) fn await_sshd_restart(&mut self) -> bool {
+        let Some(child) = self.sshd_restart.as_mut() else {
+            return true;
+        };
+        let now = self.clock.now();
+        if child.poll(now) != crate::os::Poll::Running {
+            return true;
+        }
+        // A stop request ends the wait; the loop then stops.
+        crate::os::background::wait_any(&[&*child], &*self.clock, now + HOST_KEYS_TICK);
+        child.poll(self.clock.now()) != crate::os::Poll::Running
+    }
+
+    /// HostKeys' wait for the keys being made: true once every `ssh-keygen`
+    /// has finished; else false after waiting a tick for them. Started now
+    /// if they were not at ReadMedia.
+    pub(super) fn await_host_keys(&mut self, ovf: &OvfEnv) -> Result<bool, String> {
+        let now = self.clock.now();
+        let job = match self.host_keys.as_mut() {
+            Some(job) => job,
+            None => self.host_keys.insert(
+                self.os
+                    .start_ssh_host_keys(self.config.ssh_host_key_pair_type, &ovf.host_name, now)
+                    .map_err(|e| format!("{}: {e}", Step::HostKeys.describe()))?,
+            ),
+        };
+        if job.poll(now) {
+            return Ok(true);
+        }
+        log::debug!("waiting for the SSH host keys being made");
+        // A stop request ends the wait; the loop then stops.
+        job.wait(&*self.clock, now + HOST_KEYS_TICK);
+        Ok(job.poll(self.clock.now()))
     }
 
     /// IMDS `compute.publicKeys`; a VM without IMDS simply has none.
@@ -304,14 +397,36 @@ impl Daemon {
             },
             Step::HostKeys => {
                 if c.regenerate_ssh_host_key_pair {
-                    os.regenerate_ssh_host_key(c.ssh_host_key_pair_type)
-                        .map_err(|e| e.to_string())?;
+                    // Started at ReadMedia; collected here (waited for, if
+                    // the RSA key's prime search is not over yet).
+                    let mut job = match self.host_keys.take() {
+                        Some(job) => job,
+                        None => os
+                            .start_ssh_host_keys(
+                                c.ssh_host_key_pair_type,
+                                &ovf.host_name,
+                                self.clock.now(),
+                            )
+                            .map_err(|e| e.to_string())?,
+                    };
+                    if !job.wait(&*self.clock, self.clock.now() + Duration::from_secs(3600)) {
+                        return Err("stopped while the host keys were being made".into());
+                    }
+                    os.install_ssh_host_keys(job).map_err(|e| e.to_string())?;
                 }
-                plan.fingerprint = Some(host_key_fingerprint(os, c)?);
+                plan.fingerprint = Some(host_key_fingerprint(c)?);
                 Ok(())
             }
             Step::RestartSshd => {
-                if let Err(e) = os.restart_sshd() {
+                // Started at the end of HostKeys; finished by now (the
+                // step's waiting turns), or started and waited for here.
+                let finished = match self.sshd_restart.take() {
+                    Some(child) => child
+                        .result()
+                        .map(|r| r.map(drop).map_err(|e| e.to_string())),
+                    None => Some(os.restart_sshd().map_err(|e| e.to_string())),
+                };
+                if let Some(Err(e)) = finished {
                     log::warn!("cannot restart sshd: {e}");
                 }
                 Ok(())
@@ -320,29 +435,52 @@ impl Daemon {
     }
 }
 
-/// The host key fingerprint the fabric gets (§6.9): field 2 of
-/// `ssh-keygen -lf` with the colons removed (`SHA256…` with OpenSSH ≥ 6.8).
-pub fn host_key_fingerprint(os: &dyn OsUtil, config: &Config) -> Result<String, String> {
+/// Which provisioning the journal's steps belong to: `user@host`.
+fn provisioning_id(ovf: &OvfEnv) -> String {
+    format!("{}@{}", ovf.user_name, ovf.host_name)
+}
+
+/// The host key fingerprint the fabric gets (§6.9): what `ssh-keygen -lf`
+/// prints for `ssh_host_{type}_key.pub` (OpenSSH 6.8 and later: `SHA256:`
+/// and the unpadded base64 of the SHA-256 of the key blob), with the colon
+/// removed. Computed here rather than by one more process on the way to
+/// Ready; the end-to-end tests hold it against `ssh-keygen -lf`.
+pub fn host_key_fingerprint(config: &Config) -> Result<String, String> {
     let kind = match config.ssh_host_key_pair_type {
         SshHostKeyType::Auto => "rsa".to_string(),
         k => crate::config::OptionValue::show(&k),
     };
     let path: PathBuf = config.ssh_dir.join(format!("ssh_host_{kind}_key.pub"));
-    if !Path::new(&path).exists() {
-        return Err(format!("{} does not exist", path.display()));
-    }
-    let out = os
-        .env()
-        .runner
-        .run_ok(
-            &Cmd::new("ssh-keygen")
-                .arg("-lf")
-                .arg(path.to_string_lossy()),
-        )
-        .map_err(|e| e.to_string())?;
-    out.stdout
-        .split_whitespace()
-        .nth(1)
-        .map(|f| f.replace(':', ""))
-        .ok_or_else(|| format!("ssh-keygen printed no fingerprint for {}", path.display()))
+    let text = read_small(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!("{} does not exist", path.display()),
+        _ => format!("{}: {e}", path.display()),
+    })?;
+    openssh_fingerprint(&text)
+        .ok_or_else(|| format!("{} holds no OpenSSH public key", path.display()))
+}
+
+/// `SHA256` and the unpadded base64 of the SHA-256 of the key blob of the
+/// first line of `text` (`type base64 [comment]`).
+pub(super) fn openssh_fingerprint(text: &str) -> Option<String> {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    let blob = text.lines().next()?.split_whitespace().nth(1)?;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(blob)
+        .ok()?;
+    let digest = Sha256::digest(&der);
+    Some(format!(
+        "SHA256{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
+    ))
+}
+
+/// A public key file: a few hundred bytes; more than 64 KiB is not one.
+fn read_small(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(64 * 1024)
+        .read_to_string(&mut text)?;
+    Ok(text)
 }

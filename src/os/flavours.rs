@@ -75,13 +75,12 @@ flavour!(
             false
         }
 
-        fn restart_sshd(&self) -> Result<(), OsError> {
-            let cmd = match self.init_system() {
+        fn restart_sshd_cmd(&self) -> Option<Cmd> {
+            Some(match self.init_system() {
                 InitSystem::Systemd => Cmd::new("systemctl")
                     .args(["--job-mode=ignore-dependencies", "try-reload-or-restart", "ssh"]),
                 _ => Cmd::new("service").args(["ssh", "restart"]),
-            };
-            self.env.run_ok(cmd).map(drop)
+            })
         }
     }
 );
@@ -101,12 +100,11 @@ flavour!(
             true
         }
 
-        fn restart_sshd(&self) -> Result<(), OsError> {
-            let cmd = match self.init_system() {
+        fn restart_sshd_cmd(&self) -> Option<Cmd> {
+            Some(match self.init_system() {
                 InitSystem::Systemd => Cmd::new("systemctl").args(["try-reload-or-restart", "ssh"]),
                 _ => Cmd::new("service").args(["ssh", "restart"]),
-            };
-            self.env.run_ok(cmd).map(drop)
+            })
         }
 
         fn dhcp_client_names(&self) -> &'static [&'static str] {
@@ -147,13 +145,12 @@ flavour!(
             Cmd::new("chkconfig").args(["--add", SERVICE_NAME])
         }
 
-        fn restart_sshd(&self) -> Result<(), OsError> {
-            let cmd = if self.env.distro.major() >= 7 {
+        fn restart_sshd_cmd(&self) -> Option<Cmd> {
+            Some(if self.env.distro.major() >= 7 {
                 Cmd::new("systemctl").args(["condrestart", "sshd"])
             } else {
                 Cmd::new("service").args(["sshd", "condrestart"])
-            };
-            self.env.run_ok(cmd).map(drop)
+            })
         }
 
         fn set_hostname(&self, name: &str) -> Result<(), OsError> {
@@ -208,12 +205,11 @@ flavour!(
             Cmd::new("insserv").arg(SERVICE_NAME)
         }
 
-        fn restart_sshd(&self) -> Result<(), OsError> {
-            let cmd = match self.init_system() {
+        fn restart_sshd_cmd(&self) -> Option<Cmd> {
+            Some(match self.init_system() {
                 InitSystem::Systemd => Cmd::new("systemctl").args(["restart", "sshd"]),
                 _ => Cmd::new("/sbin/service").args(["sshd", "restart"]),
-            };
-            self.env.run_ok(cmd).map(drop)
+            })
         }
 
         fn set_hostname(&self, name: &str) -> Result<(), OsError> {
@@ -278,8 +274,9 @@ flavour!(
                 || self.user(name)?.is_some_and(|u| !normal.contains(&u.uid)))
         }
 
-        fn restart_sshd(&self) -> Result<(), OsError> {
-            Ok(())
+        fn restart_sshd_cmd(&self) -> Option<Cmd> {
+            // sshd is socket-activated: each connection reads the files.
+            None
         }
 
         fn set_dhcp_hostname(&self, _name: &str, _iface: &str) -> Result<(), OsError> {
@@ -399,8 +396,8 @@ flavour!(
                 .map(drop)
         }
 
-        fn restart_sshd(&self) -> Result<(), OsError> {
-            self.env.run_ok(Cmd::new("service").args(["sshd", "restart"])).map(drop)
+        fn restart_sshd_cmd(&self) -> Option<Cmd> {
+            Some(Cmd::new("service").args(["sshd", "restart"]))
         }
 
         fn set_hostname(&self, name: &str) -> Result<(), OsError> {

@@ -22,6 +22,7 @@
 pub mod background;
 mod distro;
 mod flavours;
+pub mod hostkeys;
 mod linux;
 pub mod runner;
 mod tables;
@@ -37,6 +38,7 @@ use std::rc::Rc;
 
 pub use distro::{detect, from_os_release, Distro, Flavour};
 pub use flavours::for_env;
+pub use hostkeys::HostKeyJob;
 /// Atomic replacement of a system file that keeps its mode and owner.
 pub(crate) use linux::write_file;
 pub use linux::{proc_route_default_gateway, PasswdEntry};
@@ -333,30 +335,62 @@ pub trait OsUtil {
 
     // ----- SSH -----
 
-    /// Makes sshd pick up a changed configuration or new host keys.
-    fn restart_sshd(&self) -> Result<(), OsError> {
-        let cmd = match self.init_system() {
+    /// The command that makes sshd pick up a changed configuration or new
+    /// host keys; `None` where nothing needs to run.
+    fn restart_sshd_cmd(&self) -> Option<Cmd> {
+        Some(match self.init_system() {
             InitSystem::Systemd => Cmd::new("systemctl").args(["try-reload-or-restart", "sshd"]),
             _ => Cmd::new("service").args(["sshd", "restart"]),
-        };
-        self.env().run_ok(cmd).map(drop)
+        })
     }
 
-    /// Deletes the SSH host keys in `OS.SshDir` and makes a new one of `kind`.
-    fn regenerate_ssh_host_key(&self, kind: SshHostKeyType) -> Result<(), OsError> {
-        let dir = &self.env().config.ssh_dir;
-        linux::remove_host_keys(dir)?;
-        let cmd = match kind {
-            SshHostKeyType::Auto => Cmd::new("ssh-keygen").arg("-A"),
-            k => {
-                let t = crate::config::OptionValue::show(&k);
-                let file = dir.join(format!("ssh_host_{t}_key"));
-                Cmd::new("ssh-keygen")
-                    .args(["-N", "", "-q", "-t", &t, "-f"])
-                    .arg(file.to_string_lossy())
-            }
+    /// Makes sshd pick up a changed configuration or new host keys.
+    fn restart_sshd(&self) -> Result<(), OsError> {
+        match self.restart_sshd_cmd() {
+            Some(cmd) => self.env().run_ok(cmd).map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts [`restart_sshd`](Self::restart_sshd)'s command in the
+    /// background (`None`: nothing to run); `now` is the daemon's clock.
+    fn start_restart_sshd(&self, now: std::time::Instant) -> Result<Option<Background>, OsError> {
+        let Some(cmd) = self.restart_sshd_cmd() else {
+            return Ok(None);
         };
-        self.env().run_ok(cmd).map(drop)
+        self.env()
+            .runner
+            .start_captured(&cmd, now + cmd.timeout)
+            .map(Some)
+            .map_err(OsError::Run)
+    }
+
+    /// Starts making new SSH host keys of `kind` in the background (one
+    /// `ssh-keygen` per type, into a private directory in `OS.SshDir`; see
+    /// [`hostkeys`]); nothing in `OS.SshDir` changes until
+    /// [`install_ssh_host_keys`](Self::install_ssh_host_keys). `host` is the
+    /// host name the keys' comment names; `now` is the daemon's clock.
+    fn start_ssh_host_keys(
+        &self,
+        kind: SshHostKeyType,
+        host: &str,
+        now: std::time::Instant,
+    ) -> Result<HostKeyJob, OsError> {
+        let env = self.env();
+        let comment = format!("root@{}", host_name(host)?);
+        HostKeyJob::start(&*env.runner, &env.config.ssh_dir, kind, &comment, now)
+    }
+
+    /// Replaces the SSH host keys in `OS.SshDir` with the ones `job` made
+    /// (all of them, or none when one failed: the old keys then stay).
+    fn install_ssh_host_keys(&self, job: HostKeyJob) -> Result<(), OsError> {
+        job.install(&self.env().config.ssh_dir)
+    }
+
+    /// Removes what a daemon killed while making host keys left in
+    /// `OS.SshDir` (when no new keys are to be made).
+    fn discard_ssh_host_key_work(&self) {
+        hostkeys::remove_stale(&self.env().config.ssh_dir)
     }
 
     // ----- host name -----
@@ -531,6 +565,21 @@ pub trait OsUtil {
         self.env()
             .run_ok(Cmd::new("umount").arg(mount_point.to_string_lossy()))
             .map(drop)
+    }
+
+    /// Starts [`umount`](Self::umount) in the background (tens of
+    /// milliseconds of the kernel's, which nothing after it waits for but
+    /// the eject); `now` is the daemon's clock.
+    fn start_umount(
+        &self,
+        mount_point: &Path,
+        now: std::time::Instant,
+    ) -> Result<Background, OsError> {
+        let cmd = Cmd::new("umount").arg(mount_point.to_string_lossy());
+        self.env()
+            .runner
+            .start_captured(&cmd, now + cmd.timeout)
+            .map_err(OsError::Run)
     }
 
     fn eject(&self, device: &Path) -> Result<(), OsError> {

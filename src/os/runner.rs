@@ -253,6 +253,17 @@ pub trait CommandRunner {
         deadline: Instant,
     ) -> Result<Background, RunError>;
 
+    /// Starts `cmd` in the background with its standard output and error
+    /// captured (bounded, as [`run`](Self::run) captures them), for a short
+    /// job whose outcome the loop collects later (a key being generated):
+    /// [`Background::result`] then says what [`run_ok`](Self::run_ok)
+    /// would have. Killed with its process group if a poll finds it past
+    /// `deadline`. A runner that cannot do that runs it to its end here.
+    fn start_captured(&self, cmd: &Cmd, deadline: Instant) -> Result<Background, RunError> {
+        let out = self.run(cmd)?;
+        Ok(Background::scripted(cmd, out, deadline, None))
+    }
+
     /// Runs `cmd` and turns a non-zero exit into [`RunError::Failed`].
     fn run_ok(&self, cmd: &Cmd) -> Result<Output, RunError> {
         let out = self.run(cmd)?;
@@ -319,6 +330,13 @@ impl CommandRunner for SystemRunner {
         Background::start(cmd, placement, deadline)
     }
 
+    fn start_captured(&self, cmd: &Cmd, deadline: Instant) -> Result<Background, RunError> {
+        if crate::clock::stop_requested() {
+            return Err(RunError::Interrupted { cmd: cmd.display() });
+        }
+        Background::start_captured(cmd, deadline)
+    }
+
     fn run(&self, cmd: &Cmd) -> Result<Output, RunError> {
         let shown = cmd.display();
         if crate::clock::stop_requested() {
@@ -360,8 +378,10 @@ impl CommandRunner for SystemRunner {
         let deadline = Instant::now() + cmd.timeout;
         let mut capture = Capture::new(&mut child);
         // While the pipes are closed there is nothing to poll: sleep, from
-        // 1 ms (the child is usually exiting) up to TICK.
-        let mut pause = Duration::from_millis(1);
+        // 50 µs (the child is exiting: it closes its files a moment before
+        // it can be reaped) up to TICK. Starting at 1 ms cost every command
+        // about a millisecond (300 runs of `true`: median 1.7 ms, now 0.7).
+        let mut pause = Duration::from_micros(50);
         let status = loop {
             if let Some(status) = child.try_wait().map_err(io_err)? {
                 // What it wrote is in the pipes; a background grandchild may
@@ -405,7 +425,7 @@ impl CommandRunner for SystemRunner {
 }
 
 /// A child's stdout and stderr, read as they fill.
-struct Capture {
+pub(super) struct Capture {
     out: Option<ChildStdout>,
     err: Option<ChildStderr>,
     out_buf: Vec<u8>,
@@ -413,7 +433,7 @@ struct Capture {
 }
 
 impl Capture {
-    fn new(child: &mut Child) -> Self {
+    pub(super) fn new(child: &mut Child) -> Self {
         Capture {
             out: child.stdout.take(),
             err: child.stderr.take(),
@@ -422,8 +442,16 @@ impl Capture {
         }
     }
 
-    fn is_open(&self) -> bool {
+    pub(super) fn is_open(&self) -> bool {
         self.out.is_some() || self.err.is_some()
+    }
+
+    /// The pipes still open: readable (or at end of file) when the child
+    /// writes or exits.
+    pub(super) fn fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        let out = self.out.as_ref().map(|o| o.as_fd());
+        let err = self.err.as_ref().map(|e| e.as_fd());
+        out.into_iter().chain(err).collect()
     }
 
     /// Waits up to `timeout` for output and reads one chunk from each
@@ -446,7 +474,7 @@ impl Capture {
 
     /// Reads what the pipes hold now, without waiting. Bounded, since a
     /// grandchild may keep writing: enough rounds to fill the capture.
-    fn take_buffered(&mut self) -> io::Result<()> {
+    pub(super) fn take_buffered(&mut self) -> io::Result<()> {
         for _ in 0..=MAX_CAPTURE / CHUNK {
             if !self.is_open() {
                 break;
@@ -486,7 +514,7 @@ impl Capture {
         Ok((o, e))
     }
 
-    fn into_output(self) -> (String, String) {
+    pub(super) fn into_output(self) -> (String, String) {
         (
             String::from_utf8_lossy(&self.out_buf).into_owned(),
             String::from_utf8_lossy(&self.err_buf).into_owned(),
@@ -514,7 +542,7 @@ fn read_chunk<R: Read>(
 
 /// SIGKILLs the command's whole process group and reaps the command,
 /// waiting at most [`REAP_WAIT`].
-fn kill_group(child: &mut Child) {
+pub(super) fn kill_group(child: &mut Child) {
     if let Ok(pid) = i32::try_from(child.id()) {
         // Negative pid: the whole process group made by process_group(0).
         let _ = nix::sys::signal::kill(
@@ -555,6 +583,9 @@ pub fn spawn_detached(cmd: &Cmd) -> io::Result<u32> {
 /// A scripted answer for [`RecordingRunner`].
 pub type Responder = Box<dyn Fn(&Cmd) -> Option<Result<Output, RunError>>>;
 
+/// How long a background command "runs", for [`RecordingRunner::takes`].
+pub type BackgroundTime = Box<dyn Fn(&Cmd) -> Option<Duration>>;
+
 /// Test double: records every command and answers from a script. Commands
 /// with no scripted answer succeed with empty output.
 #[derive(Default)]
@@ -562,6 +593,8 @@ pub struct RecordingRunner {
     calls: RefCell<Vec<Cmd>>,
     queued: RefCell<VecDeque<(String, Output)>>,
     responders: RefCell<Vec<Responder>>,
+    durations: RefCell<Vec<BackgroundTime>>,
+    clock: RefCell<Option<std::rc::Rc<dyn crate::clock::Clock>>>,
 }
 
 impl RecordingRunner {
@@ -579,6 +612,26 @@ impl RecordingRunner {
     /// A general answer; consulted after queued outputs, first match wins.
     pub fn respond(&self, f: impl Fn(&Cmd) -> Option<Result<Output, RunError>> + 'static) {
         self.responders.borrow_mut().push(Box::new(f));
+    }
+
+    /// Background commands for which `f` gives a duration run that long
+    /// on `clock` (the daemon's) before they exit with their scripted
+    /// answer; the others exit at once. Their side effects (a responder's
+    /// files) happen when they start.
+    pub fn takes(
+        &self,
+        clock: std::rc::Rc<dyn crate::clock::Clock>,
+        f: impl Fn(&Cmd) -> Option<Duration> + 'static,
+    ) {
+        *self.clock.borrow_mut() = Some(clock);
+        self.durations.borrow_mut().push(Box::new(f));
+    }
+
+    /// When a background command started now exits, per [`takes`](Self::takes).
+    fn exits_at(&self, cmd: &Cmd) -> Option<Instant> {
+        let clock = self.clock.borrow();
+        let d = self.durations.borrow().iter().find_map(|f| f(cmd))?;
+        clock.as_ref().map(|c| c.now() + d)
     }
 
     /// Every command run so far.
@@ -600,7 +653,8 @@ impl CommandRunner for RecordingRunner {
     }
 
     /// Recorded like [`run`](Self::run); the scripted answer's exit code
-    /// is what the command "exited" with, at once.
+    /// is what the command "exited" with: at once, or after what
+    /// [`takes`](Self::takes) says.
     fn start(
         &self,
         cmd: &Cmd,
@@ -608,7 +662,17 @@ impl CommandRunner for RecordingRunner {
         deadline: Instant,
     ) -> Result<Background, RunError> {
         let out = self.run(cmd)?;
-        Ok(Background::scripted(cmd, out.code, deadline))
+        let until = self.exits_at(cmd);
+        Ok(Background::scripted(cmd, out, deadline, until))
+    }
+
+    /// Recorded like [`run`](Self::run), whose scripted answer (output and
+    /// exit code) the command has when it exits: at once, or after what
+    /// [`takes`](Self::takes) says.
+    fn start_captured(&self, cmd: &Cmd, deadline: Instant) -> Result<Background, RunError> {
+        let out = self.run(cmd)?;
+        let until = self.exits_at(cmd);
+        Ok(Background::scripted(cmd, out, deadline, until))
     }
 
     fn run(&self, cmd: &Cmd) -> Result<Output, RunError> {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::clock::Clock;
-use crate::os::OsUtil;
+use crate::os::{Background, OsUtil, Poll};
 
 /// ovf-env.xml is a few KiB; anything this big is not one.
 const MAX_OVF_BYTES: u64 = 1 << 20;
@@ -74,7 +74,6 @@ fn existing_mount(os: &dyn OsUtil, device: &Path) -> Option<PathBuf> {
 }
 
 /// What was read from the media.
-#[derive(Debug)]
 pub struct Media {
     /// ovf-env.xml's text.
     pub text: String,
@@ -82,6 +81,34 @@ pub struct Media {
     /// `None` when the media was already mounted by someone else (it is
     /// left as it was found).
     pub device: Option<PathBuf>,
+    /// Its `umount`, running; to be over before the eject.
+    pub unmounting: Option<Background>,
+}
+
+impl std::fmt::Debug for Media {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Media")
+            .field("device", &self.device)
+            .field(
+                "unmounting",
+                &self.unmounting.as_ref().map(Background::command),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Waits (up to its deadline) for the media's `umount` started by
+/// [`read_ovf_env`] to finish; a failure is a warning.
+pub fn finish_unmount(mut child: Background, clock: &dyn Clock) {
+    while child.poll(clock.now()) == Poll::Running {
+        let until = child.deadline();
+        if !crate::os::background::wait_any(&[&child], clock, until) {
+            return;
+        }
+    }
+    if let Some(Err(e)) = child.result() {
+        log::warn!("cannot unmount the provisioning media: {e}");
+    }
 }
 
 /// Mounts the media, reads ovf-env.xml and unmounts. Failing to unmount is
@@ -104,7 +131,11 @@ pub fn read_ovf_env(
                 device.display(),
                 mp.display()
             );
-            return read_document(&mp).map(|text| Media { text, device: None });
+            return read_document(&mp).map(|text| Media {
+                text,
+                device: None,
+                unmounting: None,
+            });
         }
         std::fs::create_dir_all(mount_point).map_err(|e| {
             format!(
@@ -116,12 +147,20 @@ pub fn read_ovf_env(
             match os.mount_dvd(device, mount_point) {
                 Ok(()) => {
                     let doc = read_document(mount_point);
-                    if let Err(e) = os.umount(mount_point) {
-                        log::warn!("cannot unmount the provisioning media: {e}");
+                    // Read well, it is unmounted in the background: only
+                    // the eject, once `provisioned` is written, needs it.
+                    let unmounting = match &doc {
+                        Ok(_) => os.start_umount(mount_point, clock.now()).map(Some),
+                        Err(_) => os.umount(mount_point).map(|()| None),
                     }
+                    .unwrap_or_else(|e| {
+                        log::warn!("cannot unmount the provisioning media: {e}");
+                        None
+                    });
                     return doc.map(|text| Media {
                         text,
                         device: Some(device.clone()),
+                        unmounting,
                     });
                 }
                 Err(e) => {

@@ -10,6 +10,7 @@
 //! poll periods, SIGTERM, RDMA, the firewall.
 
 mod boot;
+mod overlap;
 mod steady;
 
 use std::path::{Path, PathBuf};
@@ -109,6 +110,11 @@ fn write(path: &Path, text: &str) {
 /// A VM whose DVD holds `ovf` (none: no drive) and a fabric serving the
 /// test tenant certificate.
 fn vm(ovf: Option<&str>, agent: ProvisioningAgent) -> Vm {
+    vm_with(ovf, agent, true)
+}
+
+/// Like [`vm`]; without `certificates` the goal state has no Certificates.
+fn vm_with(ovf: Option<&str>, agent: ProvisioningAgent, certificates: bool) -> Vm {
     let root = tempfile::tempdir().unwrap();
     let r = root.path();
     let certs = Path::new(MANIFEST).join("test-data/certs");
@@ -118,7 +124,11 @@ fn vm(ovf: Option<&str>, agent: ProvisioningAgent) -> Vm {
     };
     let imds_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGltZHNrZXk= imds@azure".to_string();
     let sim = FabricSim::start(SimConfig {
-        tenant_certs: vec![tenant],
+        tenant_certs: if certificates {
+            vec![tenant]
+        } else {
+            Vec::new()
+        },
         imds_public_keys: vec![(
             imds_key,
             format!("{}/home/azureuser/.ssh/authorized_keys", r.display()),
@@ -137,10 +147,7 @@ fn vm(ovf: Option<&str>, agent: ProvisioningAgent) -> Vm {
         &r.join("etc/ssh/sshd_config"),
         "Include /etc/ssh/sshd_config.d/*.conf\nPasswordAuthentication yes\n",
     );
-    write(
-        &r.join("etc/ssh/ssh_host_rsa_key.pub"),
-        "ssh-rsa AAAA root@host\n",
-    );
+    write(&r.join("etc/ssh/ssh_host_rsa_key.pub"), IMAGE_HOST_KEY);
     write(
         &r.join("etc/ssh/sshd_config.d/50-cloud-init.conf"),
         "PasswordAuthentication no\n",
@@ -184,7 +191,7 @@ fn vm(ovf: Option<&str>, agent: ProvisioningAgent) -> Vm {
             std::fs::create_dir_all(home.join(&name)).unwrap();
             Some(Ok(Output::default()))
         }
-        "ssh-keygen" => Some(Ok(Output::ok("2048 SHA256:ab:cd+ef root@host (RSA)\n"))),
+        "ssh-keygen" => keygen(cmd),
         p if p.ends_with("openssl") => Some(SystemRunner.run(cmd)),
         _ => None,
     });
@@ -198,12 +205,62 @@ fn vm(ovf: Option<&str>, agent: ProvisioningAgent) -> Vm {
     }
 }
 
+/// The image's RSA host key (a real key: its fingerprint is checked
+/// against ssh-keygen's).
+const IMAGE_HOST_KEY: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQCpyPldqCZ6czOpRVwmL8Tp52IR4Uxlq15rikZ1xH1cYOdX1olyeCp8RM3Xkgl45kqWEkCrp1c22t5YIgpxw79s++PxGR/qsQboS7WBenihv3IqjzKhYaDx64t6gzU9E+P6uzhbE/QJ+JYpOA12b20io9E7Enkwn2IZIBp4W11rPQ== root@image\n";
+
+/// `ssh-keygen -N '' -q -t TYPE -C COMMENT -f FILE` as the recorder plays
+/// it: the real one, RSA keys made 1024 bits long to be quick.
+fn keygen(cmd: &crate::os::Cmd) -> Option<Result<Output, crate::os::RunError>> {
+    let mut real = cmd.clone();
+    if cmd.argv().contains(&"rsa".to_string()) {
+        real = real.args(["-b", "1024"]);
+    }
+    Some(SystemRunner.run(&real))
+}
+
+/// The second field of `ssh-keygen -lf public`, colons removed: the
+/// fingerprint as waagent reports it, from the real ssh-keygen.
+fn ssh_keygen_fingerprint(public: &Path) -> String {
+    let out = SystemRunner
+        .run_ok(
+            &crate::os::Cmd::new("ssh-keygen")
+                .arg("-lf")
+                .arg(public.to_string_lossy()),
+        )
+        .expect("ssh-keygen -lf");
+    out.stdout
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .replace(':', "")
+}
+
 /// test-data/ovf/full.xml with every key path under `$HOME` (the fixture's
 /// home directory is not /home).
 fn full_ovf() -> String {
     std::fs::read_to_string(Path::new(MANIFEST).join("test-data/ovf/full.xml"))
         .unwrap()
         .replace("<Path>/home/azureuser/", "<Path>$HOME/azureuser/")
+}
+
+/// full.xml with only its inline SSH key: no key by fingerprint, no key
+/// pair, so no certificate is needed.
+fn inline_ovf() -> String {
+    let full = full_ovf();
+    let cut = |text: &str, from: &str, to: &str| -> String {
+        let a = text.find(from).unwrap();
+        let b = a + text[a..].find(to).unwrap() + to.len();
+        format!("{}{}", &text[..a], &text[b..])
+    };
+    let one = cut(
+        &full,
+        "<PublicKey>\n            <Fingerprint>",
+        "</PublicKey>",
+    );
+    let inline = cut(&one, "<KeyPairs>", "</KeyPairs>");
+    assert!(!inline.contains("Fingerprint"), "{inline}");
+    inline
 }
 
 fn health(sim: &FabricSim) -> Vec<String> {

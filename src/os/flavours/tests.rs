@@ -305,26 +305,42 @@ fn restart_sshd_per_flavour() {
 }
 
 #[test]
-fn host_keys_are_replaced() {
-    let f = fixture(Flavour::Default, "1", true);
-    f.write("/etc/ssh/ssh_host_rsa_key", "old");
-    f.write("/etc/ssh/ssh_host_rsa_key.pub", "old");
-    f.write("/etc/ssh/sshd_config", "keep");
-    f.os.regenerate_ssh_host_key(SshHostKeyType::Ed25519)
-        .unwrap();
-    let key = f.file("/etc/ssh/ssh_host_ed25519_key");
-    assert_eq!(
-        f.take(),
-        [format!(
-            "ssh-keygen -N '' -q -t ed25519 -f {}",
-            key.display()
-        )]
-    );
-    assert!(!f.file("/etc/ssh/ssh_host_rsa_key").exists());
-    assert!(!f.file("/etc/ssh/ssh_host_rsa_key.pub").exists());
-    assert_eq!(f.read("/etc/ssh/sshd_config"), "keep");
-    f.os.regenerate_ssh_host_key(SshHostKeyType::Auto).unwrap();
-    assert_eq!(f.take(), ["ssh-keygen -A"]);
+fn host_keys_are_made_aside_and_replace_the_old_ones_per_flavour() {
+    for flavour in [Flavour::Default, Flavour::FreeBsd] {
+        let f = fixture(flavour, "13.2", false);
+        f.write("/etc/ssh/ssh_host_rsa_key", "old");
+        f.write("/etc/ssh/ssh_host_rsa_key.pub", "old");
+        f.write("/etc/ssh/sshd_config", "keep");
+        f.runner.respond(|cmd| {
+            let file = cmd.argv().last()?.clone();
+            std::fs::write(&file, "new").ok()?;
+            std::fs::write(format!("{file}.pub"), "ssh-ed25519 AAAA root@vm1").ok()?;
+            Some(Ok(Output::default()))
+        });
+        let now = std::time::Instant::now();
+        let mut job =
+            f.os.start_ssh_host_keys(SshHostKeyType::Ed25519, "vm1", now)
+                .unwrap();
+        let taken = f.take();
+        assert_eq!(taken.len(), 1, "{flavour}");
+        assert!(
+            taken[0].starts_with("ssh-keygen -N '' -q -t ed25519 -C root@vm1 -f "),
+            "{flavour}: {taken:?}"
+        );
+        assert!(f.file("/etc/ssh/ssh_host_rsa_key").exists());
+        assert!(job.poll(now));
+        f.os.install_ssh_host_keys(job).unwrap();
+        assert_eq!(f.read("/etc/ssh/ssh_host_ed25519_key"), "new");
+        assert!(!f.file("/etc/ssh/ssh_host_rsa_key").exists());
+        assert!(!f.file("/etc/ssh/ssh_host_rsa_key.pub").exists());
+        assert_eq!(f.read("/etc/ssh/sshd_config"), "keep");
+        // A host name that is not one never reaches ssh-keygen.
+        let e =
+            f.os.start_ssh_host_keys(SshHostKeyType::Ed25519, "-oops", now)
+                .unwrap_err();
+        assert!(e.to_string().contains("-oops"), "{e}");
+        assert!(f.take().is_empty());
+    }
 }
 
 #[test]

@@ -23,10 +23,11 @@ mod wireserver;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::time::Instant;
 
 use crate::clock::{Clock, SystemClock};
 use crate::http::HttpError;
-use crate::wire::crypto::{CryptoError, Openssl, TransportCert};
+use crate::wire::crypto::{CryptoError, Openssl, PendingTransport, Transport, TransportCert};
 use crate::wire::endpoint::Endpoint;
 use crate::xml::DocError;
 
@@ -161,6 +162,19 @@ impl Default for ClientOptions {
     }
 }
 
+/// When the parts of the last goal-state fetch were done, on the client's
+/// clock (for the daemon's timeline).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FetchTimes {
+    /// Every document but the Certificates was in hand.
+    pub documents: Option<Instant>,
+    /// From the Certificates request (the transport certificate in hand)
+    /// to the certificates decrypted.
+    pub certificates: Option<(Instant, Instant)>,
+    /// A transport certificate being generated was collected.
+    pub transport_ready: Option<Instant>,
+}
+
 /// The agent's connection to the fabric.
 pub struct WireClient {
     endpoint: Endpoint,
@@ -168,6 +182,10 @@ pub struct WireClient {
     openssl: Openssl,
     options: ClientOptions,
     transport: Option<TransportCert>,
+    /// Being generated in the background since the daemon started: waited
+    /// for when the Certificates request needs it.
+    pending_transport: Option<PendingTransport>,
+    times: FetchTimes,
     /// From the latest goal state, for HostGAPlugin headers.
     container_id: Option<String>,
     role_config_name: Option<String>,
@@ -189,6 +207,8 @@ impl WireClient {
             openssl,
             options,
             transport: None,
+            pending_transport: None,
+            times: FetchTimes::default(),
             container_id: None,
             role_config_name: None,
             clock: Rc::new(SystemClock),
@@ -204,5 +224,58 @@ impl WireClient {
 
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
+    }
+
+    /// Uses `t` as the transport certificate (one being generated is
+    /// waited for when first needed) instead of making one on first use.
+    pub fn with_transport(mut self, t: Transport) -> Self {
+        match t {
+            Transport::Ready(c) => self.transport = Some(c),
+            Transport::Pending(p) => self.pending_transport = Some(p),
+        }
+        self
+    }
+
+    /// Gives back the transport certificate, in hand or being generated, for
+    /// the next client (a failed connection's client is dropped).
+    pub fn take_transport(&mut self) -> Option<Transport> {
+        match (self.transport.take(), self.pending_transport.take()) {
+            (Some(c), _) => Some(Transport::Ready(c)),
+            (None, Some(p)) => Some(Transport::Pending(p)),
+            (None, None) => None,
+        }
+    }
+
+    /// The goal state needs no Certificates: the transport certificate
+    /// still being generated is made at the lowest CPU priority.
+    pub fn defer_transport(&mut self) {
+        if let Some(p) = self.pending_transport.as_mut() {
+            p.defer();
+        }
+    }
+
+    /// Collects the transport certificate being generated if it has
+    /// finished, without waiting; a failed generation is logged and the
+    /// next need makes one again. True while it is still running.
+    pub fn poll_transport(&mut self) -> bool {
+        let Some(p) = self.pending_transport.as_mut() else {
+            return false;
+        };
+        let now = self.clock.now();
+        match p.poll(now) {
+            None => return true,
+            Some(Ok(t)) => {
+                self.transport = Some(t);
+                self.times.transport_ready = Some(now);
+            }
+            Some(Err(e)) => log::warn!("{e}"),
+        }
+        self.pending_transport = None;
+        false
+    }
+
+    /// When the last goal-state fetch's parts were done.
+    pub fn fetch_times(&self) -> FetchTimes {
+        self.times
     }
 }

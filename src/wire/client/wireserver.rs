@@ -173,6 +173,8 @@ impl WireClient {
     }
 
     fn fetch_documents(&mut self, gs: GoalState, gs_xml: &str) -> Result<FullGoalState, WireError> {
+        self.times.documents = None;
+        self.times.certificates = None;
         let ri = gs.role_instance.clone().ok_or_else(|| {
             WireError::Missing("GoalState: no RoleInstance in the goal state".into())
         })?;
@@ -191,10 +193,6 @@ impl WireClient {
         let hosting_env = HostingEnvironmentConfig::parse(&hosting_xml)?;
         let shared_xml = self.get_text(&shared_url)?;
         let shared_config = SharedConfig::parse(&shared_xml)?;
-        let certs_xml = match &ri.certificates_url {
-            Some(u) => Some(self.get_certificates_text(u)?),
-            None => None,
-        };
         let (ext_xml, extensions_config) = match &ri.extensions_config_url {
             Some(u) => {
                 let x = self.get_text(u)?;
@@ -203,9 +201,19 @@ impl WireClient {
             }
             None => (None, None),
         };
-        let certificates = match &certs_xml {
-            Some(x) => self.decrypt(x)?,
-            None => Vec::new(),
+        self.times.documents = Some(self.clock.now());
+        // The Certificates last: the transport certificate they need may
+        // still be being generated.
+        let (certs_xml, certificates) = match &ri.certificates_url {
+            Some(u) => {
+                self.transport()?;
+                let start = self.clock.now();
+                let x = self.get_certificates_text(u)?;
+                let certs = self.decrypt(&x)?;
+                self.times.certificates = Some((start, self.clock.now()));
+                (Some(x), certs)
+            }
+            None => (None, Vec::new()),
         };
 
         let inc = &gs.incarnation;
@@ -233,10 +241,19 @@ impl WireClient {
         Ok(String::from_utf8_lossy(&r.body).into_owned())
     }
 
-    /// The transport certificate, made on first use.
+    /// The transport certificate: the one being generated since the daemon
+    /// started (waited for), else made on first use.
     fn transport(&mut self) -> Result<&TransportCert, WireError> {
         if self.transport.is_none() {
-            self.transport = Some(crypto::ensure_transport_cert(&self.openssl, &self.lib_dir)?);
+            let made = match self.pending_transport.take() {
+                Some(mut p) => {
+                    let t = p.wait(&*self.clock)?;
+                    self.times.transport_ready = Some(self.clock.now());
+                    t
+                }
+                None => crypto::ensure_transport_cert(&self.openssl, &self.lib_dir)?,
+            };
+            self.transport = Some(made);
         }
         self.transport
             .as_ref()

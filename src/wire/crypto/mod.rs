@@ -45,7 +45,8 @@ pub use certificates::{
 pub(crate) use pem::wrap64;
 pub use ssh::ssh_public_key;
 pub use transport::{
-    ensure_transport_cert, TransportCert, TRANSPORT_CERT_FILE, TRANSPORT_KEY_FILE,
+    ensure_transport_cert, start_transport_cert, PendingTransport, Transport, TransportCert,
+    TRANSPORT_CERT_FILE, TRANSPORT_KEY_FILE,
 };
 
 /// Prefix of the private working directories made inside Lib.Dir; one left
