@@ -153,9 +153,8 @@ impl Daemon {
             Ok(Some(goal)) => {
                 let ri = goal.goal_state.role_instance.as_ref();
                 if !ri.is_some_and(|ri| ri.certificates_url.is_some()) {
-                    // The way to Ready needs no transport key: its openssl
-                    // must not take the CPU the user's steps need.
-                    client.defer_transport();
+                    // Nothing needs a transport key now.
+                    client.drop_pending_transport();
                 }
                 goal
             }

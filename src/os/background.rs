@@ -266,26 +266,6 @@ impl Background {
         }
     }
 
-    /// Gives a child still running the lowest CPU priority (nice 19): its
-    /// result is not awaited any more, so it should not slow what is. A
-    /// scripted child, or one already gone, is left alone.
-    pub fn lower_priority(&mut self) {
-        if self.done.is_some() {
-            return;
-        }
-        if let Inner::Process(child) | Inner::Captured { child, .. } = &mut self.inner {
-            // Not reaped yet, so the PID is still this child's.
-            if let Ok(None) = child.try_wait() {
-                let pid = child.id() as libc::id_t;
-                // SAFETY: setpriority takes plain integers.
-                if unsafe { libc::setpriority(libc::PRIO_PROCESS, pid, 19) } != 0 {
-                    let e = std::io::Error::last_os_error();
-                    log::debug!("cannot lower the priority of {}: {e}", self.shown);
-                }
-            }
-        }
-    }
-
     /// Ends a child that is no longer wanted (the loser of a race, a job
     /// given up): SIGKILL to its process group, then it is reaped. A child
     /// that has already finished is left alone.
@@ -594,25 +574,5 @@ mod tests {
             )
             .unwrap_err();
         assert!(err.is_not_found(), "{err}");
-    }
-
-    #[test]
-    fn a_child_no_longer_awaited_gets_the_lowest_cpu_priority() {
-        let far = Instant::now() + Duration::from_secs(60);
-        let mut b = SystemRunner
-            .start_captured(&Cmd::new("sleep").arg("30"), far)
-            .unwrap();
-        // Field 19 of /proc/PID/stat, after the command name's parentheses.
-        let nice = |pid: u32| -> i32 {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-            let after = stat.rsplit_once(") ").unwrap().1;
-            after.split_whitespace().nth(16).unwrap().parse().unwrap()
-        };
-        assert!(nice(b.pid()) < 19);
-        b.lower_priority();
-        assert_eq!(nice(b.pid()), 19);
-        b.kill();
-        // Gone: nothing to lower, and no other process's PID is touched.
-        b.lower_priority();
     }
 }

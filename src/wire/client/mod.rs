@@ -246,11 +246,15 @@ impl WireClient {
         }
     }
 
-    /// The goal state needs no Certificates: the transport certificate
-    /// still being generated is made at the lowest CPU priority.
-    pub fn defer_transport(&mut self) {
-        if let Some(p) = self.pending_transport.as_mut() {
-            p.defer();
+    /// The goal state has no Certificates: the transport certificate being
+    /// generated since Boot, in case it had, is not wanted. Its `openssl`
+    /// is stopped, so the RSA prime search takes no CPU from the way to
+    /// Ready, and a VM that never gets Certificates (the usual one, its SSH
+    /// key inline) never pays for it. A later goal state with Certificates
+    /// has one made then, as waagent makes one on its first need.
+    pub fn drop_pending_transport(&mut self) {
+        if self.pending_transport.take().is_some() {
+            log::debug!("no Certificates in the goal state: the transport key is not made now");
         }
     }
 

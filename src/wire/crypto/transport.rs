@@ -223,15 +223,6 @@ impl PendingTransport {
         }
     }
 
-    /// Nothing waits for it now (the goal state had no Certificates): its
-    /// `openssl` gets the lowest CPU priority, so it does not slow the way
-    /// to Ready on a busy machine.
-    pub fn defer(&mut self) {
-        for (child, _) in &mut self.racers {
-            child.lower_priority();
-        }
-    }
-
     /// Waits on `clock` until the generator has finished (or is killed at
     /// its deadline), then returns what [`poll`](Self::poll) does. A stop
     /// request ends the wait with an error.
@@ -254,8 +245,8 @@ impl PendingTransport {
 }
 
 impl Drop for PendingTransport {
-    /// Not wanted any more (the daemon is stopping): the generator goes,
-    /// and its working directory with it.
+    /// Not wanted any more (no Certificates, or the daemon is stopping):
+    /// the generator goes, and its working directory with it.
     fn drop(&mut self) {
         for (child, _) in &mut self.racers {
             child.kill();
