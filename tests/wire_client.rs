@@ -256,6 +256,28 @@ fn server_errors_are_retried_then_succeed() {
     assert_eq!(statuses, vec![503, 500, 200]);
 }
 
+/// `inject_after` lets the first requests through (the fault matrix puts a
+/// fault on the Ready report, after the NotReady one), and each request is
+/// recorded with when it arrived, on the simulator's clock.
+#[test]
+fn a_fault_can_wait_for_a_later_request_and_arrivals_are_timed() {
+    let sim = FabricSim::start(SimConfig::default()).unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    sim.inject_after("comp=versions", 2, [Fault::Status(503)]);
+    let c = client(&sim, lib.path());
+    for _ in 0..3 {
+        c.versions().unwrap();
+    }
+    let seen = sim.requests_to("comp=versions");
+    let statuses: Vec<u16> = seen.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 200, 503, 200]);
+    assert_eq!(seen[2].fault, Some(Fault::Status(503)));
+    // The retry waited the policy's 5 ms, as the simulator saw it.
+    assert!(seen.windows(2).all(|w| w[0].at <= w[1].at));
+    let waited = seen[3].at.duration_since(seen[2].at).unwrap_or_default();
+    assert!(waited >= Duration::from_millis(5), "{waited:?}");
+}
+
 #[test]
 fn throttling_raises_the_attempt_budget() {
     let sim = FabricSim::start(SimConfig::default()).unwrap();

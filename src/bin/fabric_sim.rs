@@ -39,11 +39,15 @@ const USAGE: &str = "usage: fabric-sim [--wire ADDR:PORT] [--plugin ADDR:PORT] [
                        incarnation and --handlers error as a JSON line to FILE,
                        as they arrive; requests, health reports and status uploads
                        carry \"t\", when they were received (seconds since the
-                       Unix epoch, wall clock)
-  --fault PATTERN:KIND[:N]
-                       misbehave on the next N (default 1) requests whose path and
-                       query contain PATTERN; KIND is reset, truncate, malformed,
-                       an HTTP status (503), or delay-SECONDS (repeatable)
+                       Unix epoch, wall clock), and a request \"fault\", what it
+                       was given
+  --fault PATTERN:KIND[:N[:SKIP]]
+                       misbehave on N (default 1) requests whose path and query
+                       contain PATTERN, after SKIP (default 0) of them were answered
+                       normally; KIND is reset, truncate, malformed, an HTTP status
+                       (503), delay-SECONDS (a fraction allowed), oversized-BYTES
+                       (200 with that many bytes of body), or replace=FROM=TO (the
+                       first FROM in the body becomes TO); repeatable
   --incarnation N      first goal-state incarnation (default 1)
 
 The --handlers FILE is a JSON array with one object per handler:
@@ -91,7 +95,7 @@ fn run() -> Result<(), String> {
     let mut config = SimConfig::default();
     let mut record: Option<std::path::PathBuf> = None;
     let mut handlers: Option<HandlersFile> = None;
-    let mut faults: Vec<(String, Vec<Fault>)> = Vec::new();
+    let mut faults: Vec<FaultSpec> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{a} needs a value"));
@@ -156,8 +160,8 @@ fn run() -> Result<(), String> {
     if let Some(file) = handlers {
         sim.watch_handlers_file(file)?;
     }
-    for (pattern, f) in faults {
-        sim.inject(&pattern, f);
+    for f in faults {
+        sim.inject_after(&f.pattern, f.skip, f.faults);
     }
     let ep = sim.endpoint();
     println!(
@@ -197,7 +201,9 @@ fn run() -> Result<(), String> {
                 "service": format!("{:?}", r.service),
                 "method": r.request.method,
                 "target": r.request.target,
+                "artifact": r.request.header("x-ms-artifact-location"),
                 "status": r.status,
+                "fault": r.fault.as_ref().map(|f| format!("{f:?}")),
                 "body": String::from_utf8_lossy(&r.request.body),
                 "t": epoch_secs(r.at),
             }));
@@ -263,26 +269,109 @@ fn epoch_secs(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as f64 / 1e6
 }
 
-/// `PATTERN:KIND[:N]` → the pattern and N copies of the fault.
-fn parse_fault(spec: &str) -> Result<(String, Vec<Fault>), String> {
-    let bad = || format!("--fault {spec:?}: expected PATTERN:KIND[:N]");
+/// A `--fault`: N copies of a fault for PATTERN, after SKIP good answers.
+#[derive(Debug, PartialEq)]
+struct FaultSpec {
+    pattern: String,
+    skip: usize,
+    faults: Vec<Fault>,
+}
+
+/// `PATTERN:KIND[:N[:SKIP]]` (see [`USAGE`]).
+fn parse_fault(spec: &str) -> Result<FaultSpec, String> {
+    let bad = || format!("--fault {spec:?}: expected PATTERN:KIND[:N[:SKIP]]");
     let mut parts = spec.split(':');
     let (pattern, kind) = (parts.next().ok_or_else(bad)?, parts.next().ok_or_else(bad)?);
-    let count: usize = match parts.next() {
-        Some(n) => n.parse().map_err(|_| bad())?,
-        None => 1,
+    let mut number = |default: usize| match parts.next() {
+        Some(n) => n.parse::<usize>().map_err(|_| bad()),
+        None => Ok(default),
     };
-    let fault = match kind {
-        "reset" => Fault::Reset,
-        "truncate" => Fault::Truncate,
-        "malformed" => Fault::Malformed,
-        k if k.starts_with("delay-") => {
-            Fault::Delay(Duration::from_secs(k[6..].parse().map_err(|_| bad())?))
-        }
-        k => Fault::Status(k.parse().map_err(|_| bad())?),
-    };
-    if pattern.is_empty() {
+    let (count, skip) = (number(1)?, number(0)?);
+    if parts.next().is_some() || pattern.is_empty() {
         return Err(bad());
     }
-    Ok((pattern.to_string(), vec![fault; count]))
+    let fault = if let Some(secs) = kind.strip_prefix("delay-") {
+        let secs: f64 = secs.parse().map_err(|_| bad())?;
+        Fault::Delay(Duration::try_from_secs_f64(secs).map_err(|_| bad())?)
+    } else if let Some(n) = kind.strip_prefix("oversized-") {
+        Fault::Oversized(n.parse().map_err(|_| bad())?)
+    } else if let Some(rest) = kind.strip_prefix("replace=") {
+        let (from, to) = rest.split_once('=').ok_or_else(bad)?;
+        if from.is_empty() {
+            return Err(bad());
+        }
+        Fault::Replace(from.to_string(), to.to_string())
+    } else {
+        match kind {
+            "reset" => Fault::Reset,
+            "truncate" => Fault::Truncate,
+            "malformed" => Fault::Malformed,
+            k => Fault::Status(k.parse().map_err(|_| bad())?),
+        }
+    };
+    Ok(FaultSpec {
+        pattern: pattern.to_string(),
+        skip,
+        faults: vec![fault; count],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_specs() {
+        let spec = |pattern: &str, skip, faults| FaultSpec {
+            pattern: pattern.to_string(),
+            skip,
+            faults,
+        };
+        assert_eq!(
+            parse_fault("comp=health:503"),
+            Ok(spec("comp=health", 0, vec![Fault::Status(503)]))
+        );
+        assert_eq!(
+            parse_fault("comp=health:410:2:1"),
+            Ok(spec("comp=health", 1, vec![Fault::Status(410); 2]))
+        );
+        assert_eq!(
+            parse_fault("/status:delay-2.5"),
+            Ok(spec(
+                "/status",
+                0,
+                vec![Fault::Delay(Duration::from_millis(2500))]
+            ))
+        );
+        assert_eq!(
+            parse_fault("/blob/:oversized-5000:3"),
+            Ok(spec("/blob/", 0, vec![Fault::Oversized(5000); 3]))
+        );
+        assert_eq!(
+            parse_fault("comp=goalstate:replace=<Incarnation>1<=<Incarnation>../x<"),
+            Ok(spec(
+                "comp=goalstate",
+                0,
+                vec![Fault::Replace(
+                    "<Incarnation>1<".into(),
+                    "<Incarnation>../x<".into()
+                )]
+            ))
+        );
+        for bad in [
+            "",
+            "x",
+            ":503",
+            "x:teapot",
+            "x:503:a",
+            "x:503:1:b",
+            "x:503:1:1:1",
+            "x:delay-z",
+            "x:delay--1",
+            "x:replace==y",
+            "x:replace=y",
+        ] {
+            assert!(parse_fault(bad).is_err(), "{bad}");
+        }
+    }
 }

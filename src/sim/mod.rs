@@ -79,7 +79,8 @@ pub struct StatusUpload {
 }
 
 /// Misbehaviour for the next request(s) whose path and query contain a
-/// pattern; queued faults are used up one request each, in order.
+/// pattern; queued faults are used up one request each, in order (after
+/// the requests [`FabricSim::inject_after`] lets through).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
     /// Answer with this status and no body.
@@ -142,12 +143,20 @@ impl Default for SimConfig {
     }
 }
 
+/// Faults queued for requests matching `pattern`, after `skip` of them
+/// have been answered normally.
+struct Injection {
+    pattern: String,
+    skip: usize,
+    faults: std::collections::VecDeque<Fault>,
+}
+
 #[derive(Default)]
 struct State {
     config: Option<SimConfig>,
     wire_base: String,
     requests: Vec<Recorded>,
-    faults: Vec<(String, std::collections::VecDeque<Fault>)>,
+    faults: Vec<Injection>,
     health: Vec<HealthReport>,
     role_properties: Vec<(String, String)>,
     status: Vec<StatusUpload>,
@@ -159,6 +168,21 @@ struct State {
 }
 
 impl State {
+    /// The fault for a request to `target`, if one is due: the first
+    /// injection that matches and still has faults either lets it through
+    /// (using up one of its `skip`) or hands out its next fault.
+    fn next_fault(&mut self, target: &str) -> Option<Fault> {
+        let i = self
+            .faults
+            .iter_mut()
+            .find(|i| target.contains(i.pattern.as_str()) && !i.faults.is_empty())?;
+        if i.skip > 0 {
+            i.skip -= 1;
+            return None;
+        }
+        i.faults.pop_front()
+    }
+
     /// Puts the handlers' manifests and packages in the blob store. Nothing
     /// is withdrawn but a primary manifest marked missing: an agent still
     /// working on the previous incarnation can fetch what it named.
@@ -385,9 +409,23 @@ impl FabricSim {
 
     /// Queues faults for requests whose path and query contain `pattern`.
     pub fn inject(&self, pattern: &str, faults: impl IntoIterator<Item = Fault>) {
-        lock(&self.state)
-            .faults
-            .push((pattern.to_string(), faults.into_iter().collect()));
+        self.inject_after(pattern, 0, faults);
+    }
+
+    /// Queues faults for the requests matching `pattern` that come after
+    /// the first `skip` of them (answered normally): the Ready report
+    /// rather than the NotReady one before it, say.
+    pub fn inject_after(
+        &self,
+        pattern: &str,
+        skip: usize,
+        faults: impl IntoIterator<Item = Fault>,
+    ) {
+        lock(&self.state).faults.push(Injection {
+            pattern: pattern.to_string(),
+            skip,
+            faults: faults.into_iter().collect(),
+        });
     }
 
     /// Serves `text` instead of the template for a document: `versions`,
@@ -433,13 +471,7 @@ fn with_body(reply: Reply, f: impl FnOnce(Vec<u8>) -> Vec<u8>) -> Reply {
 
 fn handle(state: &Mutex<State>, service: Service, req: &HttpRequest) -> Reply {
     let at = SystemTime::now();
-    let fault = {
-        let mut s = lock(state);
-        s.faults
-            .iter_mut()
-            .find(|(p, q)| req.target.contains(p.as_str()) && !q.is_empty())
-            .and_then(|(_, q)| q.pop_front())
-    };
+    let fault = lock(state).next_fault(&req.target);
     let reply = match fault.clone() {
         Some(Fault::Status(code)) => Reply::status(code),
         Some(Fault::Reset) => Reply::Reset,
