@@ -204,6 +204,8 @@ fn daemon(config: Config) -> i32 {
 fn daemon_timing(config: &Config) -> crate::daemon::Timing {
     let env_proxy = crate::http::take_environment_proxy();
     let mut timing = crate::daemon::Timing::default();
+    timing.client.timeout_secs = config.debug_http_timeout.max(1);
+    timing.imds_timeout_secs = timing.imds_timeout_secs.min(timing.client.timeout_secs);
     timing.client.storage_proxy = match (&config.http_proxy_host, config.http_proxy_port) {
         (Some(host), Some(port)) => Some(format!("http://{host}:{port}")),
         (Some(host), None) => {

@@ -405,6 +405,10 @@ options! {
     debug_extension_disable_timeout: u64 = "Debug.ExtensionDisableTimeout", 900;
     debug_extension_enable_timeout: u64 = "Debug.ExtensionEnableTimeout", 300;
     debug_extension_uninstall_timeout: u64 = "Debug.ExtensionUninstallTimeout", 300;
+    /// Seconds a fabric request (WireServer, HostGAPlugin, storage, IMDS)
+    /// may take: waagent's 10 s (IMDS at most 3 s), shorter for tests of
+    /// what a stalled fabric costs.
+    debug_http_timeout: u64 = "Debug.HttpTimeout", 10;
 }
 
 /// Keys only the 2.0 agent read. Distro files still carry them; they are
@@ -638,6 +642,7 @@ mod tests {
             ("Debug.ExtensionUpdateTimeout", "900"),
             ("Debug.FirewallRulesLogPeriod", "86400"),
             ("Debug.HostGAPluginPort", "32526"),
+            ("Debug.HttpTimeout", "10"),
             ("Debug.ImdsAddress", "None"),
             ("Debug.LogCollectorInitialDelay", "300"),
             ("Debug.SelfUpdateHotfixFrequency", "14400"),
