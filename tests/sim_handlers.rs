@@ -24,6 +24,8 @@ const MULTI: &str = "Contoso.Test.Multi";
 fn client(sim: &FabricSim, lib: &Path) -> WireClient {
     let policy = RetryPolicy {
         attempts: 2,
+        quick_retries: 0,
+        quick_delay: Duration::ZERO,
         delay: Duration::from_millis(5),
         throttled_attempts: 2,
         throttled_delay: Duration::from_millis(5),

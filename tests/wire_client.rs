@@ -18,6 +18,8 @@ use waagent::wire::reports::{self, Health, SubStatus};
 fn fast_policy() -> RetryPolicy {
     RetryPolicy {
         attempts: 3,
+        quick_retries: 0,
+        quick_delay: Duration::ZERO,
         delay: Duration::from_millis(5),
         throttled_attempts: 6,
         throttled_delay: Duration::from_millis(5),

@@ -58,12 +58,23 @@ use timeline::{Phase, Timeline};
 pub const PROVISIONED_FILE: &str = libdir::PROVISIONED;
 /// `<lib>/disable_agent`: ovf-env said `ProvisionGuestAgent=false` (§8.3).
 pub const DISABLE_AGENT_FILE: &str = libdir::DISABLE_AGENT;
-/// The wait before Connect's next attempt: the base delay doubling each
-/// attempt, at most six times the base (10 s … 60 s by default).
+/// The wait before Connect's next attempt: 1 s, then 2 s (a malformed or
+/// stale answer, which the client does not retry, is usually gone by
+/// then), then the base delay doubling each attempt, at most six times the
+/// base (10 s … 60 s by default).
 pub fn connect_backoff(base: Duration, attempt: u32) -> Duration {
-    base.saturating_mul(1u32 << attempt.min(3))
-        .min(base.saturating_mul(6))
+    match attempt {
+        0 | 1 => QUICK_RETRY.saturating_mul(attempt + 1).min(base),
+        n => base
+            .saturating_mul(1u32 << (n - 2).min(3))
+            .min(base.saturating_mul(6)),
+    }
 }
+
+/// The first wait after a failure the client did not retry (Connect's, a
+/// goal-state poll's): a transient fault is recovered from within seconds,
+/// while the back-off after it keeps waagent's patience.
+const QUICK_RETRY: Duration = Duration::from_secs(1);
 
 /// The goal-state poll period with `Extensions.Enabled=n`, as waagent's.
 const EXTENSIONS_DISABLED_POLL_SECS: u64 = 300;
@@ -79,8 +90,9 @@ pub const CRASH_HOOK_ENV: &str = "WAAGENT_RS_TEST_CRASH_AT";
 #[derive(Debug, Clone)]
 pub struct Timing {
     pub media: media::MountRetry,
-    /// First pause between attempts to reach the fabric; it doubles up to
-    /// six times this (waagent waits a flat 10 s, for an hour).
+    /// The pause between attempts to reach the fabric after the quick
+    /// 1 and 2 s; it doubles up to six times this (waagent waits a flat
+    /// 10 s, for an hour).
     pub connect_delay: Duration,
     pub client: ClientOptions,
     /// IMDS is asked this often, this patiently, for SSH keys.

@@ -11,11 +11,11 @@ fn first_boot_through_every_provisioning_transition() {
     v.sim.inject("comp=versions", vec![Fault::Reset; 12]);
     let mut d = v.daemon();
     let trace = v.run_until(&mut d, "Extension");
-    // The client's retries (1 s Fibonacci), Connect's back-off (10 s, then
-    // doubled), nothing while provisioning, and a wait of nothing between
-    // Ready and the extensions.
-    let client = [2.0, 3.0, 5.0, 8.0, 13.0];
-    let want: Vec<f64> = [&client[..], &[10.0], &client[..], &[20.0, 0.0]].concat();
+    // The client's retries (1 and 2 s, then 1 s Fibonacci), Connect's
+    // back-off (1 s, 2 s, then from 10 s doubled), nothing while
+    // provisioning, and a wait of nothing between Ready and the extensions.
+    let client = [1.0, 2.0, 5.0, 8.0, 13.0];
+    let want: Vec<f64> = [&client[..], &[1.0], &client[..], &[2.0, 0.0]].concat();
     assert_eq!(v.waits(), want);
     let mut want: Vec<String> = [
         "Boot",
@@ -294,10 +294,10 @@ fn mode_follows_the_agent_setting_and_the_old_switches() {
 
 #[test]
 fn connect_backs_off_to_a_ceiling() {
-    let waits: Vec<u64> = (0..6)
+    let waits: Vec<u64> = (0..8)
         .map(|a| connect_backoff(Duration::from_secs(10), a).as_secs())
         .collect();
-    assert_eq!(waits, [10, 20, 40, 60, 60, 60]);
+    assert_eq!(waits, [1, 2, 10, 20, 40, 60, 60, 60]);
 }
 
 #[test]

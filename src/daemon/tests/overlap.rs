@@ -235,7 +235,7 @@ fn a_failed_or_hung_transport_child_is_reported_and_made_again() {
         trace[..5],
         ["Boot", "ReadMedia", "Connect", "Connect", "ReportStarting"]
     );
-    assert_eq!(v.waits(), [120.0, 10.0]);
+    assert_eq!(v.waits(), [120.0, 1.0]);
     assert_eq!(health(&v.sim), ["NotReady/Provisioning", "Ready"]);
     assert_eq!(lines_of(&v, "/usr/bin/openssl req").len(), 2);
 }

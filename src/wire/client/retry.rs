@@ -1,5 +1,6 @@
-//! The retry loop every fabric call goes through (§4.3): Fibonacci back-off,
-//! throttling, 410 handed back to the caller, all bounded by a [`RetryPolicy`].
+//! The retry loop every fabric call goes through (§4.3): quick first
+//! retries, then Fibonacci back-off, throttling, 410 handed back to the
+//! caller, all bounded by a [`RetryPolicy`].
 
 use std::cell::Cell;
 use std::path::Path;
@@ -13,7 +14,12 @@ use crate::http::{self, DownloadError, Request, Response};
 pub struct RetryPolicy {
     /// Attempts for errors that are not throttling.
     pub attempts: u32,
-    /// Back-off unit: the n-th retry waits `delay × Fibonacci(n + 1)`.
+    /// The first retries come quickly: the n-th of them waits
+    /// `quick_delay × n`. A dropped connection or a half answer is usually
+    /// over in a second; waagent's first wait is 2 s (30 s for health).
+    pub quick_retries: u32,
+    pub quick_delay: Duration,
+    /// Back-off unit: every later retry n waits `delay × Fibonacci(n + 1)`.
     pub delay: Duration,
     /// Attempts once the server has throttled us (403, 429, 503).
     pub throttled_attempts: u32,
@@ -26,11 +32,14 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// WireServer and HostGAPlugin calls: 6 attempts, 2+3+5+8+13 s apart;
-    /// throttled: 25 attempts 1 s apart; nothing starts after 5 minutes.
+    /// WireServer and HostGAPlugin calls: 6 attempts, 1+2+5+8+13 s apart
+    /// (waagent: 2+3+5+8+13); throttled: 25 attempts 1 s apart; nothing
+    /// starts after 5 minutes.
     pub fn fabric() -> Self {
         RetryPolicy {
             attempts: 6,
+            quick_retries: 2,
+            quick_delay: Duration::from_secs(1),
             delay: Duration::from_secs(1),
             throttled_attempts: 25,
             throttled_delay: Duration::from_secs(1),
@@ -39,7 +48,8 @@ impl RetryPolicy {
         }
     }
 
-    /// Health reports: the current agent's 30 attempts, 15 s unit.
+    /// Health reports: the current agent's 30 attempts, 15 s unit, after
+    /// the quick 1 and 2 s (waagent: 30, 45, 75 s …).
     pub fn health() -> Self {
         RetryPolicy {
             attempts: 30,
@@ -49,7 +59,11 @@ impl RetryPolicy {
         }
     }
 
-    fn backoff(&self, retry: u32) -> Duration {
+    /// The wait before retry `retry` (the first is 1).
+    pub fn backoff(&self, retry: u32) -> Duration {
+        if retry <= self.quick_retries {
+            return self.quick_delay.saturating_mul(retry);
+        }
         let (mut a, mut b) = (1u32, 1u32);
         for _ in 0..=retry {
             (a, b) = (b, a.saturating_add(b));
@@ -245,11 +259,97 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fibonacci_backoff() {
-        let p = RetryPolicy::fabric();
-        let waits: Vec<u64> = (1..6).map(|n| p.backoff(n).as_secs()).collect();
-        assert_eq!(waits, vec![2, 3, 5, 8, 13]);
-        assert_eq!(RetryPolicy::health().backoff(1).as_secs(), 30);
+    fn quick_retries_then_fibonacci_backoff() {
+        let waits = |p: RetryPolicy, n: u32| -> Vec<u64> {
+            (1..=n).map(|n| p.backoff(n).as_secs()).collect()
+        };
+        // Waagent's 2, 3, 5, 8, 13 s and 30, 45, 75, 120 s, but the first two.
+        assert_eq!(waits(RetryPolicy::fabric(), 5), [1, 2, 5, 8, 13]);
+        assert_eq!(waits(RetryPolicy::health(), 5), [1, 2, 75, 120, 195]);
+        // The patience stays waagent's: attempts and deadlines.
+        let (f, h) = (RetryPolicy::fabric(), RetryPolicy::health());
+        assert_eq!(
+            (f.attempts, f.throttled_attempts, f.deadline.as_secs()),
+            (6, 25, 300)
+        );
+        assert_eq!(
+            (h.attempts, h.throttled_attempts, h.deadline.as_secs()),
+            (30, 25, 1800)
+        );
+    }
+
+    /// A client of `sim` with the production policies, waiting on `clock`.
+    fn client(
+        sim: &crate::sim::FabricSim,
+        clock: &std::rc::Rc<crate::clock::VirtualClock>,
+    ) -> WireClient {
+        let openssl = crate::wire::crypto::Openssl::new(
+            std::path::PathBuf::from("openssl"),
+            std::rc::Rc::new(crate::os::SystemRunner),
+        );
+        WireClient::new(
+            sim.endpoint(),
+            Path::new("/nonexistent"),
+            openssl,
+            super::super::ClientOptions::default(),
+        )
+        .with_clock(clock.clone())
+    }
+
+    /// The schedule as the client keeps it, on the virtual clock: one
+    /// transient fault of any kind costs one wait of 1 s (the fault
+    /// matrix's bound is 3 s), two in a row 1 + 2 s, and a health report
+    /// waits the same (waagent: 30 s).
+    #[test]
+    fn a_transient_fault_is_retried_after_a_second() {
+        use crate::sim::{FabricSim, Fault, SimConfig};
+        use crate::wire::reports::{Health, ReportTarget};
+        let secs = |waits: Vec<Duration>| -> Vec<f64> {
+            waits.iter().map(Duration::as_secs_f64).collect()
+        };
+        let faults = [
+            Fault::Reset,
+            Fault::Truncate,
+            Fault::Oversized(5 << 20),
+            Fault::Status(500),
+            Fault::Status(503),
+            Fault::Status(429),
+        ];
+        for fault in faults {
+            let sim = FabricSim::start(SimConfig::default()).unwrap();
+            let clock = std::rc::Rc::new(crate::clock::VirtualClock::new());
+            sim.inject("comp=versions", [fault.clone()]);
+            client(&sim, &clock).versions().unwrap();
+            assert_eq!(secs(clock.take_waits()), [1.0], "{fault:?}");
+        }
+        let sim = FabricSim::start(SimConfig::default()).unwrap();
+        let clock = std::rc::Rc::new(crate::clock::VirtualClock::new());
+        sim.inject("comp=versions", [Fault::Reset, Fault::Truncate]);
+        client(&sim, &clock).versions().unwrap();
+        assert_eq!(secs(clock.take_waits()), [1.0, 2.0]);
+
+        let target = ReportTarget {
+            incarnation: "1".into(),
+            container_id: SimConfig::default().container_id,
+            instance_id: SimConfig::default().instance_id,
+        };
+        for fault in [Fault::Reset, Fault::Oversized(5 << 20)] {
+            sim.inject("comp=health", [fault.clone()]);
+            client(&sim, &clock)
+                .report_health(&target, &Health::Ready)
+                .unwrap();
+            assert_eq!(secs(clock.take_waits()), [1.0], "{fault:?}");
+        }
+        // Persistent failure: waagent's 30 attempts over half an hour.
+        sim.inject("comp=health", vec![Fault::Status(500); 40]);
+        let err = client(&sim, &clock)
+            .report_health(&target, &Health::Ready)
+            .unwrap_err()
+            .to_string();
+        let waits = secs(clock.take_waits());
+        assert_eq!(waits[..5], [1.0, 2.0, 75.0, 120.0, 195.0]);
+        assert!(waits.iter().sum::<f64>() <= 1800.0, "{waits:?}");
+        assert!(err.contains("gave up after"), "{err}");
     }
 
     #[test]
