@@ -222,12 +222,21 @@ impl Daemon {
                 Ok(c) => self.client = Some(c),
                 Err(e) => {
                     log::warn!("goal state poll: {e}");
+                    self.failed_polls += 1;
                     return current;
                 }
             }
         }
         let client = self.client.as_mut()?;
-        let newest = match client.update_goal_state(false) {
+        let polled = client.update_goal_state(false);
+        self.failed_polls = match polled {
+            Ok(_) => 0,
+            Err(_) => self.failed_polls.saturating_add(1),
+        };
+        let Some(client) = self.client.as_mut() else {
+            return current;
+        };
+        let newest = match polled {
             Ok(Some(g)) => {
                 log::info!("new goal state: incarnation {}", g.goal_state.incarnation);
                 let inc = g.goal_state.incarnation.clone();
@@ -310,6 +319,7 @@ impl Daemon {
             pending: None,
             upload_due: true,
             last_uploaded: None,
+            failed_uploads: 0,
         }))
     }
 
@@ -378,15 +388,24 @@ impl Daemon {
             None => goal.not_run.clone(),
         };
         if goal.upload_due || goal.last_uploaded.as_ref() != Some(&handlers) {
-            self.upload_status(goal, &handlers);
-            goal.upload_due = false;
+            goal.failed_uploads = match self.upload_status(goal, &handlers) {
+                true => 0,
+                false => goal.failed_uploads.saturating_add(1),
+            };
+            // A failure is tried again on the next turn, once; then at
+            // the next poll, which makes the status due anyway.
+            goal.upload_due = goal.failed_uploads == 1;
             goal.last_uploaded = Some(handlers);
         }
     }
 
     /// The agent's and the handlers' status to the status blob; a failure
-    /// is logged and the next period tries again.
-    pub(super) fn upload_status(&mut self, goal: &ExtensionGoal, handlers: &[HandlerStatus]) {
+    /// is logged (and false).
+    pub(super) fn upload_status(
+        &mut self,
+        goal: &ExtensionGoal,
+        handlers: &[HandlerStatus],
+    ) -> bool {
         let distro = &self.os.env().distro;
         let agent = AgentStatus {
             os_name: distro.id.clone(),
@@ -410,11 +429,17 @@ impl Daemon {
         };
         let body = aggregate_status(&agent, handlers, std::time::SystemTime::now());
         let Some(client) = self.client.as_mut() else {
-            return;
+            return false;
         };
         match client.upload_status(&goal.status_blob, body.as_bytes()) {
-            Ok(()) => log::debug!("status uploaded"),
-            Err(e) => log::warn!("cannot upload the status blob: {e}"),
+            Ok(()) => {
+                log::debug!("status uploaded");
+                true
+            }
+            Err(e) => {
+                log::warn!("cannot upload the status blob: {e}");
+                false
+            }
         }
     }
 

@@ -201,6 +201,9 @@ pub struct ExtensionGoal {
     pub upload_due: bool,
     /// The handlers' statuses last uploaded, to upload again on a change.
     pub last_uploaded: Option<Vec<HandlerStatus>>,
+    /// Uploads that failed in a row: the first is tried again a second
+    /// later, the rest at the next poll.
+    pub failed_uploads: u32,
 }
 
 impl std::fmt::Debug for ExtensionGoal {
@@ -352,6 +355,9 @@ pub struct Daemon {
     /// The Extension state has acted on a goal state since start: polls go
     /// from `InitialGoalStatePeriod` to `GoalStatePeriod`.
     goal_state_handled: bool,
+    /// Goal-state polls that failed in a row: the first is retried after
+    /// [`QUICK_RETRY`], the rest wait the period.
+    failed_polls: u32,
     monitors: Monitors,
     clock: Rc<dyn Clock>,
     /// The provisioning media's drive, ejected once `provisioned` is written.
@@ -387,6 +393,7 @@ impl Daemon {
             journal: None,
             agent_disabled: false,
             goal_state_handled: false,
+            failed_polls: 0,
             monitors: Monitors::default(),
             clock: Rc::new(SystemClock),
             media_device: None,
@@ -811,12 +818,14 @@ impl Daemon {
                 // A handler command runs: look at it every tick, and poll
                 // the goal state only when that is due.
                 let now = self.clock.now();
-                let wake = match extensions.as_ref().filter(|g| g.busy()) {
-                    Some(g) => {
+                let wake = match extensions.as_ref() {
+                    Some(g) if g.busy() => {
                         let ran = g.handling.as_ref().and_then(|h| h.running_for(now));
                         next_poll.min(now + extension_tick(ran))
                     }
-                    None => next_poll,
+                    // A failed upload is tried again a second later, once.
+                    Some(g) if g.failed_uploads == 1 => next_poll.min(now + QUICK_RETRY),
+                    _ => next_poll,
                 };
                 let wait = wake.saturating_duration_since(self.clock.now());
                 if !self.clock.sleep(wait) {
@@ -850,7 +859,11 @@ impl Daemon {
                     if let Some(g) = extensions.as_mut() {
                         g.upload_due = true;
                     }
-                    next_poll = self.clock.now() + self.poll_period();
+                    next_poll = self.clock.now()
+                        + match self.failed_polls {
+                            1 => QUICK_RETRY.min(self.poll_period()),
+                            _ => self.poll_period(),
+                        };
                 }
                 match extensions {
                     Some(goal) if !self.agent_disabled => State::Extension { goal, next_poll },

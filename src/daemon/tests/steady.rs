@@ -568,3 +568,67 @@ fn handlers_on_hold_wait_until_the_artifacts_profile_releases_them() {
     let h = &last_status(&v)["aggregateStatus"]["handlerAggregateStatus"][0];
     assert_eq!(h["code"], 1001, "{h}");
 }
+
+#[test]
+fn a_failed_goal_state_poll_is_retried_after_a_second_then_at_the_period() {
+    // One broken answer (a half document: the client does not retry it)
+    // waited a whole Extensions.GoalStatePeriod; now a second, once.
+    let mut v = vm(None, ProvisioningAgent::Disabled);
+    v.config.initial_goal_state_period = 6;
+    v.config.goal_state_period = 6;
+    let mut d = v.daemon();
+    let (_, mut state) = step_until(&mut d, State::Boot, "Steady", 10);
+    v.clock.take_waits();
+    // Polls from now: broken, good, good; then broken three times.
+    v.sim.inject_after("comp=goalstate", 0, [Fault::Malformed]);
+    let mut polls = |n: usize| {
+        let before = v.sim.requests_to("comp=goalstate").len();
+        while v.sim.requests_to("comp=goalstate").len() < before + n {
+            state = d.step(std::mem::replace(&mut state, State::Stopped(0)));
+        }
+    };
+    polls(3);
+    // The first poll comes at once after Ready.
+    assert_eq!(v.waits(), [0.0, 1.0, 6.0]);
+    v.sim.inject("comp=goalstate", vec![Fault::Malformed; 3]);
+    polls(4);
+    // The first failure of a run is retried quickly, the others not: a
+    // fabric that stays broken is asked no more often than waagent asks.
+    assert_eq!(v.waits(), [6.0, 1.0, 6.0, 6.0]);
+}
+
+#[test]
+fn a_failed_status_upload_is_tried_again_a_second_later_then_at_the_period() {
+    // The fault matrix: storage answered the status blob's PUT 410 (the
+    // HostGAPlugin refusing it) and the status waited for the next change
+    // or poll; the final one would have waited the whole period.
+    let mut v = vm(None, ProvisioningAgent::Disabled);
+    v.config.initial_goal_state_period = 6;
+    v.config.goal_state_period = 6;
+    let mut d = v.daemon();
+    let (_, state) = step_until(&mut d, State::Boot, "Steady", 10);
+    v.clock.take_waits();
+    v.sim.inject("/status", vec![Fault::Status(400); 100]);
+    v.sim.inject("vmstatus.status", [Fault::Status(410)]);
+    let mut state = state;
+    for _ in 0..6 {
+        state = d.step(state);
+    }
+    // Poll (at once after Ready; the upload fails), a second later the
+    // upload again, the next poll.
+    assert_eq!(v.waits(), [0.0, 1.0, 5.0]);
+    let direct: Vec<u16> = v
+        .sim
+        .requests_to("vmstatus.status")
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(direct, [410, 201, 201]);
+    // Storage refusing for good: one quick retry, then the period.
+    v.sim
+        .inject("vmstatus.status", vec![Fault::Status(410); 100]);
+    for _ in 0..8 {
+        state = d.step(state);
+    }
+    assert_eq!(v.waits(), [6.0, 1.0, 5.0, 6.0]);
+}
