@@ -516,6 +516,47 @@ fn role_properties_carry_the_host_key_fingerprint() {
     );
 }
 
+/// A 410 on a report: the goal state moved on, so it is fetched again and
+/// the report sent once more, about the incarnation it names (found by the
+/// fault matrix: the report was dropped).
+#[test]
+fn a_report_answered_410_is_sent_again_about_the_goal_state_fetched_again() {
+    let sim = FabricSim::start(SimConfig::default()).unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    let mut c = client(&sim, lib.path());
+    let full = c.update_goal_state(false).unwrap().unwrap();
+    let target = full.report_target().unwrap();
+    sim.inject("comp=health", [Fault::Status(410)]);
+    sim.bump_incarnation();
+    c.report_health(&target, &Health::Ready).unwrap();
+    let reports = sim.health_reports();
+    let states: Vec<(&str, &str)> = reports
+        .iter()
+        .map(|h| (h.state.as_str(), h.incarnation.as_str()))
+        .collect();
+    // The 410 ate the first (the simulator records what it answered).
+    assert_eq!(states, [("Ready", "2")]);
+    let all = targets(&sim);
+    let first_post = all.iter().position(|t| t.starts_with("POST")).unwrap();
+    let requests = all[first_post..].to_vec();
+    assert_eq!(
+        requests,
+        [
+            "POST /machine?comp=health",
+            "GET /machine/?comp=goalstate",
+            "POST /machine?comp=health"
+        ]
+    );
+
+    sim.inject("comp=roleProperties", [Fault::Status(410)]);
+    c.report_role_properties(&target, "SHA256abcdef").unwrap();
+    assert_eq!(sim.role_properties().len(), 1);
+    // Twice gone: given up, named.
+    sim.inject("comp=health", vec![Fault::Status(410); 2]);
+    let err = c.report_health(&target, &Health::Ready).unwrap_err();
+    assert!(err.to_string().contains("HTTP 410"), "{err}");
+}
+
 #[test]
 fn role_properties_must_be_accepted_with_202() {
     let sim = FabricSim::start(SimConfig::default()).unwrap();

@@ -190,8 +190,8 @@ impl Daemon {
 
     /// Sends a health report; a failure is logged, not fatal (the client
     /// already retried for minutes, and `provisioned` is on disk).
-    pub(super) fn report(&self, goal: &FullGoalState, health: &Health) -> bool {
-        let (Some(client), Ok(target)) = (&self.client, goal.report_target()) else {
+    pub(super) fn report(&mut self, goal: &FullGoalState, health: &Health) -> bool {
+        let (Some(client), Ok(target)) = (self.client.as_mut(), goal.report_target()) else {
             log::error!("cannot report {health:?}: no goal state to report on");
             return false;
         };

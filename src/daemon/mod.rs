@@ -776,7 +776,7 @@ impl Daemon {
                     }
                 }
                 if let (Some(fp), Some(client), Ok(target)) =
-                    (&fingerprint, &self.client, goal.report_target())
+                    (&fingerprint, self.client.as_mut(), goal.report_target())
                 {
                     if let Err(e) = client.report_role_properties(&target, fp) {
                         log::warn!("cannot report the SSH host key fingerprint: {e}");

@@ -315,23 +315,59 @@ impl WireClient {
             .map_err(|source| WireError::Io { path, source })
     }
 
-    /// `POST /machine?comp=health`.
-    pub fn report_health(&self, target: &ReportTarget, health: &Health) -> Result<(), WireError> {
+    /// `POST /machine?comp=health`. A 410 says the goal state moved on:
+    /// it is fetched again and the report sent once more, about it.
+    pub fn report_health(
+        &mut self,
+        target: &ReportTarget,
+        health: &Health,
+    ) -> Result<(), WireError> {
         let url = format!("{}/machine?comp=health", self.endpoint.wire_base());
-        let body = reports::health_xml(target, health);
-        self.wire_post(&url, &body, &[200, 201, 202], &self.options.health_retry)
-            .map(drop)
+        self.post_report(&url, target, &[200, 201, 202], true, |t| {
+            reports::health_xml(t, health)
+        })
     }
 
-    /// `POST /machine?comp=roleProperties`; the fabric answers 202.
+    /// `POST /machine?comp=roleProperties`; the fabric answers 202. A 410
+    /// is handled as for health.
     pub fn report_role_properties(
-        &self,
+        &mut self,
         target: &ReportTarget,
         thumbprint: &str,
     ) -> Result<(), WireError> {
         let url = format!("{}/machine?comp=roleProperties", self.endpoint.wire_base());
-        let body = reports::role_properties_xml(target, thumbprint);
-        self.wire_post(&url, &body, &[202], &self.options.retry)
-            .map(drop)
+        self.post_report(&url, target, &[202], false, |t| {
+            reports::role_properties_xml(t, thumbprint)
+        })
+    }
+
+    /// A report about `target`, written by `body`; on 410 about the goal
+    /// state fetched again, once.
+    fn post_report(
+        &mut self,
+        url: &str,
+        target: &ReportTarget,
+        ok: &[u16],
+        health: bool,
+        body: impl Fn(&ReportTarget) -> String,
+    ) -> Result<(), WireError> {
+        let retry = match health {
+            true => self.options.health_retry.clone(),
+            false => self.options.retry.clone(),
+        };
+        let mut target = target.clone();
+        for round in 0..2 {
+            match self.wire_post(url, &body(&target), ok, &retry) {
+                Err(e) if e.is_gone() && round == 0 => {
+                    log::info!("{e}; reporting on the goal state fetched again");
+                    target = report_target(&self.goal_state()?)?;
+                }
+                other => return other.map(drop),
+            }
+        }
+        Err(WireError::Missing(format!(
+            "{}: no answer",
+            crate::redact::redact_url(url)
+        )))
     }
 }
