@@ -579,7 +579,7 @@ impl Daemon {
                         Job::Fail(reason) => State::ReportFailed { goal, reason },
                         Job::ReportOnly => State::MarkProvisioned {
                             goal,
-                            fingerprint: None,
+                            fingerprint: self.provisioned_fingerprint(),
                             disable_agent: false,
                         },
                         job => State::ReportStarting { job, goal },
@@ -933,6 +933,16 @@ impl Daemon {
             }
             ProvisioningAgent::Auto if self.os.is_cloud_init_enabled() => Mode::CloudInit,
             ProvisioningAgent::Auto => Mode::Waagent,
+        }
+    }
+
+    /// The host key fingerprint of a VM provisioned before this start
+    /// (Ready not yet reported): reported with Ready, as it would have
+    /// been. None with `Provisioning.Agent=disabled`, which reports no key.
+    fn provisioned_fingerprint(&self) -> Option<String> {
+        match self.mode() {
+            Mode::Disabled => None,
+            _ => host_key_fingerprint(&self.config).ok(),
         }
     }
 

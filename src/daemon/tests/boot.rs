@@ -352,6 +352,14 @@ fn restarts_resume_or_redo_by_what_lib_dir_says() {
     assert_eq!(trace, ["Boot", "Connect", "MarkProvisioned", "ReportReady"]);
     assert_eq!(health(&v.sim), ["Ready"]);
     assert!(!v.runner.lines().iter().any(|l| l.starts_with("useradd")));
+    // With it the host key's fingerprint, as the first time (the fault
+    // matrix's SIGKILL at ReportReady found it missing).
+    let props = v.sim.role_properties();
+    assert_eq!(props.len(), 1, "{props:?}");
+    assert_eq!(
+        props[0].1,
+        ssh_keygen_fingerprint(&v.path("etc/ssh/ssh_host_rsa_key.pub"))
+    );
 
     // Another instance id: a captured image, provisioned afresh, and the
     // previous instance's goal-state files are forgotten.
