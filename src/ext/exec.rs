@@ -145,6 +145,9 @@ struct Current {
     /// The old version, during an update.
     from_version: Option<String>,
     policy: UpdatePolicy,
+    /// The version whose enable a killed daemon left running, adopted and
+    /// finished well: it was this goal state's enable, not to be run twice.
+    adopted_enable: Option<String>,
 }
 
 /// A command under way: started by us, or adopted after a restart.
@@ -252,6 +255,7 @@ impl Handling {
             uninstall_code: None,
             from_version: None,
             policy: UpdatePolicy::default(),
+            adopted_enable: None,
         };
         match cur.task.clone() {
             Task::Refuse { .. } => {}
@@ -486,11 +490,22 @@ impl Handling {
             continue_on_update_failure: manifest.continue_on_update_failure,
         };
         let old = installed.filter(|i| i.version != version);
-        let ops = enable_ops(installed, &version, state, policy);
+        let mut ops = enable_ops(installed, &version, state, policy);
         let cur = self
             .current
             .as_mut()
             .ok_or((CODE_ENABLE_FAILED, "no task under way".to_string()))?;
+        if cur.adopted_enable.as_deref() == Some(version.as_str()) {
+            ops.retain(|op| {
+                !matches!(
+                    op,
+                    Op::Run {
+                        command: Command::Enable,
+                        ..
+                    }
+                )
+            });
+        }
         cur.version = Some(version);
         cur.policy = policy;
         cur.from_version = old.map(|o| o.version.clone());
@@ -868,6 +883,9 @@ impl Handling {
             };
             if let Some(state) = implied {
                 let _ = write_state(&dir, state);
+            }
+            if run.command == Command::Enable {
+                cur.adopted_enable = Some(run.version.clone());
             }
         }
         let name = cur.task.name().to_string();

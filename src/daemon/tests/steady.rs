@@ -570,6 +570,58 @@ fn handlers_on_hold_wait_until_the_artifacts_profile_releases_them() {
 }
 
 #[test]
+fn an_enable_a_killed_daemon_left_running_is_adopted_and_not_run_again() {
+    // The fault matrix's SIGKILL during enable: the next daemon waited for
+    // that enable, then ran enable once more as its plan said.
+    use crate::ext::handler::write_handler_state;
+    use crate::ext::plan::HandlerState;
+    let v = vm(None, ProvisioningAgent::Disabled);
+    v.sim.set_handlers(vec![crate::sim::SimHandler::new(
+        "Contoso.Test.Echo",
+        "1.0.0",
+        Vec::new(),
+    )]);
+    let dir = v.path("var/lib/waagent/Contoso.Test.Echo-1.0.0");
+    write(
+        &dir.join("HandlerManifest.json"),
+        r#"[{"name":"Echo","version":1.0,"handlerManifest":{"installCommand":"bin/h install","uninstallCommand":"bin/h uninstall","updateCommand":"bin/h update","enableCommand":"bin/h enable","disableCommand":"bin/h disable"}}]"#,
+    );
+    write(&dir.join("bin/h"), "#!/bin/sh\n");
+    std::fs::create_dir_all(dir.join("config")).unwrap();
+    write_handler_state(&dir.join("config"), HandlerState::Installed).unwrap();
+    // Its marker names a process that is gone; the exit code it left is 0.
+    let exit_file = dir.join("config/.enable.exit");
+    write(&exit_file, "0\n");
+    let marker = serde_json::json!({"command": "enable", "version": "1.0.0",
+        "pid": 999_999_999, "exitFile": exit_file, "timeout": 300});
+    write(&dir.join("config/Running"), &marker.to_string());
+    write(
+        &dir.join("status/0.status"),
+        r#"[{"version":1.0,"timestampUTC":"2026-12-04T00:00:00Z","status":{"name":"Echo","operation":"Enable","status":"success","code":0,"formattedMessage":{"lang":"en-US","message":"enabled"}}}]"#,
+    );
+    let mut d = v.daemon();
+    v.run_until(&mut d, "Extension");
+    let started: Vec<String> = v
+        .runner
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("waagent-extension"))
+        .collect();
+    assert_eq!(started, Vec::<String>::new(), "nothing run again");
+    assert_eq!(
+        crate::ext::handler::read_handler_state(&dir.join("config")),
+        HandlerState::Enabled
+    );
+    assert!(!dir.join("config/Running").exists() && !exit_file.exists());
+    let h = &last_status(&v)["aggregateStatus"]["handlerAggregateStatus"][0];
+    assert_eq!(h["status"], "Ready", "{h}");
+    assert_eq!(
+        h["runtimeSettingsStatus"]["settingsStatus"]["status"]["status"],
+        "success"
+    );
+}
+
+#[test]
 fn a_failed_goal_state_poll_is_retried_after_a_second_then_at_the_period() {
     // One broken answer (a half document: the client does not retry it)
     // waited a whole Extensions.GoalStatePeriod; now a second, once.
