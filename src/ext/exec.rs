@@ -597,30 +597,54 @@ impl Handling {
         }
         let zip = self.lib.join(format!("{name}__{version}.zip"));
         let manifest_uri = plugin.manifest_uris().first().map(|s| s.to_string());
-        let mut last = format!("the manifest lists no package URI for {name} {version}");
-        let mut downloaded = false;
+        let mut last =
+            format!("cannot download {name} {version}: the manifest lists no package URI for it");
+        let mut unpacked = false;
         for uri in &pkg.uris {
             let _ = std::fs::remove_file(&zip);
-            match cx
-                .client
-                .download_artifact(uri, manifest_uri.as_deref(), &zip, MAX_PACKAGE_BYTES)
+            if let Err(e) =
+                cx.client
+                    .download_artifact(uri, manifest_uri.as_deref(), &zip, MAX_PACKAGE_BYTES)
             {
-                Ok(_) => {
-                    downloaded = true;
-                    break;
-                }
-                Err(e) => {
-                    log::warn!("package {name} {version} from {}: {e}", redact_url(uri));
-                    last = e.to_string();
+                log::warn!("package {name} {version} from {}: {e}", redact_url(uri));
+                last = format!("cannot download {name} {version}: {e}");
+                continue;
+            }
+            if let Err(e) = package::unpack(&zip, &dir, &package::Limits::default()) {
+                // What came whole over HTTP may still be a broken copy:
+                // the HostGAPlugin's is tried, as waagent tries the other
+                // channel when a zip does not open.
+                log::warn!(
+                    "package {name} {version} from {}: {e}; trying the HostGAPlugin",
+                    redact_url(uri)
+                );
+                last = e.to_string();
+                let _ = std::fs::remove_file(&zip);
+                let again = cx.client.extension_artifact_to_file(
+                    uri,
+                    manifest_uri.as_deref(),
+                    &zip,
+                    MAX_PACKAGE_BYTES,
+                );
+                match again.map(|_| package::unpack(&zip, &dir, &package::Limits::default())) {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        last = e.to_string();
+                        continue;
+                    }
+                    Err(e) => {
+                        log::warn!("package {name} {version} through the HostGAPlugin: {e}");
+                        continue;
+                    }
                 }
             }
+            unpacked = true;
+            break;
         }
-        if !downloaded {
-            return Err(format!("cannot download {name} {version}: {last}"));
-        }
-        let unpacked = package::unpack(&zip, &dir, &package::Limits::default());
         let _ = std::fs::remove_file(&zip);
-        unpacked.map_err(|e| e.to_string())?;
+        if !unpacked {
+            return Err(last);
+        }
         for sub in ["config", "status"] {
             fsutil::ensure_dir(&dir.join(sub), 0o700)
                 .map_err(|e| format!("{}/{sub}: {e}", dir.display()))?;

@@ -622,6 +622,49 @@ fn an_enable_a_killed_daemon_left_running_is_adopted_and_not_run_again() {
 }
 
 #[test]
+fn a_package_that_does_not_open_is_fetched_again_through_the_hostgaplugin() {
+    // The fault matrix: storage answered 200 with half the zip (or 5 MiB
+    // of junk), the download "succeeded", and the handler failed for the
+    // whole incarnation.
+    use std::io::Write;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let o = zip::write::SimpleFileOptions::default();
+    w.start_file("HandlerManifest.json", o).unwrap();
+    w.write_all(br#"[{"name":"Echo","version":1.0,"handlerManifest":{"installCommand":"bin/h install","uninstallCommand":"bin/h uninstall","updateCommand":"bin/h update","enableCommand":"bin/h enable","disableCommand":"bin/h disable"}}]"#).unwrap();
+    w.start_file("bin/h", o).unwrap();
+    w.write_all(b"#!/bin/sh\n").unwrap();
+    let zip = w.finish().unwrap().into_inner();
+    for fault in [Fault::Malformed, Fault::Oversized(5 << 20)] {
+        let v = vm(None, ProvisioningAgent::Disabled);
+        v.sim.set_handlers(vec![crate::sim::SimHandler::new(
+            "Contoso.Test.Echo",
+            "1.0.0",
+            zip.clone(),
+        )]);
+        v.sim.inject("/blob/packages/", [fault.clone()]);
+        let mut d = v.daemon();
+        v.run_until(&mut d, "Extension");
+        let through_plugin = v.sim.requests_to("/extensionArtifact");
+        assert_eq!(through_plugin.len(), 1, "{fault:?}");
+        assert_eq!(through_plugin[0].status, 200);
+        let dir = v.path("var/lib/waagent/Contoso.Test.Echo-1.0.0");
+        assert!(dir.join("HandlerManifest.json").is_file(), "{fault:?}");
+        let lines = v.runner.lines();
+        assert!(
+            lines.iter().any(|l| l.contains("bin/h install")),
+            "{fault:?}: {lines:?}"
+        );
+        assert!(
+            !std::fs::read_dir(v.path("var/lib/waagent"))
+                .unwrap()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".zip")),
+            "no zip left"
+        );
+    }
+}
+
+#[test]
 fn a_failed_goal_state_poll_is_retried_after_a_second_then_at_the_period() {
     // One broken answer (a half document: the client does not retry it)
     // waited a whole Extensions.GoalStatePeriod; now a second, once.
