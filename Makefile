@@ -6,6 +6,7 @@
 #   make install                install the binary, config, init file, log rotation
 #   make uninstall              remove what install put there
 #   make test                   fmt check, clippy, cargo test
+#   make faults                 the fault matrix alone, printed (make test runs it too)
 #   make size                   release binary size and start-up time
 #   make bench                  measure beside Debian's waagent 2.7.3 (scripts/bench)
 #   make fuzz                   fuzz every parser of outside input, FUZZ_SECONDS
@@ -125,7 +126,7 @@ $(error DISTRO='$(DISTRO)' is not valid; use one of: $(VALID_DISTROS))
 endif
 endif
 
-.PHONY: all build install uninstall test size bench clean demo fuzz
+.PHONY: all build install uninstall test faults size bench clean demo fuzz
 
 all: build
 
@@ -185,6 +186,15 @@ test:
 		echo "make test: every test ran; none was skipped"; \
 	fi; \
 	exit $$status
+
+# The fault matrix (tests/faults_e2e.rs), alone and printed: every transient
+# fault on every URL and a SIGKILL at every step, each in its own sandbox (as
+# root). "make test" runs it too, within cargo test; the matrix is also left in
+# target/tmp/fault-matrix.txt. WAAGENT_RS_FAULT_ONLY=TEXT runs only the cases
+# whose row or column contains TEXT.
+faults:
+	@if [ "$$(id -u)" = 0 ]; then WAAGENT_RS_REQUIRE_SANDBOX=1; export WAAGENT_RS_REQUIRE_SANDBOX; fi; \
+	$(CARGO) test --locked --test faults_e2e -- --nocapture
 
 # Size of the stripped release binary, and the best-of-20 wall-clock time of
 # "waagent -version" (process start-up included), with hyperfine if installed,
