@@ -133,6 +133,10 @@ pub fn send(req: &Request<'_>) -> Result<Response, HttpError> {
     let err = |message: String| http_error(req, message);
     let (lazy, status, headers) = open(req)?;
     let limit = req.max_body.min(MAX_RESPONSE_BYTES);
+    // Announced too large: refused before the body is read.
+    if content_length(&headers).is_some_and(|n| n > limit as u64) {
+        return Err(err(format!("response larger than {limit} bytes refused")));
+    }
     let mut body = Vec::new();
     for byte in lazy {
         let (b, _) = byte.map_err(|e| err(e.to_string()))?;
@@ -347,6 +351,33 @@ mod tests {
     fn oversized_body_is_refused() {
         let mut resp = b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n".to_vec();
         resp.extend(std::iter::repeat_n(b'x', 5000));
+        let (url, h) = serve_once(resp);
+        let e = send(&Request {
+            method: "GET",
+            url: &url,
+            headers: &[],
+            body: None,
+            timeout_secs: 10,
+            max_body: 4096,
+            proxy: None,
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("response larger than 4096 bytes refused"),
+            "{e}"
+        );
+        let _ = h.join();
+    }
+
+    /// The fault matrix: a 5 MiB answer to a document cost reading 4 MiB
+    /// before it was refused. An announced length over the limit is
+    /// refused on the headers (here only 10 of the 5000 bytes come, which
+    /// a reader of the body would call a broken connection).
+    #[test]
+    fn an_announced_oversized_body_is_refused_unread() {
+        let mut resp = b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n".to_vec();
+        resp.extend(std::iter::repeat_n(b'x', 10));
         let (url, h) = serve_once(resp);
         let e = send(&Request {
             method: "GET",
