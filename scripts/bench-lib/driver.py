@@ -309,6 +309,22 @@ def rss_kib(pid):
         return 0
 
 
+# The agents' own processes, as /proc/PID/comm names them: ours is one
+# `waagent`; waagent 2.7.3 is its daemon (`waagent`, the script's name) and
+# its extension handler (`python3 -u /usr/sbin/waagent -run-exthandlers`).
+# Everything else in the cgroup is a tool either agent runs (useradd,
+# ssh-keygen, openssl, sh, mount...).
+AGENT_COMMS = ("waagent", "python3")
+
+
+def comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
 def pss_kib(pid):
     """Proportional set size: each shared page split among the processes
     mapping it, so a sum over processes counts libc once, not once per child."""
@@ -344,6 +360,7 @@ class Sampler:
         self.peak_procs = 0
         self.last_rss = 0
         self.peak_pss = 0
+        self.peak_own_rss = 0
 
     def sample_cpu(self):
         if self.cg:
@@ -359,6 +376,8 @@ class Sampler:
         if total > self.peak_rss:
             self.peak_rss, self.peak_rss_t = total, time.time()
         self.peak_pss = max(self.peak_pss, sum(pss_kib(p) for p in pids))
+        own = sum(rss_kib(p) for p in pids if comm(p) in AGENT_COMMS)
+        self.peak_own_rss = max(self.peak_own_rss, own)
 
     def cpu_at(self, t):
         """CPU seconds at wall-clock time t, interpolated between samples."""
@@ -565,6 +584,7 @@ def run(args):
             result["peak_rss_kib"] = sampler.peak_rss
             result["peak_rss_at_s"] = sampler.peak_rss_t - t0
             result["peak_pss_kib"] = sampler.peak_pss
+            result["peak_own_rss_kib"] = sampler.peak_own_rss
             result["peak_processes"] = sampler.peak_procs
             result["processes_at_end"] = {
                 str(p): {"name": status_field(p, "Name"), "rss_kib": rss_kib(p), "hwm_kib": status_field(p, "VmHWM")}

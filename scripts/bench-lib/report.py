@@ -231,6 +231,7 @@ METRICS = [
     ("cpu_idle_per_min_s", "CPU per idle minute (s)", "timed", lambda r: r["idle"]["cpu_per_min_s"], "{:.4f}"),
     ("peak_rss_mib", "peak RSS, all processes (MiB)", "timed", lambda r: r["peak_rss_kib"] / MIB, "{:.1f}"),
     ("peak_pss_mib", "peak PSS, all processes (MiB)", "timed", lambda r: r["peak_pss_kib"] / MIB, "{:.1f}"),
+    ("peak_own_rss_mib", "peak RSS, agent's own procs (MiB)", "timed", lambda r: r["peak_own_rss_kib"] / MIB, "{:.1f}"),
     ("idle_rss_mib", "RSS in steady state (MiB)", "timed", lambda r: r["idle"]["rss_end_kib"] / MIB, "{:.1f}"),
     ("processes_to_ext", "processes spawned to ext. status", "strace", lambda r: r["processes_to_ext"], "{:.0f}"),
     ("processes_idle_per_min", "processes spawned per idle min", "strace", lambda r: r["idle"]["processes_per_min"], "{:.1f}"),
@@ -396,7 +397,9 @@ def render(summ, tl, soak, meta, runs):
         "",
         "  Ready and extension status: wall clock from exec to the fabric receiving it. CPU: the run's cpuacct cgroup",
         "  (every process of the agent, children included). RSS: the sum over the cgroup's processes, sampled every",
-        "  10 ms from the exec; PSS likewise, with each shared page (libc, libcrypto) split among the processes mapping it.",
+        "  10 ms from the exec; PSS likewise, with each shared page (libc, libcrypto) split among the processes mapping it;",
+        "  the agent's own processes: ours, `waagent`; waagent 2.7.3's, its daemon and its python3 extension handler (the",
+        "  tools both run, such as useradd, ssh-keygen and openssl, left out; ours runs them side by side, waagent in turn).",
         f"  Idle: {meta.get('idle_secs', '?')} s from {meta.get('settle_secs', '?')} s after the extension's status, "
         "configuration 1 runs only.",
         "  Processes: strace -f (fork/vfork/clone/clone3 without CLONE_THREAD) in one separate untimed run per agent and",
