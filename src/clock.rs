@@ -174,7 +174,30 @@ impl Clock for VirtualClock {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    /// Runs the test `name` again, alone, in a child process of the test
+    /// binary, and asserts that it passed there; returns false here, and
+    /// true in the child, which then runs the test's body. For a test that
+    /// installs process-wide state (signal handlers, the stop flag) the
+    /// other tests in this process must not see.
+    pub(crate) fn in_own_process(name: &str) -> bool {
+        const CHILD: &str = "WAAGENT_RS_TEST_IN_OWN_PROCESS";
+        if std::env::var_os(CHILD).is_some() {
+            return true;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        false
+    }
     use super::*;
 
     #[test]
@@ -218,20 +241,8 @@ mod tests {
     /// flag is process-wide.
     #[test]
     fn with_the_self_pipe_a_wait_sleeps_once_and_a_stop_ends_it() {
-        const CHILD: &str = "WAAGENT_RS_TEST_WAKEUP_CHILD";
-        let name = "clock::tests::with_the_self_pipe_a_wait_sleeps_once_and_a_stop_ends_it";
-        if std::env::var_os(CHILD).is_none() {
-            let out = std::process::Command::new(std::env::current_exe().unwrap())
-                .args([name, "--exact", "--nocapture", "--test-threads=1"])
-                .env(CHILD, "1")
-                .output()
-                .unwrap();
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                out.status.success() && stdout.contains("1 passed"),
-                "{stdout}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+        if !in_own_process("clock::tests::with_the_self_pipe_a_wait_sleeps_once_and_a_stop_ends_it")
+        {
             return;
         }
         crate::daemon::install_handlers().unwrap();

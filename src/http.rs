@@ -347,10 +347,11 @@ mod tests {
         );
     }
 
-    #[test]
-    fn oversized_body_is_refused() {
+    /// Sends a GET with a 4096-byte limit to a server that answers
+    /// Content-Length: 5000 and then `sent` bytes of body; the error.
+    fn oversized(sent: usize) -> HttpError {
         let mut resp = b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n".to_vec();
-        resp.extend(std::iter::repeat_n(b'x', 5000));
+        resp.extend(std::iter::repeat_n(b'x', sent));
         let (url, h) = serve_once(resp);
         let e = send(&Request {
             method: "GET",
@@ -362,12 +363,18 @@ mod tests {
             proxy: None,
         })
         .unwrap_err();
+        let _ = h.join();
+        e
+    }
+
+    #[test]
+    fn oversized_body_is_refused() {
+        let e = oversized(5000);
         assert!(
             e.to_string()
                 .ends_with("response larger than 4096 bytes refused"),
             "{e}"
         );
-        let _ = h.join();
     }
 
     /// The fault matrix: a 5 MiB answer to a document cost reading 4 MiB
@@ -376,25 +383,12 @@ mod tests {
     /// a reader of the body would call a broken connection).
     #[test]
     fn an_announced_oversized_body_is_refused_unread() {
-        let mut resp = b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n".to_vec();
-        resp.extend(std::iter::repeat_n(b'x', 10));
-        let (url, h) = serve_once(resp);
-        let e = send(&Request {
-            method: "GET",
-            url: &url,
-            headers: &[],
-            body: None,
-            timeout_secs: 10,
-            max_body: 4096,
-            proxy: None,
-        })
-        .unwrap_err();
+        let e = oversized(10);
         assert!(
             e.to_string()
                 .ends_with("response larger than 4096 bytes refused"),
             "{e}"
         );
-        let _ = h.join();
     }
 
     #[test]

@@ -8,6 +8,8 @@
 
 #[path = "common/sandbox.rs"]
 mod sandbox;
+#[path = "common/vm.rs"]
+mod vm;
 
 use std::io::{Cursor, Write};
 use std::path::Path;
@@ -15,10 +17,9 @@ use std::process::Stdio;
 
 use sandbox::{Options, Sandbox};
 use serde_json::{json, Value};
+use vm::DMI_UUID;
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipWriter};
-
-const DMI_UUID: &str = "C4BFE7E2-EB2D-4A4E-8615-EA6AAF50162E";
 
 /// The handler every package carries, in shell: it logs each call with
 /// what it was given to `/work/calls`, and `enable` writes the status of

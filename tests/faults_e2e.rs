@@ -20,6 +20,8 @@
 
 #[path = "common/sandbox.rs"]
 mod sandbox;
+#[path = "common/vm.rs"]
+mod vm;
 
 use std::collections::BTreeMap;
 use std::io::{Cursor, Write};
@@ -31,18 +33,12 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use sandbox::{Options, Sandbox};
 use serde_json::{json, Value};
+use vm::{DMI_UUID, FULL_PASSWORD, IMDS_KEY, INSTANCE_ID};
 use waagent::provision::password;
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipWriter};
 
 const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
-const DMI_UUID: &str = "C4BFE7E2-EB2D-4A4E-8615-EA6AAF50162E";
-/// `DMI_UUID` with its first three groups byte-swapped, as `provisioned` holds it.
-const INSTANCE_ID: &str = "e2e7bfc4-2deb-4e4a-8615-ea6aaf50162e";
-/// The password in test-data/ovf/full.xml, entities decoded.
-const PASSWORD: &str = "Sup3r$ecret P@ss & más <x>";
-const IMDS_KEY: &str =
-    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGltZHNrZXlmb3J3YWFnZW50cnNvbmx5bm90cmVhbA== imds@azure";
 /// The bound on recovering from one transient fault that is not a
 /// timeout, in the simulator's milliseconds.
 const RECOVERY_BOUND_MS: u64 = 3000;
@@ -880,7 +876,7 @@ fn run_case(case: &Case, share: &Path) -> Outcome {
         dir,
         status,
         seconds,
-        password_ok: password::verify(PASSWORD, hash.trim()),
+        password_ok: password::verify(FULL_PASSWORD, hash.trim()),
     }
 }
 

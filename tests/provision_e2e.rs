@@ -6,22 +6,18 @@
 
 #[path = "common/sandbox.rs"]
 mod sandbox;
+#[path = "common/vm.rs"]
+mod vm;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use sandbox::{Options, Sandbox};
 use serde_json::Value;
+use vm::{DMI_UUID, FULL_PASSWORD, IMDS_KEY, INSTANCE_ID};
 use waagent::provision::password;
 
 const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
-const DMI_UUID: &str = "C4BFE7E2-EB2D-4A4E-8615-EA6AAF50162E";
-/// `DMI_UUID` with its first three groups byte-swapped, as `provisioned` holds it.
-const INSTANCE_ID: &str = "e2e7bfc4-2deb-4e4a-8615-ea6aaf50162e";
-/// The password in test-data/ovf/full.xml, entities decoded.
-const FULL_PASSWORD: &str = "Sup3r$ecret P@ss & más <x>";
-const IMDS_KEY: &str =
-    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGltZHNrZXlmb3J3YWFnZW50cnNvbmx5bm90cmVhbA== imds@azure";
 const INLINE_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDt0ZXN0a2V5Zm9yd2FhZ2VudHJzb25seW5vdHJlYWw= alice@laptop";
 

@@ -822,20 +822,9 @@ mod tests {
     /// process: the test binary run again for this one test.
     #[test]
     fn a_stop_request_abandons_the_command_without_killing_it() {
-        const CHILD: &str = "WAAGENT_RS_TEST_STOP_CHILD";
-        let name = "os::runner::tests::a_stop_request_abandons_the_command_without_killing_it";
-        if std::env::var_os(CHILD).is_none() {
-            let out = Command::new(std::env::current_exe().unwrap())
-                .args([name, "--exact", "--nocapture", "--test-threads=1"])
-                .env(CHILD, "1")
-                .output()
-                .unwrap();
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                out.status.success() && stdout.contains("1 passed"),
-                "{stdout}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+        if !crate::clock::tests::in_own_process(
+            "os::runner::tests::a_stop_request_abandons_the_command_without_killing_it",
+        ) {
             return;
         }
         crate::daemon::install_handlers().unwrap();

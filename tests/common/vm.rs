@@ -1,0 +1,14 @@
+//! Facts of the sandboxed VM the end-to-end tests provision: its SMBIOS
+//! UUID, and what test-data/ovf/full.xml and the simulator's IMDS hold.
+
+#![allow(dead_code)] // each test binary uses some of them
+
+/// What `/sys/class/dmi/id/product_uuid` reads in the sandbox.
+pub const DMI_UUID: &str = "C4BFE7E2-EB2D-4A4E-8615-EA6AAF50162E";
+/// `DMI_UUID` with its first three groups byte-swapped, as `provisioned` holds it.
+pub const INSTANCE_ID: &str = "e2e7bfc4-2deb-4e4a-8615-ea6aaf50162e";
+/// The password in test-data/ovf/full.xml, entities decoded.
+pub const FULL_PASSWORD: &str = "Sup3r$ecret P@ss & más <x>";
+/// The SSH key the simulator's IMDS serves.
+pub const IMDS_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGltZHNrZXlmb3J3YWFnZW50cnNvbmx5bm90cmVhbA== imds@azure";
