@@ -10,7 +10,9 @@
 //! `auto` makes what `ssh-keygen -A` makes on current OpenSSH (rsa, ecdsa,
 //! ed25519), with ssh-keygen's default sizes for each (RSA 3072 bits since
 //! OpenSSH 8.0, ECDSA 256), the same file names, 0600 private and 0644
-//! public keys, and the comment `-A` writes (`root@` the host name).
+//! public keys, and the comment `-A` writes (`root@` the host name). The
+//! Ed25519 key needs no child: it is made in-process (`os/ed25519.rs`) the
+//! moment the job starts.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -96,6 +98,17 @@ impl HostKeyJob {
         };
         for t in key_types(kind) {
             let name = format!("ssh_host_{t}_key");
+            if t == "ed25519" {
+                // Made here and now: no child (os/ed25519.rs).
+                let made = write_ed25519(job.work.path(), &name, comment)?;
+                job.keys.push(KeyGen {
+                    name,
+                    racers: Vec::new(),
+                    made: Some(made),
+                    failed: None,
+                });
+                continue;
+            }
             let n = if t == "rsa" { RSA_RACERS } else { 1 };
             let mut racers = Vec::new();
             for i in 0..n {
@@ -241,6 +254,35 @@ impl Drop for HostKeyJob {
     }
 }
 
+/// An Ed25519 key pair made in-process, written as `ssh-keygen` would
+/// leave it in `work/0/name` and `.pub` (0600 and 0644, as install sets
+/// them again); the private key's path.
+fn write_ed25519(work: &Path, name: &str, comment: &str) -> Result<PathBuf, OsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (private, public) = super::ed25519::generate(comment).map_err(OsError::Invalid)?;
+    let dir = work.join("0");
+    fs::create_dir_all(&dir).map_err(OsError::io(&dir))?;
+    let file = dir.join(name);
+    for (path, text, mode) in [
+        (file.clone(), private, 0o600),
+        (
+            PathBuf::from(format!("{}.pub", file.display())),
+            public,
+            0o644,
+        ),
+    ] {
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(OsError::io(&path))?;
+    }
+    Ok(file)
+}
+
 /// A generated key file made ready to be renamed over `target`: written to
 /// disk, its mode set, the label of the file it replaces copied.
 fn prepare(file: &Path, target: &Path, mode: u32) -> Result<(), OsError> {
@@ -345,7 +387,8 @@ mod tests {
         )
         .unwrap();
         let work = job.work.path().to_path_buf();
-        let want: Vec<String> = ["rsa", "ecdsa", "ed25519"]
+        // Ed25519 is made in-process, without a child.
+        let want: Vec<String> = ["rsa", "ecdsa"]
             .iter()
             .map(|t| {
                 format!(
@@ -377,7 +420,11 @@ mod tests {
         );
         for t in ["rsa", "ecdsa", "ed25519"] {
             let key = dir.path().join(format!("ssh_host_{t}_key"));
-            assert_eq!(fs::read_to_string(&key).unwrap(), format!("private {t}\n"));
+            let text = fs::read_to_string(&key).unwrap();
+            match t {
+                "ed25519" => assert!(text.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----")),
+                _ => assert_eq!(text, format!("private {t}\n")),
+            }
             assert_eq!(mode(&key), 0o600, "{t}");
             assert_eq!(mode(&key.with_extension("pub")), 0o644, "{t}");
         }

@@ -21,6 +21,7 @@
 
 pub mod background;
 mod distro;
+pub mod ed25519;
 mod flavours;
 pub mod hostkeys;
 mod linux;

@@ -74,9 +74,10 @@ fn keys_are_made_while_the_fabric_answers_and_collected_where_needed() {
     assert_eq!(lines_of(&v, "/usr/bin/openssl req").len(), 1);
     let state = d.step(state);
     assert_eq!(state.name(), "Connect");
+    // RSA and ECDSA by ssh-keygen; Ed25519 made in-process already.
     let keygens = lines_of(&v, "ssh-keygen");
-    assert_eq!(keygens.len(), 3, "{keygens:#?}");
-    for (line, t) in keygens.iter().zip(["rsa", "ecdsa", "ed25519"]) {
+    assert_eq!(keygens.len(), 2, "{keygens:#?}");
+    for (line, t) in keygens.iter().zip(["rsa", "ecdsa"]) {
         assert!(
             line.starts_with(&format!(
                 "ssh-keygen -N '' -q -t {t} -C root@web-01.contoso.internal -f "
@@ -137,7 +138,7 @@ fn keys_are_made_while_the_fabric_answers_and_collected_where_needed() {
     assert_eq!(v.sim.role_properties()[0].1, ssh_keygen_fingerprint(&rsa));
     assert!(host_key_work(&v).is_empty());
     assert_eq!(lines_of(&v, "/usr/bin/openssl req").len(), 1);
-    assert_eq!(lines_of(&v, "ssh-keygen").len(), 3);
+    assert_eq!(lines_of(&v, "ssh-keygen").len(), 2);
 
     // The timeline: the keys overlapped everything before them; sshd's
     // restart, from the end of HostKeys, the user's steps.
@@ -294,7 +295,8 @@ fn killed_while_keys_are_made_the_next_start_makes_them_once_and_reports_ready_o
     );
     let work = host_key_work(&v);
     assert!(work.is_empty(), "{work:?}");
-    assert_eq!(lines_of(&v, "ssh-keygen").len(), 6);
+    // Two ssh-keygen (RSA, ECDSA) by each start.
+    assert_eq!(lines_of(&v, "ssh-keygen").len(), 4);
     let rsa = v.path("etc/ssh/ssh_host_rsa_key.pub");
     let fingerprint = ssh_keygen_fingerprint(&rsa);
     assert_eq!(v.sim.role_properties()[0].1, fingerprint);
@@ -307,10 +309,14 @@ fn killed_while_keys_are_made_the_next_start_makes_them_once_and_reports_ready_o
     v.run_until(&mut d, "Provision:User");
     std::mem::forget(d);
     let installed = v.read("etc/ssh/ssh_host_rsa_key.pub");
+    let installed_ed25519 = v.read("etc/ssh/ssh_host_ed25519_key");
     let mut d = v.daemon();
     v.run_until(&mut d, "Steady");
-    assert_eq!(lines_of(&v, "ssh-keygen").len(), 3);
+    // The first start's two children (RSA, ECDSA); none by the second, and
+    // no new in-process Ed25519 key either.
+    assert_eq!(lines_of(&v, "ssh-keygen").len(), 2);
     assert_eq!(v.read("etc/ssh/ssh_host_rsa_key.pub"), installed);
+    assert_eq!(v.read("etc/ssh/ssh_host_ed25519_key"), installed_ed25519);
     let rsa = v.path("etc/ssh/ssh_host_rsa_key.pub");
     assert_eq!(v.sim.role_properties()[0].1, ssh_keygen_fingerprint(&rsa));
     assert_eq!(
@@ -366,7 +372,8 @@ fn the_fingerprint_is_what_ssh_keygen_lf_prints() {
 fn the_media_is_unmounted_in_the_background_and_ejected_once_that_is_over() {
     let mut v = vm(Some(&full_ovf()), ProvisioningAgent::Waagent);
     v.config.regenerate_ssh_host_key_pair = true;
-    v.config.ssh_host_key_pair_type = SshHostKeyType::Ed25519;
+    // RSA: a key made by a child (Ed25519's needs none).
+    v.config.ssh_host_key_pair_type = SshHostKeyType::Rsa;
     v.runner.takes(v.clock.clone(), |cmd| {
         (cmd.program == "umount").then_some(40 * MS)
     });

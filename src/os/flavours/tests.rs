@@ -319,21 +319,35 @@ fn host_keys_are_made_aside_and_replace_the_old_ones_per_flavour() {
         });
         let now = std::time::Instant::now();
         let mut job =
-            f.os.start_ssh_host_keys(SshHostKeyType::Ed25519, "vm1", now)
+            f.os.start_ssh_host_keys(SshHostKeyType::Ecdsa, "vm1", now)
                 .unwrap();
         let taken = f.take();
         assert_eq!(taken.len(), 1, "{flavour}");
         assert!(
-            taken[0].starts_with("ssh-keygen -N '' -q -t ed25519 -C root@vm1 -f "),
+            taken[0].starts_with("ssh-keygen -N '' -q -t ecdsa -C root@vm1 -f "),
             "{flavour}: {taken:?}"
         );
         assert!(f.file("/etc/ssh/ssh_host_rsa_key").exists());
         assert!(job.poll(now));
         f.os.install_ssh_host_keys(job).unwrap();
-        assert_eq!(f.read("/etc/ssh/ssh_host_ed25519_key"), "new");
+        assert_eq!(f.read("/etc/ssh/ssh_host_ecdsa_key"), "new");
         assert!(!f.file("/etc/ssh/ssh_host_rsa_key").exists());
         assert!(!f.file("/etc/ssh/ssh_host_rsa_key.pub").exists());
         assert_eq!(f.read("/etc/ssh/sshd_config"), "keep");
+        // Ed25519: made in-process, no command, done at once.
+        let mut job =
+            f.os.start_ssh_host_keys(SshHostKeyType::Ed25519, "vm1", now)
+                .unwrap();
+        assert!(f.take().is_empty(), "{flavour}");
+        assert!(job.poll(now));
+        f.os.install_ssh_host_keys(job).unwrap();
+        assert!(f
+            .read("/etc/ssh/ssh_host_ed25519_key")
+            .starts_with("-----BEGIN OPENSSH PRIVATE KEY-----\n"));
+        assert!(f
+            .read("/etc/ssh/ssh_host_ed25519_key.pub")
+            .starts_with("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA"));
+        assert!(!f.file("/etc/ssh/ssh_host_ecdsa_key").exists());
         // A host name that is not one never reaches ssh-keygen.
         let e =
             f.os.start_ssh_host_keys(SshHostKeyType::Ed25519, "-oops", now)
