@@ -196,7 +196,8 @@ test:
 # the journal, restart, stop, the firewall at boot, extensions after a
 # reboot, purge (scripts/boot-test; PASS/FAIL per assertion, logs in
 # target/boot-test/). As root; the root file system is cached in
-# /var/cache/waagent-rs. About 2 minutes with the cache and a built package.
+# /var/cache/waagent-rs. About 5 minutes cold, 40 seconds with the cache and
+# a built package.
 boot-test:
 	@if [ "$$(id -u)" = 0 ]; then WAAGENT_RS_REQUIRE_SANDBOX=1; export WAAGENT_RS_REQUIRE_SANDBOX; fi; \
 	CARGO="$(CARGO)" ./scripts/boot-test
