@@ -110,6 +110,9 @@ pub trait Clock {
 /// `watched`. Returns how many were.
 fn serve(watched: &mut dyn Watched, wake: Option<RawFd>, timeout_ms: i32) -> usize {
     let fds = watched.fds();
+    if fds.is_empty() && wake.is_none() {
+        return 0;
+    }
     let mut pfds: Vec<libc::pollfd> = wake
         .into_iter()
         .chain(fds.iter().copied())
