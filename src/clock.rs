@@ -421,6 +421,33 @@ pub(crate) mod tests {
         assert_eq!(watch.got, b"ab");
     }
 
+    /// With the self-pipe, a watched descriptor is handled in the same
+    /// poll(2), and a SIGTERM still ends the wait at once. In a child
+    /// process of its own: the stop flag is process-wide.
+    #[test]
+    fn with_the_self_pipe_a_watching_wait_handles_its_descriptors_and_stops() {
+        if !in_own_process(
+            "clock::tests::with_the_self_pipe_a_watching_wait_handles_its_descriptors_and_stops",
+        ) {
+            return;
+        }
+        use std::io::Write;
+        crate::daemon::install_handlers().unwrap();
+        let (mut watch, mut write) = pipe_watch();
+        std::thread::spawn(move || {
+            write.write_all(b"a").unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            let _ =
+                nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGTERM);
+            // Kept open: a hung-up pipe would be readable for ever.
+            std::thread::sleep(Duration::from_secs(600));
+        });
+        let start = Instant::now();
+        assert!(!SystemClock.sleep_watching(Duration::from_secs(600), &mut watch));
+        assert!(start.elapsed() < Duration::from_secs(300));
+        assert_eq!(watch.got, b"a");
+    }
+
     /// The virtual clock handles what is readable when the wait begins and
     /// moves its time by the whole wait.
     #[test]
