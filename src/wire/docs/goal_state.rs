@@ -118,6 +118,15 @@ impl LbProbePorts {
             kept.push(port);
         }
         kept.sort_unstable();
+        // Said one by one up to a point: a goal state of a million bad
+        // entries must not become a million log lines.
+        if refused.len() > MAX_LB_PROBE_PORTS {
+            let more = refused.len() - MAX_LB_PROBE_PORTS;
+            refused.truncate(MAX_LB_PROBE_PORTS);
+            refused.push(format!(
+                "/GoalState/Machine/LBProbePorts: {more} more entries left out"
+            ));
+        }
         LbProbePorts {
             ports: kept,
             refused,
@@ -268,10 +277,23 @@ mod tests {
         let p = with_ports(&many);
         let want: Vec<u16> = (20_001 - MAX_LB_PROBE_PORTS as u16..=20_000).collect();
         assert_eq!(p.ports, want);
-        assert_eq!(p.refused.len(), 40 - MAX_LB_PROBE_PORTS);
+        assert_eq!(p.refused.len(), MAX_LB_PROBE_PORTS + 1);
         assert_eq!(
             p.refused[0],
             "/GoalState/Machine/LBProbePorts/Port[17]: port 19984 is over the limit of 16 ports"
+        );
+        assert_eq!(
+            p.refused[MAX_LB_PROBE_PORTS],
+            "/GoalState/Machine/LBProbePorts: 8 more entries left out"
+        );
+        // Ten thousand bad entries: a bounded account of them.
+        let junk = vec!["x"; 10_000];
+        let p = with_ports(&junk);
+        assert!(p.ports.is_empty());
+        assert_eq!(p.refused.len(), MAX_LB_PROBE_PORTS + 1);
+        assert_eq!(
+            p.refused[MAX_LB_PROBE_PORTS],
+            "/GoalState/Machine/LBProbePorts: 9984 more entries left out"
         );
     }
 
