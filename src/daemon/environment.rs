@@ -65,17 +65,14 @@ impl Daemon {
     /// state dropped are closed, new ones opened, and a port that could not
     /// be bound is tried again. Called after each goal-state poll; before
     /// the first goal state (or a fabric that never answered) nothing
-    /// changes.
+    /// changes. With `LBProbeResponder=n` nothing is ever opened.
     pub(super) fn sync_lb_probe(&mut self) {
+        if !self.config.lb_probe_responder {
+            return;
+        }
         let Some(latest) = self.client.as_ref().and_then(|c| c.lb_probe_ports()) else {
             return;
         };
-        if !self.config.lb_probe_responder {
-            if !self.monitors.lb_probe.ports().is_empty() {
-                self.monitors.lb_probe.close_all();
-            }
-            return;
-        }
         if self.monitors.lb_probe_seen.as_ref() != Some(latest) {
             for r in &latest.refused {
                 log::warn!("LBProbeResponder: goal state {r}: not listened on");
