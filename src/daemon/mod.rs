@@ -828,7 +828,7 @@ impl Daemon {
                     _ => next_poll,
                 };
                 let wait = wake.saturating_duration_since(self.clock.now());
-                if !self.clock.sleep(wait) {
+                if !self.idle(wait) {
                     return State::Stopped(0);
                 }
                 let mut next_poll = next_poll;
@@ -853,6 +853,7 @@ impl Daemon {
                         self.run_monitors();
                     }
                     extensions = self.poll_goal_state(extensions);
+                    self.sync_lb_probe();
                     if self.manages_environment() {
                         self.set_up_rdma();
                     }
