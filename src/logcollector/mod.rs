@@ -98,8 +98,11 @@ pub fn collect_with(env: &Env, full: bool, limits: &Limits) -> io::Result<Report
     let mut included = Vec::new();
     let mut left_out = sel.left_out.clone();
     let mut uncompressed = 0u64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
     for f in &facts {
-        add(&mut zip, &f.name, &f.data, None)?;
+        add(&mut zip, &f.name, &f.data, Some(now))?;
         uncompressed += f.data.len() as u64;
         included.push(format!("{:>10}  {}", f.data.len(), f.name));
     }
@@ -124,7 +127,7 @@ pub fn collect_with(env: &Env, full: bool, limits: &Limits) -> io::Result<Report
         }
     }
     let results = results_text(&src, full, limits, &included, &left_out, &notes);
-    add(&mut zip, RESULTS, results.as_bytes(), None)?;
+    add(&mut zip, RESULTS, results.as_bytes(), Some(now))?;
     uncompressed += results.len() as u64;
     zip.finish().map_err(zip_error)?;
     tmp.as_file().sync_all()?;
