@@ -253,6 +253,10 @@ pub fn secret_reason(name: &str) -> Option<&'static str> {
     if lower == "customdata" {
         return Some("the VM's custom data: never collected");
     }
+    if lower.starts_with("remoteaccess") {
+        // waagent's RemoteAccess.xml: JIT users' passwords, sealed.
+        return Some("remote-access accounts with their sealed passwords: never collected");
+    }
     None
 }
 
@@ -790,6 +794,7 @@ mod tests {
             "shadow",
             "gshadow-",
             "CustomData",
+            "RemoteAccess.xml",
         ] {
             assert!(secret_reason(n).is_some(), "{n}");
         }
