@@ -148,12 +148,15 @@ pub fn candidates(src: &Sources, full: bool, limits: &Limits) -> (Vec<Candidate>
             }
         }
     }
+    w.new_tree();
     w.lib_dir(&src.lib_dir, full);
     // /var/log/azure/**: whatever the extensions log.
+    w.new_tree();
     for (path, md) in w.tree(&src.ext_log_dir) {
         w.push_checked(path, md, Class::ExtensionLog, Treatment::Copy);
     }
     if full {
+        w.new_tree();
         let var_log = src.system("/var/log");
         for (path, md) in w.list(&var_log) {
             let name = file_name(&path);
@@ -297,6 +300,13 @@ struct Walk {
 }
 
 impl Walk {
+    /// Each tree (and each handler's directory) has its own entry budget,
+    /// so one huge handler package does not hide the extensions' logs.
+    fn new_tree(&mut self) {
+        self.seen = 0;
+        self.over_budget = false;
+    }
+
     fn leave(&mut self, p: &Path, why: impl Into<String>) {
         self.left_out.push(LeftOut {
             what: p.display().to_string(),
@@ -453,6 +463,7 @@ impl Walk {
 
     /// One handler directory; returns how many files it did not collect.
     fn handler_dir(&mut self, dir: &Path, full: bool) -> usize {
+        self.new_tree();
         let mut others = 0;
         for (path, md) in self.tree(dir) {
             let rel = path.strip_prefix(dir).unwrap_or(&path);
