@@ -108,6 +108,17 @@ pub fn collect_with(env: &Env, full: bool, limits: &Limits) -> io::Result<Report
     }
     for c in &sel.chosen {
         match read_chosen(c).and_then(|raw| treat(&c.file, raw)) {
+            // Redaction may lengthen a text: the limit holds all the same.
+            Ok((data, _)) if uncompressed + data.len() as u64 > limits.total => {
+                left_out.push(LeftOut {
+                    what: c.file.path.display().to_string(),
+                    why: format!(
+                    "{} bytes as collected would pass the archive's limit of {} uncompressed bytes",
+                    data.len(),
+                    limits.total
+                ),
+                })
+            }
             Ok((data, note)) => {
                 add(&mut zip, &c.file.name, &data, Some(c.file.mtime))?;
                 uncompressed += data.len() as u64;
@@ -555,6 +566,39 @@ mod tests {
         assert_eq!(again.files, r.files);
         let left: Vec<_> = fs::read_dir(r.archive.parent().unwrap()).unwrap().collect();
         assert_eq!(left.len(), 1, "no temporary file is left behind");
+    }
+
+    /// The limit holds for what is written, after redaction lengthened it.
+    #[test]
+    fn the_limit_holds_for_the_bytes_written() {
+        use crate::os::testing::{env, write};
+        use crate::os::{Flavour, RecordingRunner};
+        use std::rc::Rc;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mut e = env(root, Flavour::Default, Rc::new(RecordingRunner::new()));
+        e.config.lib_dir = root.join("lib");
+        e.config.log_file = root.join("log/waagent.log");
+        e.config.extension_log_dir = root.join("log/azure");
+        write(root, "/lib/.keep", "");
+        write(root, "/log/waagent.log", r#"{"password":"x"}"#);
+        let limits = Limits {
+            total: 20,
+            ..Limits::default()
+        };
+        let r = collect_with(&e, false, &limits).unwrap();
+        let mut zip = zip::ZipArchive::new(File::open(&r.archive).unwrap()).unwrap();
+        let log = archive_name_of(root, "log/waagent.log");
+        assert!(zip.by_name(&log).is_err(), "{log} was collected");
+        let mut results = String::new();
+        zip.by_name(RESULTS)
+            .unwrap()
+            .read_to_string(&mut results)
+            .unwrap();
+        assert!(
+            results.contains("25 bytes as collected would pass the archive's limit of 20"),
+            "{results}"
+        );
     }
 
     fn archive_name_of(root: &Path, rel: &str) -> String {
