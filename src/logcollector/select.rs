@@ -142,9 +142,8 @@ pub fn candidates(src: &Sources, full: bool, limits: &Limits) -> (Vec<Candidate>
     if let (Some(dir), Some(stem)) = (src.log_file.parent(), src.log_file.file_name()) {
         let prefix = format!("{}.", stem.to_string_lossy());
         for (path, md) in w.list(dir) {
-            let name = file_name(&path);
-            if name.starts_with(&prefix) && md.is_file() {
-                w.push_checked(path, md, Class::AgentLogRotation, Treatment::Copy);
+            if file_name(&path).starts_with(&prefix) {
+                w.push_regular(path, md, Class::AgentLogRotation);
             }
         }
     }
@@ -163,8 +162,8 @@ pub fn candidates(src: &Sources, full: bool, limits: &Limits) -> (Vec<Candidate>
             let wanted = ["syslog", "messages"]
                 .iter()
                 .any(|s| name == *s || name.starts_with(&format!("{s}.")));
-            if wanted && md.is_file() {
-                w.push_checked(path, md, Class::SystemLog, Treatment::Copy);
+            if wanted {
+                w.push_regular(path, md, Class::SystemLog);
             }
         }
     }
@@ -399,6 +398,17 @@ impl Walk {
         files
     }
 
+    /// Adds `path` if it is a regular file (else says why not).
+    fn push_regular(&mut self, path: PathBuf, md: Metadata, class: Class) {
+        if md.file_type().is_symlink() {
+            self.leave(&path, "a symbolic link: not followed");
+        } else if !md.is_file() {
+            self.leave(&path, "not a regular file");
+        } else {
+            self.push_checked(path, md, class, Treatment::Copy);
+        }
+    }
+
     /// Adds a regular file unless its name marks a secret.
     fn push_checked(&mut self, path: PathBuf, md: Metadata, class: Class, treatment: Treatment) {
         if let Some(why) = secret_reason(&file_name(&path)) {
@@ -598,6 +608,8 @@ mod tests {
         symlink("/etc/shadow", t.p("log/azure/Contoso.Echo/shadow-link.log")).unwrap();
         symlink(t.p("root/etc"), t.p("log/azure/etc")).unwrap();
         symlink(t.p("lib/TransportPrivate.pem"), t.p("lib/looks-fine.xml")).unwrap();
+        symlink("/etc/shadow", t.p("log/waagent.log.3")).unwrap();
+        symlink("/etc/shadow", t.p("root/var/log/messages.1")).unwrap();
         nix::unistd::mkfifo(&t.p("log/azure/pipe.log"), nix::sys::stat::Mode::S_IRWXU).unwrap();
         t
     }
@@ -655,10 +667,15 @@ mod tests {
         assert!(why("log/azure/Contoso.Echo/shadow-link.log").contains("symbolic link"));
         assert!(why("log/azure/etc").contains("symbolic link"));
         assert!(why("lib/looks-fine.xml").contains("symbolic link"));
+        assert!(why("log/waagent.log.3").contains("symbolic link"));
         assert!(why("log/azure/pipe.log").contains("not a regular file"));
         assert!(why("lib").contains("other files"), "{left:?}");
         // The -full additions: handler logs and the system log.
-        let (full, _) = names(&t, true);
+        let (full, left) = names(&t, true);
+        let messages_1 = t.p("root/var/log/messages.1").display().to_string();
+        assert!(left
+            .iter()
+            .any(|l| l.what == messages_1 && l.why.contains("symbolic link")));
         let added: Vec<&String> = full.iter().filter(|n| !normal.contains(n)).collect();
         let mut added: Vec<&str> = added.iter().map(|s| s.as_str()).collect();
         added.sort();
