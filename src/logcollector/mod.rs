@@ -87,7 +87,11 @@ pub fn collect_with(env: &Env, full: bool, limits: &Limits) -> io::Result<Report
     let facts = facts(env, &src, &mut notes);
     let reserved = facts.iter().map(|f| f.data.len() as u64).sum();
     let (found, refused) = select::candidates(&src, full, limits);
-    let sel = select::select(found, refused, reserved, limits);
+    let Selection {
+        chosen,
+        mut left_out,
+        ..
+    } = select::select(found, refused, reserved, limits);
 
     let mut tmp = tempfile::Builder::new()
         .prefix(".logs.zip.")
@@ -96,7 +100,6 @@ pub fn collect_with(env: &Env, full: bool, limits: &Limits) -> io::Result<Report
         .tempfile_in(&dir)?;
     let mut zip = ZipWriter::new(tmp.as_file_mut());
     let mut included = Vec::new();
-    let mut left_out = sel.left_out.clone();
     let mut uncompressed = 0u64;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -106,18 +109,19 @@ pub fn collect_with(env: &Env, full: bool, limits: &Limits) -> io::Result<Report
         uncompressed += f.data.len() as u64;
         included.push(format!("{:>10}  {}", f.data.len(), f.name));
     }
-    for c in &sel.chosen {
+    for c in &chosen {
         match read_chosen(c).and_then(|raw| treat(&c.file, raw)) {
             // Redaction may lengthen a text: the limit holds all the same.
             Ok((data, _)) if uncompressed + data.len() as u64 > limits.total => {
-                left_out.push(LeftOut {
-                    what: c.file.path.display().to_string(),
-                    why: format!(
+                let why = format!(
                     "{} bytes as collected would pass the archive's limit of {} uncompressed bytes",
                     data.len(),
                     limits.total
-                ),
-                })
+                );
+                left_out.push(LeftOut {
+                    what: c.file.path.display().to_string(),
+                    why,
+                });
             }
             Ok((data, note)) => {
                 add(&mut zip, &c.file.name, &data, Some(c.file.mtime))?;
