@@ -100,6 +100,7 @@ pub fn main(args: &[String]) -> i32 {
                 EXIT_USAGE
             }
         },
+        Command::CollectLogs => collect_logs(Env::system(config), inv.full),
         other => not_implemented(other),
     }
 }
@@ -348,6 +349,36 @@ fn setup_firewall(os: &dyn os::OsUtil, ip: Ipv4Addr) -> i32 {
         Err(e) => {
             log::error!("cannot set the WireServer firewall rules for {ip}: {e}");
             eprintln!("waagent: cannot set the WireServer firewall rules for {ip}: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// `-collect-logs [-full]`: the log archive for support (`logcollector`).
+fn collect_logs(env: Env, full: bool) -> i32 {
+    let mode = if full {
+        "-collect-logs -full"
+    } else {
+        "-collect-logs"
+    };
+    match crate::logcollector::collect(&env, full) {
+        Ok(r) => {
+            let said = format!(
+                "wrote {}: {} bytes, {} files ({} bytes uncompressed; {} left out, see {} inside)",
+                r.archive.display(),
+                r.bytes,
+                r.files,
+                r.uncompressed,
+                r.left_out,
+                crate::logcollector::RESULTS
+            );
+            log::info!("{mode}: {said}");
+            println!("waagent: {said}");
+            EXIT_OK
+        }
+        Err(e) => {
+            log::error!("{mode}: cannot write the log archive: {e}");
+            eprintln!("waagent: {mode}: cannot write the log archive: {e}");
             EXIT_FAILURE
         }
     }

@@ -18,6 +18,7 @@ pub mod http;
 pub mod journal;
 pub mod libdir;
 pub mod log;
+pub mod logcollector;
 pub mod names;
 pub mod os;
 pub mod ovf;
