@@ -74,6 +74,19 @@ fn wait_for_wakeup(d: Duration) -> bool {
     true
 }
 
+/// One wait of up to `d` (a tenth of a second at most without the
+/// self-pipe) that a stop request ends; false when one was made. Nothing
+/// else happens in it: no watchdog ping.
+pub fn pause(d: Duration) -> bool {
+    if stop_requested() {
+        return false;
+    }
+    if !wait_for_wakeup(d) {
+        std::thread::sleep(d.min(Duration::from_millis(100)));
+    }
+    !stop_requested()
+}
+
 /// Whether a stop has been asked for.
 pub fn stop_requested() -> bool {
     STOP.load(Ordering::SeqCst)
@@ -155,19 +168,20 @@ impl Clock for SystemClock {
         Instant::now()
     }
 
+    /// Under a service watchdog no single poll(2) outlasts half its
+    /// interval, and each ends with a ping (`crate::notify`).
     fn sleep(&self, d: Duration) -> bool {
         let end = Instant::now() + d;
         loop {
-            if stop_requested() {
+            if stop_requested() || !crate::notify::hold_while_hung() {
                 return false;
             }
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return true;
             }
-            if !wait_for_wakeup(left) {
-                std::thread::sleep(left.min(Duration::from_millis(100)));
-            }
+            pause(crate::notify::cap_wait(left, crate::notify::longest_wait()));
+            crate::notify::keepalive();
         }
     }
 
