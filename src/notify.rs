@@ -202,6 +202,14 @@ impl Notifier {
         sent
     }
 
+    /// The status last sent.
+    pub fn last_status(&self) -> Option<String> {
+        self.last_status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// `WATCHDOG=1` when the watchdog is on and the last ping is at least
     /// [`ping_spacing`] old at `now`; true when sent.
     pub fn ping(&self, now: Instant) -> bool {
@@ -294,6 +302,9 @@ pub fn hold_while_hung() -> bool {
         "Debug.HangFile {} exists: the loop hangs, without watchdog pings, until it is removed",
         path.display()
     );
+    // The hang may begin inside a wait: the status before it is what
+    // holds again once it is over, whether or not the loop turns then.
+    let before = notifier().and_then(Notifier::last_status);
     status(&format!(
         "Hung: Debug.HangFile {} exists (a test fault)",
         path.display()
@@ -307,6 +318,9 @@ pub fn hold_while_hung() -> bool {
         "Debug.HangFile {} is gone: the loop goes on",
         path.display()
     );
+    if let Some(text) = before {
+        status(&text);
+    }
     true
 }
 
