@@ -19,6 +19,9 @@
 //! and the wait goes on for the rest of its time. So the single-threaded
 //! daemon answers a probe within a moment while it idles, without a thread
 //! or a busy loop.
+//!
+//! Under systemd's watchdog (`crate::notify`) a wait wakes every half
+//! interval to ping it.
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
