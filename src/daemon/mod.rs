@@ -433,6 +433,9 @@ pub struct Daemon {
     sshd_restart: Option<crate::os::Background>,
     /// The way to the final report, for its log line.
     timeline: Timeline,
+    /// Why provisioning failed in this run, which Steady's status keeps
+    /// showing.
+    failure: Option<String>,
 }
 
 impl Daemon {
@@ -460,6 +463,7 @@ impl Daemon {
             host_keys: None,
             sshd_restart: None,
             timeline: Timeline::new(Instant::now()),
+            failure: None,
         }
     }
 
@@ -502,7 +506,7 @@ impl Daemon {
                 state = State::Stopped(0);
                 continue;
             }
-            crate::notify::status(&state.status());
+            crate::notify::status(&self.status(&state));
             crate::notify::keepalive();
             if stop_requested() {
                 // Between steps (a wait would have ended in Stopped itself).
@@ -864,6 +868,7 @@ impl Daemon {
 
             State::ReportFailed { goal, reason } => {
                 log::error!("provisioning failed: {reason}");
+                self.failure = Some(reason.clone());
                 // The next start redoes everything: what failed may be input.
                 if let Some(Err(e)) = self.journal.as_mut().map(Journal::clear_steps) {
                     log::warn!("{e}");
@@ -967,6 +972,18 @@ impl Daemon {
             }
 
             State::Stopped(code) => State::Stopped(code),
+        }
+    }
+
+    /// What systemd shows for `state`: [`State::status`], and in Steady
+    /// why provisioning failed, if it did.
+    fn status(&self, state: &State) -> String {
+        let text = state.status();
+        match (&self.failure, state) {
+            (Some(why), State::Steady { .. } | State::Extension { .. }) => {
+                format!("{text}; provisioning failed: {why}")
+            }
+            _ => text,
         }
     }
 
