@@ -191,7 +191,7 @@ impl Clock for SystemClock {
     fn sleep_watching(&self, d: Duration, watched: &mut dyn Watched) -> bool {
         let end = Instant::now() + d;
         loop {
-            if stop_requested() {
+            if stop_requested() || !crate::notify::hold_while_hung() {
                 return false;
             }
             if watched.fds().is_empty() {
@@ -201,6 +201,8 @@ impl Clock for SystemClock {
             if left.is_zero() {
                 return true;
             }
+            // As in `sleep`: at most half the watchdog's interval at once.
+            let left = crate::notify::cap_wait(left, crate::notify::longest_wait());
             // Without the self-pipe a stop is only seen by looking.
             let wake = WAKE_READ.load(Ordering::SeqCst);
             let (wake, slice) = match wake >= 0 {
@@ -208,6 +210,7 @@ impl Clock for SystemClock {
                 false => (None, left.min(Duration::from_millis(100))),
             };
             serve(watched, wake, poll_ms(slice));
+            crate::notify::keepalive();
         }
     }
 }
