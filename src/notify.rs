@@ -446,6 +446,41 @@ mod tests {
         assert_eq!(received(&sock), ["READY=1"]);
     }
 
+    /// The system clock's waits, plain and watching descriptors, each last
+    /// at most half the watchdog's interval and end with a ping:
+    /// at a 200 ms interval, two seconds ping at least three times (an
+    /// uncapped wait would ping once, at its end). In a child process
+    /// of its own: the notifier is process-wide.
+    #[test]
+    fn the_clocks_waits_ping_the_watchdog() {
+        use crate::clock::{Clock, SystemClock, Watched};
+        use std::os::fd::{AsRawFd, RawFd};
+        if !crate::clock::tests::in_own_process("notify::tests::the_clocks_waits_ping_the_watchdog")
+        {
+            return;
+        }
+        let (_dir, sock, path) = listener();
+        install(Notifier::new(Target::Path(path), Some(Duration::from_millis(200))).unwrap());
+        assert_eq!(longest_wait(), Some(Duration::from_millis(100)));
+
+        assert!(SystemClock.sleep(Duration::from_secs(2)));
+        let pings = received(&sock).len();
+        assert!(pings >= 3, "{pings} pings in a plain wait");
+
+        /// A pipe nobody writes to: watched, never readable.
+        struct Quiet(std::os::fd::OwnedFd);
+        impl Watched for Quiet {
+            fn fds(&self) -> Vec<RawFd> {
+                vec![self.0.as_raw_fd()]
+            }
+            fn readable(&mut self, _: RawFd) {}
+        }
+        let (read, _write) = nix::unistd::pipe().unwrap();
+        assert!(SystemClock.sleep_watching(Duration::from_secs(2), &mut Quiet(read)));
+        let pings = received(&sock).len();
+        assert!(pings >= 3, "{pings} pings in a watching wait");
+    }
+
     #[test]
     fn an_absent_listener_is_not_fatal() {
         let dir = tempfile::tempdir().unwrap();
