@@ -19,6 +19,9 @@
 //! and the wait goes on for the rest of its time. So the single-threaded
 //! daemon answers a probe within a moment while it idles, without a thread
 //! or a busy loop.
+//!
+//! Under systemd's watchdog (`crate::notify`) a wait wakes every half
+//! interval to ping it.
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -72,6 +75,19 @@ fn wait_for_wakeup(d: Duration) -> bool {
     // the caller looks at the flag and the time again.
     unsafe { libc::poll(&mut pfd, 1, ms) };
     true
+}
+
+/// One wait of up to `d` (a tenth of a second at most without the
+/// self-pipe) that a stop request ends; false when one was made. Nothing
+/// else happens in it: no watchdog ping.
+pub fn pause(d: Duration) -> bool {
+    if stop_requested() {
+        return false;
+    }
+    if !wait_for_wakeup(d) {
+        std::thread::sleep(d.min(Duration::from_millis(100)));
+    }
+    !stop_requested()
 }
 
 /// Whether a stop has been asked for.
@@ -155,26 +171,27 @@ impl Clock for SystemClock {
         Instant::now()
     }
 
+    /// Under a service watchdog no single poll(2) outlasts half its
+    /// interval, and each ends with a ping (`crate::notify`).
     fn sleep(&self, d: Duration) -> bool {
         let end = Instant::now() + d;
         loop {
-            if stop_requested() {
+            if stop_requested() || !crate::notify::hold_while_hung() {
                 return false;
             }
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return true;
             }
-            if !wait_for_wakeup(left) {
-                std::thread::sleep(left.min(Duration::from_millis(100)));
-            }
+            pause(crate::notify::cap_wait(left, crate::notify::longest_wait()));
+            crate::notify::keepalive();
         }
     }
 
     fn sleep_watching(&self, d: Duration, watched: &mut dyn Watched) -> bool {
         let end = Instant::now() + d;
         loop {
-            if stop_requested() {
+            if stop_requested() || !crate::notify::hold_while_hung() {
                 return false;
             }
             if watched.fds().is_empty() {
@@ -184,6 +201,8 @@ impl Clock for SystemClock {
             if left.is_zero() {
                 return true;
             }
+            // As in `sleep`: at most half the watchdog's interval at once.
+            let left = crate::notify::cap_wait(left, crate::notify::longest_wait());
             // Without the self-pipe a stop is only seen by looking.
             let wake = WAKE_READ.load(Ordering::SeqCst);
             let (wake, slice) = match wake >= 0 {
@@ -191,6 +210,7 @@ impl Clock for SystemClock {
                 false => (None, left.min(Duration::from_millis(100))),
             };
             serve(watched, wake, poll_ms(slice));
+            crate::notify::keepalive();
         }
     }
 }

@@ -186,6 +186,15 @@ fn daemon(config: Config) -> i32 {
     };
     // Every openssl (and, later, extension) child inherits it, as in waagent.
     crate::wire::crypto::export_fips_env(config.enable_fips);
+    // systemd's Type=notify socket and watchdog, taken out of the
+    // environment the children inherit.
+    if let Some(n) = crate::notify::Notifier::from_env() {
+        match n.watchdog() {
+            Some(w) => log::info!("notifying systemd; watchdog every {w:?}"),
+            None => log::info!("notifying systemd"),
+        }
+        crate::notify::install(n);
+    }
     log::info!(
         "{AGENT_NAME} {VERSION} daemon starting, pid {}, on {} {} ({} flavour)",
         std::process::id(),

@@ -412,6 +412,10 @@ options! {
     /// may take: waagent's 10 s (IMDS at most 3 s), shorter for tests of
     /// what a stalled fabric costs.
     debug_http_timeout: u64 = "Debug.HttpTimeout", 10;
+    /// Test-only fault: while this file exists the daemon's loop hangs
+    /// without pinging systemd's watchdog (`crate::notify`), so a test can
+    /// see a hung agent restarted. Off (None) by default.
+    debug_hang_file: Option<PathBuf> = "Debug.HangFile", None;
 }
 
 /// Keys only the 2.0 agent read. Distro files still carry them; they are
@@ -643,6 +647,7 @@ mod tests {
             ("Debug.ExtensionUninstallTimeout", "300"),
             ("Debug.ExtensionUpdateTimeout", "900"),
             ("Debug.FirewallRulesLogPeriod", "86400"),
+            ("Debug.HangFile", "None"),
             ("Debug.HostGAPluginPort", "32526"),
             ("Debug.HttpTimeout", "10"),
             ("Debug.ImdsAddress", "None"),

@@ -20,6 +20,7 @@ pub mod libdir;
 pub mod log;
 pub mod logcollector;
 pub mod names;
+pub mod notify;
 pub mod os;
 pub mod ovf;
 pub mod pidfile;
