@@ -102,7 +102,7 @@ const COMMANDS: &[(&str, Command, &str)] = &[
     (
         "collect-logs",
         Command::CollectLogs,
-        "collect the agent's logs into an archive (not implemented yet)",
+        "collect the logs into <Lib.Dir>/logcollector/logs.zip (secrets left out)",
     ),
     (
         SETUP_FIREWALL,
@@ -122,7 +122,10 @@ const MODIFIERS: &[(&str, &str)] = &[
         "debug",
         "with -run-exthandlers: do not check for an orphaned agent",
     ),
-    ("full", "with -collect-logs: collect everything"),
+    (
+        "full",
+        "with -collect-logs: add the system log and the handlers' own logs",
+    ),
 ];
 
 const CONFIG_PATH: &str = "configuration-path";
@@ -194,6 +197,7 @@ pub fn help(argv0: &str) -> String {
     for (word, _, help) in COMMANDS {
         let shown = match *word {
             SETUP_FIREWALL => format!("{word}=IP"),
+            "collect-logs" => format!("{word} [-full]"),
             w => w.to_string(),
         };
         s.push_str(&format!("  -{shown:<24}{help}\n"));
@@ -410,6 +414,7 @@ mod tests {
             assert_eq!(p(args).unwrap_err().to_string(), msg, "{args:?}");
         }
         assert!(help("waagent").contains("  -setup-firewall=IP "));
+        assert!(help("waagent").contains("  -collect-logs [-full] "));
     }
 
     #[test]

@@ -100,6 +100,7 @@ pub fn main(args: &[String]) -> i32 {
                 EXIT_USAGE
             }
         },
+        Command::CollectLogs => collect_logs(Env::system(config), inv.full),
         other => not_implemented(other),
     }
 }
@@ -185,6 +186,15 @@ fn daemon(config: Config) -> i32 {
     };
     // Every openssl (and, later, extension) child inherits it, as in waagent.
     crate::wire::crypto::export_fips_env(config.enable_fips);
+    // systemd's Type=notify socket and watchdog, taken out of the
+    // environment the children inherit.
+    if let Some(n) = crate::notify::Notifier::from_env() {
+        match n.watchdog() {
+            Some(w) => log::info!("notifying systemd; watchdog every {w:?}"),
+            None => log::info!("notifying systemd"),
+        }
+        crate::notify::install(n);
+    }
     log::info!(
         "{AGENT_NAME} {VERSION} daemon starting, pid {}, on {} {} ({} flavour)",
         std::process::id(),
@@ -348,6 +358,36 @@ fn setup_firewall(os: &dyn os::OsUtil, ip: Ipv4Addr) -> i32 {
         Err(e) => {
             log::error!("cannot set the WireServer firewall rules for {ip}: {e}");
             eprintln!("waagent: cannot set the WireServer firewall rules for {ip}: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// `-collect-logs [-full]`: the log archive for support (`logcollector`).
+fn collect_logs(env: Env, full: bool) -> i32 {
+    let mode = if full {
+        "-collect-logs -full"
+    } else {
+        "-collect-logs"
+    };
+    match crate::logcollector::collect(&env, full) {
+        Ok(r) => {
+            let said = format!(
+                "wrote {}: {} bytes, {} files ({} bytes uncompressed; {} left out, see {} inside)",
+                r.archive.display(),
+                r.bytes,
+                r.files,
+                r.uncompressed,
+                r.left_out,
+                crate::logcollector::RESULTS
+            );
+            log::info!("{mode}: {said}");
+            println!("waagent: {said}");
+            EXIT_OK
+        }
+        Err(e) => {
+            log::error!("{mode}: cannot write the log archive: {e}");
+            eprintln!("waagent: {mode}: cannot write the log archive: {e}");
             EXIT_FAILURE
         }
     }

@@ -342,6 +342,9 @@ options! {
     /// The log file. waagent 2.0 read this key; 2.2+ hard-code the path.
     log_file: PathBuf = "Logs.File", PathBuf::from("/var/log/waagent.log");
     detect_scvmm_env: bool = "DetectScvmmEnv", false;
+    /// 2.0's load-balancer probe responder (§18.9): answer TCP connections
+    /// on the goal state's `LBProbePorts` with `200 OK`.
+    lb_probe_responder: bool = "LBProbeResponder", false;
 
     // --- Self-update (§14); this agent updates through the package manager ---
     auto_update_enabled: bool = "AutoUpdate.Enabled", true;
@@ -409,6 +412,10 @@ options! {
     /// may take: waagent's 10 s (IMDS at most 3 s), shorter for tests of
     /// what a stalled fabric costs.
     debug_http_timeout: u64 = "Debug.HttpTimeout", 10;
+    /// Test-only fault: while this file exists the daemon's loop hangs
+    /// without pinging systemd's watchdog (`crate::notify`), so a test can
+    /// see a hung agent restarted. Off (None) by default.
+    debug_hang_file: Option<PathBuf> = "Debug.HangFile", None;
 }
 
 /// Keys only the 2.0 agent read. Distro files still carry them; they are
@@ -417,7 +424,6 @@ const LEGACY_KEYS: &[&str] = &[
     "Role.StateConsumer",
     "Role.ConfigurationConsumer",
     "Role.TopologyConsumer",
-    "LBProbeResponder",
     "Network.Interface",
 ];
 
@@ -641,6 +647,7 @@ mod tests {
             ("Debug.ExtensionUninstallTimeout", "300"),
             ("Debug.ExtensionUpdateTimeout", "900"),
             ("Debug.FirewallRulesLogPeriod", "86400"),
+            ("Debug.HangFile", "None"),
             ("Debug.HostGAPluginPort", "32526"),
             ("Debug.HttpTimeout", "10"),
             ("Debug.ImdsAddress", "None"),
@@ -659,6 +666,7 @@ mod tests {
             ("Extensions.WaitForCloudInitTimeout", "3600"),
             ("HttpProxy.Host", "None"),
             ("HttpProxy.Port", "None"),
+            ("LBProbeResponder", "False"),
             ("Lib.Dir", "/var/lib/waagent"),
             ("Logs.Collect", "True"),
             ("Logs.CollectPeriod", "3600"),
@@ -786,7 +794,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_malformed_lines_warn() {
-        let (_, w) = parse("Home.Dir=/home\nthis is not an option\nLBProbeResponder=y\n");
+        let (_, w) = parse("Home.Dir=/home\nthis is not an option\nRole.StateConsumer=x\n");
         let msgs: Vec<String> = w.iter().map(|w| w.to_string()).collect();
         assert_eq!(
             msgs,
@@ -795,6 +803,22 @@ mod tests {
                 "/etc/waagent.conf:2: not a Key=Value line: \"this is not an option\"".to_string(),
             ]
         );
+    }
+
+    #[test]
+    fn lb_probe_responder_is_a_real_switch_off_by_default() {
+        assert!(!Config::default().lb_probe_responder);
+        assert_eq!(
+            Config::default().get("LBProbeResponder").as_deref(),
+            Some("False")
+        );
+        let (c, w) = parse("LBProbeResponder=y\n");
+        assert!(w.is_empty(), "{w:?}");
+        assert!(c.lb_probe_responder);
+        assert_eq!(c.get("LBProbeResponder").as_deref(), Some("True"));
+        let (c, w) = parse("LBProbeResponder=maybe\n");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(!c.lb_probe_responder);
     }
 
     #[test]

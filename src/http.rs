@@ -275,6 +275,8 @@ pub fn download(req: &Request<'_>, dest: &Path, max_bytes: u64) -> Result<Downlo
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(transport(e.to_string())),
         };
+        // A download within its deadline keeps the loop alive.
+        crate::notify::keepalive();
         written += n as u64;
         if written > max_bytes {
             return Err(too_large());

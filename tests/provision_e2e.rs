@@ -159,6 +159,44 @@ if [ "$PHASES" = steady ]; then
     exit 0
 fi
 
+if [ "$PHASES" = lbprobe ]; then
+    # LBProbeResponder=y: the goal state's port answered on the VM's address
+    # (eth0's 10.0.0.4), the hostile entries beside it refused; then the
+    # goal state moves the probe to another port.
+    stop_sim
+    echo '16001 0 99999 abc 16001' > /work/ports
+    start_sim /work/fabric1.log --tenant-cert /work/tenant.crt:/work/tenant.key \
+        --imds-key "/home/azureuser/.ssh/authorized_keys=$IMDS_KEY" --lb-probe-ports /work/ports
+    # probe NAME ADDR PORT: a real TCP client, its output and exit code.
+    probe() {
+        timeout 10 bash -c 'exec 3<>/dev/tcp/$0/$1 && printf "GET / HTTP/1.1\r\nHost: probe\r\n\r\n" >&3 && cat <&3' \
+            "$2" "$3" > /work/ev/first/$1 2> /work/ev/first/$1.err
+        echo $? > /work/ev/first/$1.rc
+    }
+    # until_log TEXT: until the agent's log holds TEXT (10 s at most).
+    until_log() { i=0; until grep -qF "$1" /work/waagent.log; do i=$((i+1)); [ $i -gt 200 ] && break; sleep 0.05; done; }
+    ./waagent -daemon -configuration-path:/work/waagent.conf &
+    pid=$!
+    until_log 'answering load-balancer probes on 10.0.0.4:16001'
+    probe on_vm_address 10.0.0.4 16001
+    probe on_loopback 127.0.0.1 16001
+    echo 16002 > /work/ports
+    until_log 'stopped listening on 10.0.0.4:16001'
+    until_log 'answering load-balancer probes on 10.0.0.4:16002'
+    probe dropped 10.0.0.4 16001
+    probe moved 10.0.0.4 16002
+    kill -TERM $pid; wait $pid; echo $? > /work/ev/first/daemon.rc
+    # LBProbeResponder=n: the same goal state opens nothing.
+    sed -i 's/^LBProbeResponder=y/LBProbeResponder=n/' /work/waagent.conf
+    ./waagent -daemon -configuration-path:/work/waagent.conf &
+    pid=$!
+    n=$(grep -c 'comp=goalstate' /work/fabric1.log)
+    i=0; until [ "$(grep -c 'comp=goalstate' /work/fabric1.log)" -ge $((n+2)) ]; do i=$((i+1)); [ $i -gt 200 ] && break; sleep 0.05; done
+    probe disabled 10.0.0.4 16002
+    kill -TERM $pid; wait $pid; echo $? > /work/ev/first/daemon2.rc
+    exit 0
+fi
+
 if [ "$PHASES" = custom ]; then
     # The image as it was before its first boot (/work/pre.sh), the first
     # boot, then whatever the test wants done or seen (/work/post.sh).
@@ -1020,6 +1058,67 @@ fn steady_state_survives_a_slow_fabric_and_publishes_a_renamed_host() {
     assert!(
         r.log()
             .contains("added a route to 168.63.129.16 via 10.0.0.1"),
+        "{ctx}"
+    );
+}
+
+/// `LBProbeResponder=y` (§18.9): the daemon answers a real TCP client on
+/// the VM's address and the goal state's port with `200 OK`, and only
+/// there (not on loopback); the hostile entries beside the port are
+/// refused by name; when the goal state moves the probe to another port,
+/// the old one refuses connections and the new one answers. With
+/// `LBProbeResponder=n` nothing listens.
+#[test]
+fn load_balancer_probes_are_answered_on_the_goal_states_ports() {
+    if sandbox::skip("load_balancer_probes_are_answered_on_the_goal_states_ports") {
+        return;
+    }
+    let full = std::fs::read_to_string(Path::new(MANIFEST).join("test-data/ovf/full.xml")).unwrap();
+    let r = run(&full, &format!("{CONF}LBProbeResponder=y\n"), "lbprobe");
+    let ctx = r.context();
+    let reply = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    assert_eq!(r.ev("first", "daemon.rc").trim(), "0", "{ctx}");
+    assert_eq!(r.ev("first", "daemon2.rc").trim(), "0", "{ctx}");
+    assert_eq!(
+        states(&r.records("health")),
+        ["NotReady/Provisioning", "Ready"],
+        "{ctx}"
+    );
+    assert_eq!(r.ev("first", "on_vm_address"), reply, "{ctx}");
+    assert_eq!(r.ev("first", "on_vm_address.rc").trim(), "0", "{ctx}");
+    // Bound to the VM's address, not to every address.
+    assert_ne!(r.ev("first", "on_loopback.rc").trim(), "0", "{ctx}");
+    assert!(
+        r.ev("first", "on_loopback.err")
+            .contains("Connection refused"),
+        "{ctx}"
+    );
+    // The port the goal state dropped refuses; the new one answers.
+    assert_ne!(r.ev("first", "dropped.rc").trim(), "0", "{ctx}");
+    assert!(
+        r.ev("first", "dropped.err").contains("Connection refused"),
+        "{}\n{ctx}",
+        r.ev("first", "dropped.err")
+    );
+    assert_eq!(r.ev("first", "moved"), reply, "{ctx}");
+    assert_eq!(r.ev("first", "moved.rc").trim(), "0", "{ctx}");
+    // LBProbeResponder=n: the same goal state, nothing listening.
+    assert!(
+        r.ev("first", "disabled.err").contains("Connection refused"),
+        "{ctx}"
+    );
+    let log = r.log();
+    for (n, bad) in [(2, "0"), (3, "99999"), (4, "abc")] {
+        let want = format!(
+            "LBProbeResponder: goal state /GoalState/Machine/LBProbePorts/Port[{n}]: \"{bad}\" is not a port (1-65535): not listened on"
+        );
+        assert!(log.contains(&want), "{want}\n{ctx}");
+    }
+    // Each port opened once, though the duplicate was named twice.
+    assert_eq!(
+        log.matches("answering load-balancer probes on 10.0.0.4:16001")
+            .count(),
+        1,
         "{ctx}"
     );
 }

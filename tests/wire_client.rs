@@ -247,6 +247,44 @@ fn same_incarnation_fetches_nothing_new_and_a_bump_fetches_everything() {
     assert!(!lib.path().join("TransportPrivate.pem").exists());
 }
 
+/// The client keeps the latest goal state's LBProbePorts, read strictly,
+/// whether or not its incarnation is new; a failed poll keeps them.
+#[test]
+fn the_latest_lb_probe_ports_are_kept_from_every_goal_state() {
+    let sim = FabricSim::start(SimConfig {
+        lb_probe_ports: vec!["16001".into(), "0".into(), "16001".into()],
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    let mut c = client(&sim, lib.path());
+    assert!(c.lb_probe_ports().is_none());
+    c.update_goal_state(false).unwrap().expect("incarnation 1");
+    let p = c.lb_probe_ports().unwrap();
+    assert_eq!(p.ports, [16001]);
+    assert_eq!(
+        p.refused,
+        ["/GoalState/Machine/LBProbePorts/Port[2]: \"0\" is not a port (1-65535)"]
+    );
+    // Same incarnation: nothing new to fetch, the ports still read.
+    assert!(c.update_goal_state(false).unwrap().is_none());
+    assert_eq!(c.lb_probe_ports().unwrap().ports, [16001]);
+
+    assert_eq!(sim.set_lb_probe_ports(vec!["80".into(), "443".into()]), 2);
+    c.update_goal_state(false).unwrap().expect("incarnation 2");
+    assert_eq!(c.lb_probe_ports().unwrap().ports, [80, 443]);
+    let saved = std::fs::read_to_string(lib.path().join("GoalState.2.xml")).unwrap();
+    assert!(saved.contains("<LBProbePorts><Port>80</Port><Port>443</Port></LBProbePorts>"));
+
+    sim.inject("comp=goalstate", vec![Fault::Status(500); 3]);
+    assert!(c.update_goal_state(false).is_err());
+    assert_eq!(c.lb_probe_ports().unwrap().ports, [80, 443]);
+
+    assert_eq!(sim.set_lb_probe_ports(Vec::new()), 3);
+    c.update_goal_state(false).unwrap().expect("incarnation 3");
+    assert!(c.lb_probe_ports().unwrap().ports.is_empty());
+}
+
 #[test]
 fn server_errors_are_retried_then_succeed() {
     let sim = FabricSim::start(SimConfig::default()).unwrap();

@@ -5,7 +5,8 @@
 //! `--handlers FILE` names the extension handlers to offer, as JSON (the
 //! format is in [`USAGE`]); the file is watched, so a sandbox test's driver
 //! script changes a seqNo, a state or the versions on offer by rewriting it,
-//! and the next goal-state request sees a new incarnation.
+//! and the next goal-state request sees a new incarnation. `--lb-probe-ports
+//! FILE` is watched the same way for the goal state's `LBProbePorts`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -14,9 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use std::io::Write;
 
 use waagent::sim::certs::{generate_tenant_cert, TenantCert};
-use waagent::sim::{FabricSim, Fault, HandlersFile, SimConfig};
+use waagent::sim::{FabricSim, Fault, HandlersFile, PortsFile, SimConfig};
 
-const USAGE: &str = "usage: fabric-sim [--wire ADDR:PORT] [--plugin ADDR:PORT] [--imds ADDR:PORT] [--imds-key PATH=KEY] [--tenant-cert CRT[:KEY]] [--new-tenant-cert DIR] [--handlers FILE] [--record FILE] [--fault PATTERN:KIND[:N]] [--incarnation N]
+const USAGE: &str = "usage: fabric-sim [--wire ADDR:PORT] [--plugin ADDR:PORT] [--imds ADDR:PORT] [--imds-key PATH=KEY] [--tenant-cert CRT[:KEY]] [--new-tenant-cert DIR] [--handlers FILE] [--lb-probe-ports FILE] [--record FILE] [--fault PATTERN:KIND[:N]] [--incarnation N]
 
   --wire ADDR:PORT     WireServer and blob store (default 127.0.0.1:0, any free port)
   --plugin ADDR:PORT   HostGAPlugin (default 127.0.0.1:0)
@@ -49,6 +50,11 @@ const USAGE: &str = "usage: fabric-sim [--wire ADDR:PORT] [--plugin ADDR:PORT] [
                        (200 with that many bytes of body), or replace=FROM=TO (the
                        first FROM in the body becomes TO); repeatable
   --incarnation N      first goal-state incarnation (default 1)
+  --lb-probe-ports FILE
+                       the goal state's LBProbePorts/Port values: FILE's words
+                       (blanks or commas between them), served verbatim; FILE is
+                       read again on each goal-state request and a change is a
+                       new incarnation (a missing FILE: no ports)
 
 The --handlers FILE is a JSON array with one object per handler:
   [{\"name\": \"Contoso.Test.Echo\", \"version\": \"1.0.0\", \"state\": \"enabled\",
@@ -95,6 +101,7 @@ fn run() -> Result<(), String> {
     let mut config = SimConfig::default();
     let mut record: Option<std::path::PathBuf> = None;
     let mut handlers: Option<HandlersFile> = None;
+    let mut lb_probe_ports: Option<PortsFile> = None;
     let mut faults: Vec<FaultSpec> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -128,6 +135,7 @@ fn run() -> Result<(), String> {
                 });
             }
             "--handlers" => handlers = Some(HandlersFile::new(value()?)),
+            "--lb-probe-ports" => lb_probe_ports = Some(PortsFile::new(value()?)),
             "--record" => record = Some(std::path::PathBuf::from(value()?)),
             "--new-tenant-cert" => {
                 let dir = std::path::PathBuf::from(value()?);
@@ -159,6 +167,9 @@ fn run() -> Result<(), String> {
         .map_err(|e| format!("cannot listen: {e}"))?;
     if let Some(file) = handlers {
         sim.watch_handlers_file(file)?;
+    }
+    if let Some(file) = lb_probe_ports {
+        sim.watch_lb_probe_ports_file(file);
     }
     for f in faults {
         sim.inject_after(&f.pattern, f.skip, f.faults);

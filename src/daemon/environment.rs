@@ -1,13 +1,15 @@
 //! The VM around provisioning, as the daemon keeps it (§15, §18): the
 //! boot-time set-up (entropy, SCVMM, NUMA, the resource disk) and the
 //! steady state's monitors, each on its own period — SCSI timeout, udev
-//! rules, the DHCP client's route, the host name, the firewall, RDMA.
+//! rules, the DHCP client's route, the host name, the firewall, RDMA —
+//! and the load-balancer probe responder, which the idle wait serves.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::env::{firewall, kernel, network, rdma, resource_disk, scvmm};
+use crate::env::{firewall, kernel, lbprobe, network, rdma, resource_disk, scvmm};
+use crate::wire::docs::LbProbePorts;
 use crate::wire::endpoint;
 
 use super::*;
@@ -32,6 +34,11 @@ pub(super) struct Monitors {
     /// first set up for (a new address gets a new set-up).
     firewall: Option<firewall::FirewallMonitor>,
     next_firewall: Option<Instant>,
+    /// `LBProbeResponder=y`: the listeners on the goal state's
+    /// `LBProbePorts`, and those ports as last read (their refused
+    /// entries are said once per change).
+    lb_probe: lbprobe::Responder,
+    lb_probe_seen: Option<LbProbePorts>,
 }
 
 /// Whether a monitor due at `next` runs at `now`; if so, it is next due a
@@ -45,6 +52,56 @@ fn due(next: &mut Option<Instant>, now: Instant, period: Duration) -> bool {
 }
 
 impl Daemon {
+    /// The steady state's wait: load-balancer probes are answered while it
+    /// lasts (nothing else is watched when the responder is off).
+    pub(super) fn idle(&mut self, d: Duration) -> bool {
+        let clock = self.clock.clone();
+        clock.sleep_watching(d, &mut self.monitors.lb_probe)
+    }
+
+    /// `LBProbeResponder` (§18.9): listens on the latest goal state's
+    /// `LBProbePorts` at the VM's address (the primary interface's IPv4
+    /// address; 0.0.0.0 when it has none), and nowhere else: ports the goal
+    /// state dropped are closed, new ones opened, and a port that could not
+    /// be bound is tried again. Called after each goal-state poll; before
+    /// the first goal state (or a fabric that never answered) nothing
+    /// changes. With `LBProbeResponder=n` nothing is ever opened.
+    pub(super) fn sync_lb_probe(&mut self) {
+        if !self.config.lb_probe_responder {
+            return;
+        }
+        let Some(latest) = self.client.as_ref().and_then(|c| c.lb_probe_ports()) else {
+            return;
+        };
+        if self.monitors.lb_probe_seen.as_ref() != Some(latest) {
+            for r in &latest.refused {
+                log::warn!("LBProbeResponder: goal state {r}: not listened on");
+            }
+            self.monitors.lb_probe_seen = Some(latest.clone());
+        }
+        let wanted: std::collections::BTreeSet<u16> = latest.ports.iter().copied().collect();
+        if wanted.is_empty() && self.monitors.lb_probe.ports().is_empty() {
+            return;
+        }
+        let addr = match self.os.primary_ipv4() {
+            Some(a) => a,
+            None => {
+                if self.monitors.lb_probe.addr() != Some(Ipv4Addr::UNSPECIFIED) {
+                    log::warn!(
+                        "LBProbeResponder: no IPv4 address on the primary interface ({}); \
+                         listening on 0.0.0.0",
+                        self.os
+                            .primary_interface()
+                            .as_deref()
+                            .unwrap_or("none found")
+                    );
+                }
+                Ipv4Addr::UNSPECIFIED
+            }
+        };
+        self.monitors.lb_probe.set(addr, &wanted);
+    }
+
     /// `Debug.WireServerAddress` means a simulator, not Azure: routes, udev
     /// rules, disks and kernel settings of the machine are then left alone —
     /// unless the OS layer works under a test root (never `/` then), where

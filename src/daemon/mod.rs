@@ -319,6 +319,64 @@ impl State {
         }
     }
 
+    /// What the service manager shows (`systemctl status waagent`): the
+    /// state, or the phase it belongs to, then what it does, in the
+    /// protocol's words. Sent when it changes, so it changes only with
+    /// what an admin would want to know.
+    pub fn status(&self) -> String {
+        let plural = |n: usize, what: &str| match n {
+            0 => format!("no {what}s"),
+            1 => format!("1 {what}"),
+            n => format!("{n} {what}s"),
+        };
+        match self {
+            State::Boot => "Boot: preparing Lib.Dir and the VM's environment".into(),
+            State::ReadMedia => {
+                "Provisioning: reading ovf-env.xml from the provisioning media".into()
+            }
+            State::WaitForCloudInit { .. } => {
+                "Provisioning: waiting for cloud-init to provide ovf-env.xml".into()
+            }
+            State::Connect { attempt: 0, .. } => {
+                "Connect: fetching the goal state from the WireServer".into()
+            }
+            State::Connect { attempt, .. } => format!(
+                "Connect: fetching the goal state from the WireServer (attempt {})",
+                attempt + 1
+            ),
+            State::ReportStarting { .. } => {
+                "Provisioning: reporting NotReady (Provisioning)".into()
+            }
+            State::Plan { .. } => "Provisioning: checking ovf-env.xml and the goal state".into(),
+            State::Provision { step, .. } => format!("Provisioning: {}", step.describe()),
+            State::WaitForHostKey { .. } => {
+                "Provisioning: waiting for cloud-init's SSH host key".into()
+            }
+            State::MarkProvisioned { .. } => "Provisioning: marking the VM provisioned".into(),
+            State::ReportReady { .. } => "Provisioning: reporting Ready".into(),
+            State::ReportFailed { reason, .. } => format!("Provisioning failed: {reason}"),
+            State::Steady {
+                extensions: None, ..
+            } => "Steady: polling the goal state".into(),
+            State::Steady {
+                extensions: Some(goal),
+                ..
+            }
+            | State::Extension { goal, .. } => {
+                let mut text = format!(
+                    "Steady: incarnation {}, {}",
+                    goal.incarnation,
+                    plural(goal.config.plugins.len(), "handler")
+                );
+                if goal.busy() {
+                    text.push_str(", handlers running");
+                }
+                text
+            }
+            State::Stopped(_) => "Stopping".into(),
+        }
+    }
+
     /// The variant's name, for the log.
     pub fn name(&self) -> &'static str {
         match self {
@@ -375,6 +433,9 @@ pub struct Daemon {
     sshd_restart: Option<crate::os::Background>,
     /// The way to the final report, for its log line.
     timeline: Timeline,
+    /// Why provisioning failed in this run, which Steady's status keeps
+    /// showing.
+    failure: Option<String>,
 }
 
 impl Daemon {
@@ -402,6 +463,7 @@ impl Daemon {
             host_keys: None,
             sshd_restart: None,
             timeline: Timeline::new(Instant::now()),
+            failure: None,
         }
     }
 
@@ -412,9 +474,15 @@ impl Daemon {
         self
     }
 
-    /// Runs from Boot until stopped; returns the exit code.
+    /// Runs from Boot until stopped; returns the exit code. Under systemd
+    /// (`crate::notify`) it says READY=1 as the loop starts, each state's
+    /// [`State::status`] when it changes and WATCHDOG=1 as the loop turns.
     pub fn run(&mut self) -> i32 {
         let crash_at = std::env::var(CRASH_HOOK_ENV).ok();
+        if let Some(path) = &self.config.debug_hang_file {
+            crate::notify::set_hang_file(path);
+        }
+        crate::notify::ready();
         let mut state = State::Boot;
         loop {
             if crash_at.as_deref() == Some(state.crash_point().as_str()) {
@@ -429,9 +497,17 @@ impl Daemon {
                 );
             }
             if let State::Stopped(code) = state {
+                crate::notify::stopping();
                 log::info!("daemon stopped");
                 return code;
             }
+            // Test fault Debug.HangFile: no turn, no ping while it exists.
+            if !crate::notify::hold_while_hung() {
+                state = State::Stopped(0);
+                continue;
+            }
+            crate::notify::status(&self.status(&state));
+            crate::notify::keepalive();
             if stop_requested() {
                 // Between steps (a wait would have ended in Stopped itself).
                 log::info!("stop requested in state {}", state.name());
@@ -792,6 +868,7 @@ impl Daemon {
 
             State::ReportFailed { goal, reason } => {
                 log::error!("provisioning failed: {reason}");
+                self.failure = Some(reason.clone());
                 // The next start redoes everything: what failed may be input.
                 if let Some(Err(e)) = self.journal.as_mut().map(Journal::clear_steps) {
                     log::warn!("{e}");
@@ -828,7 +905,7 @@ impl Daemon {
                     _ => next_poll,
                 };
                 let wait = wake.saturating_duration_since(self.clock.now());
-                if !self.clock.sleep(wait) {
+                if !self.idle(wait) {
                     return State::Stopped(0);
                 }
                 let mut next_poll = next_poll;
@@ -853,6 +930,7 @@ impl Daemon {
                         self.run_monitors();
                     }
                     extensions = self.poll_goal_state(extensions);
+                    self.sync_lb_probe();
                     if self.manages_environment() {
                         self.set_up_rdma();
                     }
@@ -894,6 +972,18 @@ impl Daemon {
             }
 
             State::Stopped(code) => State::Stopped(code),
+        }
+    }
+
+    /// What systemd shows for `state`: [`State::status`], and in Steady
+    /// why provisioning failed, if it did.
+    fn status(&self, state: &State) -> String {
+        let text = state.status();
+        match (&self.failure, state) {
+            (Some(why), State::Steady { .. } | State::Extension { .. }) => {
+                format!("{text}; provisioning failed: {why}")
+            }
+            _ => text,
         }
     }
 
@@ -992,5 +1082,36 @@ mod tick_tests {
         // A long command: once a second, as before.
         assert_eq!(extension_tick(Some(ms(8_000))), ms(1000));
         assert_eq!(extension_tick(Some(Duration::from_secs(3600))), ms(1000));
+    }
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::{Job, State};
+
+    #[test]
+    fn status_texts_begin_with_the_state() {
+        assert_eq!(
+            State::Boot.status(),
+            "Boot: preparing Lib.Dir and the VM's environment"
+        );
+        let connect = |attempt| State::Connect {
+            job: Job::ReportOnly,
+            attempt,
+        };
+        assert_eq!(
+            connect(0).status(),
+            "Connect: fetching the goal state from the WireServer"
+        );
+        assert_eq!(
+            connect(2).status(),
+            "Connect: fetching the goal state from the WireServer (attempt 3)"
+        );
+        let steady = State::Steady {
+            next_poll: std::time::Instant::now(),
+            extensions: None,
+        };
+        assert_eq!(steady.status(), "Steady: polling the goal state");
+        assert_eq!(State::Stopped(0).status(), "Stopping");
     }
 }

@@ -7,6 +7,7 @@
 pub mod console;
 pub mod firewall;
 pub mod kernel;
+pub mod lbprobe;
 pub mod network;
 pub mod rdma;
 pub mod resource_disk;

@@ -357,6 +357,38 @@ pub(crate) fn proc_route_default_interface(route: &Path) -> Option<String> {
         .map(|(_, iface)| iface)
 }
 
+/// The first IPv4 address of interface `name` (getifaddrs(3), on Linux
+/// and FreeBSD alike); `None` when it has none or does not exist.
+pub(crate) fn interface_ipv4(name: &str) -> Option<Ipv4Addr> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cur = head;
+    while !cur.is_null() && found.is_none() {
+        // SAFETY: `cur` is a node of the list getifaddrs made, alive until
+        // freeifaddrs; its name is a NUL-terminated string, and an address
+        // whose family is AF_INET is a sockaddr_in.
+        unsafe {
+            let ifa = &*cur;
+            let addr = ifa.ifa_addr;
+            if !addr.is_null()
+                && i32::from((*addr).sa_family) == libc::AF_INET
+                && std::ffi::CStr::from_ptr(ifa.ifa_name).to_bytes() == name.as_bytes()
+            {
+                let sin = &*(addr as *const libc::sockaddr_in);
+                found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            }
+            cur = ifa.ifa_next;
+        }
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    found
+}
+
 /// `04030201-0605-0807-0910-111213141516` → `01020304-0506-0708-0910-…`:
 /// SMBIOS stores the first three UUID fields little-endian (§9.2).
 pub(crate) fn swap_uuid_groups(uuid: &str) -> Option<String> {
@@ -400,6 +432,18 @@ pub(crate) fn sysfs_cdroms(sys_block: &Path) -> Vec<PathBuf> {
         .collect();
     v.sort();
     v
+}
+
+#[cfg(test)]
+mod ifaddr_tests {
+    #[test]
+    fn loopback_has_127_0_0_1_and_a_missing_interface_has_nothing() {
+        assert_eq!(
+            super::interface_ipv4("lo"),
+            Some(std::net::Ipv4Addr::LOCALHOST)
+        );
+        assert_eq!(super::interface_ipv4("no-such-if0"), None);
+    }
 }
 
 #[cfg(test)]

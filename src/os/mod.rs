@@ -444,6 +444,12 @@ pub trait OsUtil {
         linux::proc_route_default_interface(&self.env().path("/proc/net/route"))
     }
 
+    /// The VM's own IPv4 address: the first of the primary interface's,
+    /// where the load-balancer probe responder listens (§18.9).
+    fn primary_ipv4(&self) -> Option<std::net::Ipv4Addr> {
+        linux::interface_ipv4(&self.primary_interface()?)
+    }
+
     /// True when cloud-init will provision this VM (`Provisioning.Agent=auto`
     /// hands over to it then, as waagent 2.2.45+ does).
     fn is_cloud_init_enabled(&self) -> bool {

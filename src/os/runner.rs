@@ -404,6 +404,8 @@ impl CommandRunner for SystemRunner {
                     after: cmd.timeout,
                 });
             }
+            // A command with a deadline keeps the loop alive meanwhile.
+            crate::notify::keepalive();
             if capture.is_open() {
                 capture.poll(left.min(TICK)).map_err(io_err)?;
             } else {

@@ -122,6 +122,9 @@ pub struct SimConfig {
     pub refuse_aes128: bool,
     /// `compute.publicKeys` served by IMDS: `(keyData, path)`.
     pub imds_public_keys: Vec<(String, String)>,
+    /// `Machine/LBProbePorts/Port` values, as text (a test may send one
+    /// that is not a port); none: no `LBProbePorts`.
+    pub lb_probe_ports: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -139,6 +142,7 @@ impl Default for SimConfig {
             handlers: Vec::new(),
             refuse_aes128: false,
             imds_public_keys: Vec::new(),
+            lb_probe_ports: Vec::new(),
         }
     }
 }
@@ -165,6 +169,42 @@ struct State {
     /// Re-read on each goal-state request; a change is a new incarnation.
     handlers_file: Option<HandlersFile>,
     handlers_file_errors: Vec<String>,
+    /// Re-read on each goal-state request; a change is a new incarnation.
+    lb_probe_ports_file: Option<PortsFile>,
+}
+
+/// A `--lb-probe-ports` file, watched: its words (split at blanks and
+/// commas) are the goal state's `LBProbePorts`, taken verbatim.
+#[derive(Debug)]
+pub struct PortsFile {
+    path: std::path::PathBuf,
+    /// The text last read (`None`: unreadable or not read yet).
+    seen: Option<String>,
+}
+
+impl PortsFile {
+    pub fn new(path: impl Into<std::path::PathBuf>) -> PortsFile {
+        PortsFile {
+            path: path.into(),
+            seen: None,
+        }
+    }
+
+    /// The ports, when the file's text is not what was last read (a
+    /// missing file reads as empty: no ports).
+    pub fn changed(&mut self) -> Option<Vec<String>> {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        if self.seen.as_ref() == Some(&text) {
+            return None;
+        }
+        let ports = text
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .collect();
+        self.seen = Some(text);
+        Some(ports)
+    }
 }
 
 impl State {
@@ -205,6 +245,20 @@ impl State {
         let inc = c.incarnation;
         self.publish_handlers();
         inc
+    }
+
+    /// A goal-state request: a changed `--lb-probe-ports` file is a new
+    /// incarnation with its ports.
+    fn check_lb_probe_ports_file(&mut self) {
+        if let Some(ports) = self
+            .lb_probe_ports_file
+            .as_mut()
+            .and_then(PortsFile::changed)
+        {
+            let c = self.config.get_or_insert_with(SimConfig::default);
+            c.lb_probe_ports = ports;
+            c.incarnation += 1;
+        }
     }
 
     /// A goal-state request: a changed handlers file takes effect first.
@@ -378,6 +432,29 @@ impl FabricSim {
         Ok(())
     }
 
+    /// Replaces the goal state's `LBProbePorts` and moves to the next
+    /// incarnation; returns it.
+    pub fn set_lb_probe_ports(&self, ports: Vec<String>) -> u64 {
+        let mut s = lock(&self.state);
+        let c = s.config.get_or_insert_with(SimConfig::default);
+        c.lb_probe_ports = ports;
+        c.incarnation += 1;
+        c.incarnation
+    }
+
+    /// Watches a `--lb-probe-ports` file: read now (without a new
+    /// incarnation), then on each goal-state request, where a change is a
+    /// new incarnation with the file's ports.
+    pub fn watch_lb_probe_ports_file(&self, mut file: PortsFile) {
+        let mut s = lock(&self.state);
+        if let Some(ports) = file.changed() {
+            s.config
+                .get_or_insert_with(SimConfig::default)
+                .lb_probe_ports = ports;
+        }
+        s.lb_probe_ports_file = Some(file);
+    }
+
     /// Why the watched handlers file was not taken, one entry per change.
     pub fn handlers_file_errors(&self) -> Vec<String> {
         lock(&self.state).handlers_file_errors.clone()
@@ -541,6 +618,7 @@ fn route_wire(state: &Mutex<State>, req: &HttpRequest) -> Reply {
             let config = {
                 let mut s = lock(state);
                 s.check_handlers_file();
+                s.check_lb_probe_ports_file();
                 s.config.clone().unwrap_or_default()
             };
             doc("goalstate", &|| templates::goal_state(&config, &base))
@@ -792,6 +870,16 @@ mod templates {
         } else {
             String::new()
         };
+        let lb = if c.lb_probe_ports.is_empty() {
+            String::new()
+        } else {
+            let ports: String = c
+                .lb_probe_ports
+                .iter()
+                .map(|p| format!("<Port>{}</Port>", escape(p)))
+                .collect();
+            format!("\n    <LBProbePorts>{ports}</LBProbePorts>")
+        };
         format!(
             r#"<?xml version="1.0" encoding="utf-8"?>
 <GoalState xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:noNamespaceSchemaLocation="goalstate10.xsd">
@@ -799,7 +887,7 @@ mod templates {
   <Incarnation>{inc}</Incarnation>
   <Machine>
     <ExpectedState>Started</ExpectedState>
-    <StopRolesDeadlineHint>300000</StopRolesDeadlineHint>
+    <StopRolesDeadlineHint>300000</StopRolesDeadlineHint>{lb}
   </Machine>
   <Container>
     <ContainerId>{cid}</ContainerId>

@@ -120,6 +120,78 @@ fn first_boot_through_every_provisioning_transition() {
     assert_eq!(v.read("var/lib/waagent/Incarnation"), "2");
 }
 
+/// The texts systemd shows (`STATUS=`, sent when they change) on the way
+/// from Boot to Steady: one per state, one per provisioning step.
+fn statuses_until_steady(d: &mut Daemon) -> (Vec<String>, State) {
+    let mut state = State::Boot;
+    let mut seen: Vec<String> = Vec::new();
+    for _ in 0..200 {
+        let text = d.status(&state);
+        if seen.last() != Some(&text) {
+            seen.push(text);
+        }
+        if state.name() == "Steady" {
+            return (seen, state);
+        }
+        state = d.step(state);
+    }
+    panic!("never reached Steady: {seen:?}");
+}
+
+#[test]
+fn each_state_and_step_has_its_status_text() {
+    let v = vm(Some(&full_ovf()), ProvisioningAgent::Waagent);
+    let mut d = v.daemon();
+    let (seen, _) = statuses_until_steady(&mut d);
+    let mut want: Vec<String> = [
+        "Boot: preparing Lib.Dir and the VM's environment",
+        "Provisioning: reading ovf-env.xml from the provisioning media",
+        "Connect: fetching the goal state from the WireServer",
+        "Provisioning: reporting NotReady (Provisioning)",
+        "Provisioning: checking ovf-env.xml and the goal state",
+    ]
+    .map(String::from)
+    .to_vec();
+    want.extend(
+        Step::ALL
+            .iter()
+            .map(|s| format!("Provisioning: {}", s.describe())),
+    );
+    want.extend(
+        [
+            "Provisioning: marking the VM provisioned",
+            "Provisioning: reporting Ready",
+            "Steady: polling the goal state",
+        ]
+        .map(String::from),
+    );
+    assert_eq!(seen, want);
+}
+
+#[test]
+fn a_failed_provisioning_stays_in_the_steady_status() {
+    let bad = full_ovf().replace(
+        "<UserName>azureuser</UserName>",
+        "<UserName>us;er</UserName>",
+    );
+    let v = vm(Some(&bad), ProvisioningAgent::Waagent);
+    let mut d = v.daemon();
+    let (seen, steady) = statuses_until_steady(&mut d);
+    let failed = seen
+        .iter()
+        .find(|t| t.starts_with("Provisioning failed: "))
+        .expect("a failure status");
+    assert!(
+        failed.contains("\"us;er\" is not a valid user name"),
+        "{failed}"
+    );
+    let reason = failed.strip_prefix("Provisioning failed: ").unwrap();
+    assert_eq!(
+        d.status(&steady),
+        format!("Steady: polling the goal state; provisioning failed: {reason}")
+    );
+}
+
 #[test]
 fn bad_input_goes_to_report_failed_without_provisioning() {
     let bad = full_ovf().replace(

@@ -727,3 +727,49 @@ fn a_failed_status_upload_is_tried_again_a_second_later_then_at_the_period() {
     }
     assert_eq!(v.waits(), [6.0, 1.0, 5.0, 6.0]);
 }
+
+/// `LBProbeResponder=y`: after a goal-state poll the daemon listens on its
+/// `LBProbePorts` at the primary interface's address (the fixture's default
+/// route is on `lo`, so 127.0.0.1), a probe waiting when the idle wait
+/// begins gets the 200, and a goal state without the port closes it.
+#[test]
+fn probes_are_answered_in_the_idle_wait_and_follow_the_goal_state() {
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+    let mut v = vm(None, ProvisioningAgent::Disabled);
+    v.config.lb_probe_responder = true;
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    v.sim.set_lb_probe_ports(vec![port.to_string(), "0".into()]);
+    write(
+        &v.path("proc/net/route"),
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+         lo\t00000000\t00000000\t0001\t0\t0\t0\t00000000\t0\t0\t0\n",
+    );
+    let mut d = v.daemon();
+    let (_, mut state) = step_until(&mut d, State::Boot, "Steady", 10);
+    // Not before the first poll, which comes at once.
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+    state = d.step(state);
+
+    // The kernel completes the connection; the next idle wait answers it.
+    let mut probe = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let (_, s) = step_until(&mut d, state, "Steady", 10);
+    state = d.step(s);
+    let mut got = Vec::new();
+    probe.read_to_end(&mut got).unwrap();
+    assert_eq!(got, crate::env::lbprobe::REPLY);
+
+    // The port leaves the goal state: closed after the next poll.
+    v.sim.set_lb_probe_ports(Vec::new());
+    let start = v.clock.elapsed();
+    step_for(&v, &mut d, state, start, 7);
+    let refused = TcpStream::connect(("127.0.0.1", port)).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+}

@@ -28,6 +28,7 @@ use std::time::Instant;
 use crate::clock::{Clock, SystemClock};
 use crate::http::HttpError;
 use crate::wire::crypto::{CryptoError, Openssl, PendingTransport, Transport, TransportCert};
+use crate::wire::docs::LbProbePorts;
 use crate::wire::endpoint::Endpoint;
 use crate::xml::DocError;
 
@@ -189,6 +190,8 @@ pub struct WireClient {
     /// From the latest goal state, for HostGAPlugin headers.
     container_id: Option<String>,
     role_config_name: Option<String>,
+    /// The latest goal state's `LBProbePorts`: `None` before the first.
+    lb_probe_ports: Option<LbProbePorts>,
     /// Waits between retries; a virtual clock in the daemon's tests.
     clock: Rc<dyn Clock>,
     user_agent: String,
@@ -211,6 +214,7 @@ impl WireClient {
             times: FetchTimes::default(),
             container_id: None,
             role_config_name: None,
+            lb_probe_ports: None,
             clock: Rc::new(SystemClock),
             user_agent: format!("{}/{}", crate::AGENT_NAME, crate::VERSION),
         }
@@ -276,6 +280,12 @@ impl WireClient {
         }
         self.pending_transport = None;
         false
+    }
+
+    /// The `LBProbePorts` of the latest goal state received (every poll
+    /// asks for one, new incarnation or not); `None` before the first.
+    pub fn lb_probe_ports(&self) -> Option<&LbProbePorts> {
+        self.lb_probe_ports.as_ref()
     }
 
     /// When the last goal-state fetch's parts were done.

@@ -183,6 +183,9 @@ impl WireClient {
         let shown = crate::redact::redact_url(call.url);
         loop {
             attempts += 1;
+            // Each attempt is bounded by its timeout: a turn that fetches
+            // many documents keeps systemd's watchdog fed between them.
+            crate::notify::keepalive();
             let headers: Vec<(&str, &str)> = call
                 .headers
                 .iter()

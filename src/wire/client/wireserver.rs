@@ -131,6 +131,7 @@ impl WireClient {
                 .role_instance
                 .as_ref()
                 .and_then(|r| r.config_name.clone());
+            self.lb_probe_ports = Some(gs.lb_probe_ports.clone());
             if gs.role_instance.is_some() || tries >= NO_ROLE_INSTANCE_TRIES {
                 return Ok((gs, text));
             }

@@ -15,6 +15,9 @@ pub struct GoalState {
     pub incarnation: String,
     /// `Machine/ExpectedState` (`Started`).
     pub expected_state: Option<String>,
+    /// `Machine/LBProbePorts/Port`: where 2.0's load-balancer probe
+    /// responder listened (§18.9).
+    pub lb_probe_ports: LbProbePorts,
     /// `Container/ContainerId`: sent in health reports, role properties,
     /// telemetry and the HostGAPlugin headers. It can change without a new
     /// incarnation (live migration, hibernation), so read it every time.
@@ -55,6 +58,7 @@ impl GoalState {
         Ok(GoalState {
             incarnation: incarnation(&gs)?,
             expected_state: gs.opt_text("Machine/ExpectedState"),
+            lb_probe_ports: LbProbePorts::read(&gs),
             container_id: gs.req_text("Container/ContainerId")?,
             role_instance: gs
                 .get("Container/RoleInstanceList/RoleInstance")
@@ -62,6 +66,71 @@ impl GoalState {
                 .transpose()?,
             remote_access_info_url: gs.opt_text("Container/RemoteAccessInfo"),
         })
+    }
+}
+
+/// The most load-balancer probe ports listened on: the fabric names one;
+/// a goal state naming hundreds must not make the agent open hundreds of
+/// sockets.
+pub const MAX_LB_PROBE_PORTS: usize = 16;
+
+/// The goal state's `LBProbePorts`, read strictly: each `Port` must be a
+/// whole number from 1 to 65535 (surrounding blanks aside); duplicates
+/// count once and only the first [`MAX_LB_PROBE_PORTS`] distinct ports are
+/// kept. A bad entry never fails the goal state: it is left out and said
+/// why in `refused`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LbProbePorts {
+    /// The ports to listen on, ascending.
+    pub ports: Vec<u16>,
+    /// One line per entry left out, naming its path (the value quoted, as
+    /// it comes from the network).
+    pub refused: Vec<String>,
+}
+
+impl LbProbePorts {
+    fn read(gs: &Node<'_>) -> Self {
+        let mut kept: Vec<u16> = Vec::new();
+        let mut refused = Vec::new();
+        for node in gs.all("Machine/LBProbePorts/Port") {
+            let text = node.text();
+            let port = match text.parse::<u16>() {
+                Ok(p) if p > 0 && text.bytes().all(|b| b.is_ascii_digit()) => p,
+                _ => {
+                    refused.push(format!(
+                        "{}: {} is not a port (1-65535)",
+                        node.path(),
+                        crate::names::quote(text)
+                    ));
+                    continue;
+                }
+            };
+            if kept.contains(&port) {
+                continue;
+            }
+            if kept.len() == MAX_LB_PROBE_PORTS {
+                refused.push(format!(
+                    "{}: port {port} is over the limit of {MAX_LB_PROBE_PORTS} ports",
+                    node.path()
+                ));
+                continue;
+            }
+            kept.push(port);
+        }
+        kept.sort_unstable();
+        // Said one by one up to a point: a goal state of a million bad
+        // entries must not become a million log lines.
+        if refused.len() > MAX_LB_PROBE_PORTS {
+            let more = refused.len() - MAX_LB_PROBE_PORTS;
+            refused.truncate(MAX_LB_PROBE_PORTS);
+            refused.push(format!(
+                "/GoalState/Machine/LBProbePorts: {more} more entries left out"
+            ));
+        }
+        LbProbePorts {
+            ports: kept,
+            refused,
+        }
     }
 }
 
@@ -139,6 +208,92 @@ mod tests {
         assert_eq!(
             ri.config_name.as_deref(),
             Some("2d9e4c70-8a15-4f3b-b6d2-91c7e0a4f5b8.0.2d9e4c70-8a15-4f3b-b6d2-91c7e0a4f5b8.0._rs-test-vm.7.xml")
+        );
+    }
+
+    #[test]
+    fn fixture_lb_probe_port() {
+        let gs = GoalState::parse(&fixture("goal_state.xml")).unwrap();
+        assert_eq!(gs.lb_probe_ports.ports, [16001]);
+        assert!(gs.lb_probe_ports.refused.is_empty());
+    }
+
+    fn with_ports(ports: &[&str]) -> LbProbePorts {
+        let ports: String = ports.iter().map(|p| format!("<Port>{p}</Port>")).collect();
+        GoalState::parse(&format!(
+            "<GoalState><Incarnation>1</Incarnation><Machine><LBProbePorts>{ports}</LBProbePorts></Machine>\
+             <Container><ContainerId>c</ContainerId></Container></GoalState>"
+        ))
+        .unwrap()
+        .lb_probe_ports
+    }
+
+    #[test]
+    fn lb_probe_ports_are_read_strictly_deduplicated_and_capped() {
+        assert_eq!(with_ports(&[]), LbProbePorts::default());
+        let none = GoalState::parse(
+            "<GoalState><Incarnation>1</Incarnation><Container><ContainerId>c</ContainerId></Container></GoalState>",
+        )
+        .unwrap();
+        assert_eq!(none.lb_probe_ports, LbProbePorts::default());
+
+        let p = with_ports(&["80", " 443 ", "80", "1", "65535"]);
+        assert_eq!(p.ports, [1, 80, 443, 65535]);
+        assert!(p.refused.is_empty(), "{:?}", p.refused);
+
+        let p = with_ports(&[
+            "0",
+            "65536",
+            "-1",
+            "+80",
+            "8o",
+            "",
+            "1e3",
+            "99999999999999999999",
+            "\u{0661}",
+            "80",
+        ]);
+        assert_eq!(p.ports, [80]);
+        assert_eq!(p.refused.len(), 9, "{:?}", p.refused);
+        assert_eq!(
+            p.refused[0],
+            "/GoalState/Machine/LBProbePorts/Port[1]: \"0\" is not a port (1-65535)"
+        );
+        assert_eq!(
+            p.refused[3],
+            "/GoalState/Machine/LBProbePorts/Port[4]: \"+80\" is not a port (1-65535)"
+        );
+
+        // A hostile value is quoted, escaped and cut, never copied whole.
+        let long = format!("1\n{}", "x".repeat(500));
+        let p = with_ports(&[&long]);
+        assert!(p.ports.is_empty());
+        assert!(!p.refused[0].contains('\n'), "{:?}", p.refused);
+        assert!(p.refused[0].len() < 200, "{:?}", p.refused);
+
+        // At most MAX_LB_PROBE_PORTS distinct ports: the first ones named.
+        let many: Vec<String> = (0..40).map(|i| (20_000 - i).to_string()).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let p = with_ports(&many);
+        let want: Vec<u16> = (20_001 - MAX_LB_PROBE_PORTS as u16..=20_000).collect();
+        assert_eq!(p.ports, want);
+        assert_eq!(p.refused.len(), MAX_LB_PROBE_PORTS + 1);
+        assert_eq!(
+            p.refused[0],
+            "/GoalState/Machine/LBProbePorts/Port[17]: port 19984 is over the limit of 16 ports"
+        );
+        assert_eq!(
+            p.refused[MAX_LB_PROBE_PORTS],
+            "/GoalState/Machine/LBProbePorts: 8 more entries left out"
+        );
+        // Ten thousand bad entries: a bounded account of them.
+        let junk = vec!["x"; 10_000];
+        let p = with_ports(&junk);
+        assert!(p.ports.is_empty());
+        assert_eq!(p.refused.len(), MAX_LB_PROBE_PORTS + 1);
+        assert_eq!(
+            p.refused[MAX_LB_PROBE_PORTS],
+            "/GoalState/Machine/LBProbePorts: 9984 more entries left out"
         );
     }
 

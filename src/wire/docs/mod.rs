@@ -25,7 +25,7 @@ pub use extensions_config::{
     Dependency, DependsOnExtension, ExtensionSettings, ExtensionState, ExtensionsConfig, GaFamily,
     InVmGoalStateMetadata, Plugin, PluginState, RequiredFeature, StatusBlobType, StatusUploadBlob,
 };
-pub use goal_state::{GoalState, RoleInstance};
+pub use goal_state::{GoalState, LbProbePorts, RoleInstance, MAX_LB_PROBE_PORTS};
 pub use hosting_env::HostingEnvironmentConfig;
 pub use manifest::{ExtensionManifest, ManifestPlugin};
 pub use shared_config::{SharedConfig, SharedInstance};
