@@ -186,11 +186,12 @@ fn daemon(config: Config) -> i32 {
     // Every openssl (and, later, extension) child inherits it, as in waagent.
     crate::wire::crypto::export_fips_env(config.enable_fips);
     log::info!(
-        "{AGENT_NAME} {VERSION} daemon starting, pid {}, on {} {} ({} flavour)",
+        "{AGENT_NAME} {VERSION} daemon starting, pid {}, on {} {} ({} flavour), CPU arch {}",
         std::process::id(),
         env.distro.id,
         env.distro.version,
-        env.distro.flavour
+        env.distro.flavour,
+        os::cpu_arch()
     );
     let timing = daemon_timing(&config);
     let os = os::for_env(env);
