@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
@@ -67,45 +67,18 @@ pub fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_waagent"))
 }
 
-/// The program that runs this crate's binaries when they are built for
-/// another CPU: `WAAGENT_RS_RUNNER`, a command line split on spaces
-/// (`make cross` sets it to qemu-user's, which cannot itself start a
-/// program of the emulated CPU the way the kernel would).
-pub fn runner() -> Option<Vec<String>> {
-    let words: Vec<String> = std::env::var("WAAGENT_RS_RUNNER")
-        .ok()?
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
-    (!words.is_empty()).then_some(words)
-}
+pub use waagent::sim::skips::own_command;
 
-/// A command that runs `program`, one of this crate's binaries: directly,
-/// or through [`runner`].
-pub fn own_command(program: &Path) -> Command {
-    match runner() {
-        Some(words) => {
-            let mut c = Command::new(&words[0]);
-            c.args(&words[1..]).arg(program);
-            c
-        }
-        None => Command::new(program),
-    }
-}
-
-/// True (after saying why) when `test` cannot run under the [`runner`]:
+/// True (after saying why) when `test` cannot run under the runner
+/// (`waagent::sim::skips::runner`):
 /// it needs the binary to start itself again (`-start` re-executes
 /// `/proc/self/exe`, which qemu-user cannot do for an emulated program).
 pub fn skip_under_runner(suite: &str, test: &str) -> bool {
-    let Some(words) = runner() else {
-        return false;
-    };
-    let why = format!(
-        "the binary runs under {} (WAAGENT_RS_RUNNER), which cannot start it again",
-        words[0]
-    );
-    waagent::sim::skips::note(suite, test, &why);
-    true
+    waagent::sim::skips::skip_under_runner(
+        suite,
+        test,
+        "the binary cannot start itself again (-start re-executes /proc/self/exe)",
+    )
 }
 
 pub fn waagent<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
