@@ -254,7 +254,11 @@ fn daemon_reports_ready_and_stops_cleanly_on_sigterm() {
 
 #[test]
 fn start_detaches_a_daemon() {
-    if common::skip_under_runner("cli", "start_detaches_a_daemon") {
+    if common::skip_under_runner(
+        "cli",
+        "start_detaches_a_daemon",
+        "the binary cannot start itself again (-start re-executes /proc/self/exe)",
+    ) {
         return;
     }
     let (sim, s) = fabric_and_config();
@@ -351,6 +355,13 @@ impl Drop for Daemons {
 /// refuses a second one, naming itself, and removes the file as it stops.
 #[test]
 fn a_recycled_pid_does_not_block_and_a_running_daemon_refuses_a_second() {
+    if common::skip_under_runner(
+        "cli",
+        "a_recycled_pid_does_not_block_and_a_running_daemon_refuses_a_second",
+        "the pid file's check of another daemon's /proc/PID/exe finds qemu, not waagent",
+    ) {
+        return;
+    }
     let (sim, s) = fabric_and_config();
     let lookalike = s.path("waagent-lookalike");
     std::os::unix::fs::symlink("/bin/sleep", &lookalike).unwrap();
@@ -403,6 +414,13 @@ fn a_recycled_pid_does_not_block_and_a_running_daemon_refuses_a_second() {
 /// and exit 1 naming it.
 #[test]
 fn simultaneous_starts_run_exactly_one_daemon() {
+    if common::skip_under_runner(
+        "cli",
+        "simultaneous_starts_run_exactly_one_daemon",
+        "the pid file's check of another daemon's /proc/PID/exe finds qemu, not waagent",
+    ) {
+        return;
+    }
     let (sim, s) = fabric_and_config();
     let mut d = Daemons(Vec::new());
     let pids: Vec<u32> = (0..3).map(|_| d.start(&s)).collect();
@@ -475,6 +493,13 @@ fn a_daemon_killed_at_start_is_replaced_at_once() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_start_waits_for_a_dying_daemon_then_runs() {
+    if common::skip_under_runner(
+        "cli",
+        "a_start_waits_for_a_dying_daemon_then_runs",
+        "there is no ptrace to hold a dying daemon",
+    ) {
+        return;
+    }
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
     let (sim, s) = fabric_and_config();
     let mut d = Daemons(Vec::new());
