@@ -123,7 +123,7 @@ pub fn detect_running(root: &Path) -> Distro {
 
 /// The CPU architecture as the kernel names it (`uname -m`: `x86_64` or
 /// `aarch64` on Linux, `amd64` or `arm64` on FreeBSD), which waagent logs at
-/// start as its "CPU Arch" (Python's `platform.machine()`). When uname
+/// start as its "CPU Arch" (Python's `platform.machine()`, §6.11). When uname
 /// fails, the name of the architecture this agent was built for.
 pub fn cpu_arch() -> String {
     nix::sys::utsname::uname()
