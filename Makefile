@@ -5,11 +5,16 @@
 #   make                        build target/release/waagent (cargo, --locked)
 #   make install                install the binary, config, init file, log rotation
 #   make uninstall              remove what install put there
-#   make test                   fmt check, clippy, cargo test, then the boot test
+#   make test                   fmt check, clippy, cargo test, the boot test,
+#                               make cross
 #   make boot-test              the .deb booted for real: a Debian 12 root under
 #                               systemd in systemd-nspawn (scripts/boot-test)
+#   make cross                  FreeBSD: clippy of every target; arm64 Linux:
+#                               the tests under qemu-user, the release binary
+#                               (scripts/cross; Debian's rustc-web, as root)
 #   make faults                 the fault matrix alone, printed (make test runs it too)
-#   make size                   release binary size and start-up time
+#   make size                   release binary size (x86_64, and arm64 when
+#                               the cross tools are here) and start-up time
 #   make bench                  measure beside Debian's waagent 2.7.3 (scripts/bench)
 #   make fuzz                   fuzz every parser of outside input, FUZZ_SECONDS
 #                               (default 60) per target (scripts/fuzz)
@@ -128,7 +133,7 @@ $(error DISTRO='$(DISTRO)' is not valid; use one of: $(VALID_DISTROS))
 endif
 endif
 
-.PHONY: all build install uninstall test boot-test faults size bench clean demo fuzz
+.PHONY: all build install uninstall test boot-test cross faults size bench clean demo fuzz
 
 all: build
 
@@ -170,18 +175,24 @@ uninstall:
 # As root the namespace sandbox must work: its tests fail instead of
 # skipping (WAAGENT_RS_REQUIRE_SANDBOX), so CI cannot pass without them.
 # The boot test (scripts/boot-test) runs after cargo test, under the same
-# rule. Tests that cannot run here (not root, no ../shared samples) note it
-# in SKIP_LOG; the last lines of the run list them.
+# rule. Likewise make cross (WAAGENT_RS_REQUIRE_CROSS): as root
+# scripts/setup installs its tools, so only a non-root run may skip it.
+# Tests that cannot run here (not root, no ../shared samples) note it in
+# SKIP_LOG; the last lines of the run list them.
 SKIP_LOG = target/skipped-tests.txt
 test:
 	./scripts/setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 	@mkdir -p target && rm -f "$(SKIP_LOG)"
-	@if [ "$$(id -u)" = 0 ]; then WAAGENT_RS_REQUIRE_SANDBOX=1; export WAAGENT_RS_REQUIRE_SANDBOX; fi; \
+	@if [ "$$(id -u)" = 0 ]; then \
+		WAAGENT_RS_REQUIRE_SANDBOX=1 WAAGENT_RS_REQUIRE_CROSS=1; \
+		export WAAGENT_RS_REQUIRE_SANDBOX WAAGENT_RS_REQUIRE_CROSS; \
+	fi; \
 	WAAGENT_RS_SKIP_LOG="$(CURDIR)/$(SKIP_LOG)"; export WAAGENT_RS_SKIP_LOG; \
 	$(CARGO) test --locked; status=$$?; \
 	CARGO="$(CARGO)" ./scripts/boot-test || status=1; \
+	./scripts/cross || status=1; \
 	if [ -s "$(SKIP_LOG)" ]; then \
 		echo; echo "make test: these tests did not run here (they passed by skipping):"; \
 		sort -u "$(SKIP_LOG)" | sed 's/^/  /'; \
@@ -202,6 +213,15 @@ boot-test:
 	@if [ "$$(id -u)" = 0 ]; then WAAGENT_RS_REQUIRE_SANDBOX=1; export WAAGENT_RS_REQUIRE_SANDBOX; fi; \
 	CARGO="$(CARGO)" ./scripts/boot-test
 
+# The platforms besides x86_64 Linux (scripts/cross says how each is
+# tested): FreeBSD x86_64 type-checked and linted with clippy -D warnings
+# (Debian's rust-web-clippy), not linked; arm64 Linux built, its unit and
+# integration tests run under qemu-user (the sandbox's skip, saying so),
+# the release binary run. Debian's rustc-web 1.96 with -Zbuild-std, in
+# target/cross. Skips, saying why, when its tools are missing.
+cross:
+	./scripts/cross
+
 # The fault matrix (tests/faults_e2e.rs), alone and printed: every transient
 # fault on every URL and a SIGKILL at every step, each in its own sandbox (as
 # root). "make test" runs it too, within cargo test; the matrix is also left in
@@ -211,15 +231,18 @@ faults:
 	@if [ "$$(id -u)" = 0 ]; then WAAGENT_RS_REQUIRE_SANDBOX=1; export WAAGENT_RS_REQUIRE_SANDBOX; fi; \
 	$(CARGO) test --locked --test faults_e2e -- --nocapture
 
-# Size of the stripped release binary, and the best-of-20 wall-clock time of
-# "waagent -version" (process start-up included), with hyperfine if installed,
-# else with date +%s%N. Informational only.
+# Size of the stripped release binary, for this machine and (built by
+# scripts/cross, when its tools are here) for arm64 Linux, and the
+# best-of-20 wall-clock time of "waagent -version" (process start-up
+# included), with hyperfine if installed, else with date +%s%N.
+# Informational only.
 size: build
 	@cp "$(RELEASE_BIN)" "$(RELEASE_BIN).stripped" && \
 	{ strip "$(RELEASE_BIN).stripped" 2>/dev/null || true; } && \
 	bytes=$$(wc -c < "$(RELEASE_BIN).stripped" | tr -d ' ') && \
 	rm -f "$(RELEASE_BIN).stripped" && \
-	echo "size: $$bytes bytes ($$((bytes / 1024)) KiB) stripped"
+	echo "size: $$(uname -m) ($$(uname -s)): $$bytes bytes ($$((bytes / 1024)) KiB) stripped"
+	@./scripts/cross size
 	@if command -v hyperfine >/dev/null 2>&1; then \
 		hyperfine -N --warmup 3 --runs 20 "$(RELEASE_BIN) -version"; \
 	elif [ "$$(date +%N)" != N ] && [ "$$(date +%N)" != "%N" ]; then \

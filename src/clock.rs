@@ -295,7 +295,8 @@ pub(crate) mod tests {
         if std::env::var_os(CHILD).is_some() {
             return true;
         }
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
+        // Through the emulator when there is one (make cross's qemu-user).
+        let out = crate::sim::skips::own_command(&std::env::current_exe().unwrap())
             .args([name, "--exact", "--nocapture", "--test-threads=1"])
             .env(CHILD, "1")
             .output()

@@ -196,11 +196,12 @@ fn daemon(config: Config) -> i32 {
         crate::notify::install(n);
     }
     log::info!(
-        "{AGENT_NAME} {VERSION} daemon starting, pid {}, on {} {} ({} flavour)",
+        "{AGENT_NAME} {VERSION} daemon starting, pid {}, on {} {} ({} flavour), CPU arch {}",
         std::process::id(),
         env.distro.id,
         env.distro.version,
-        env.distro.flavour
+        env.distro.flavour,
+        os::cpu_arch()
     );
     let timing = daemon_timing(&config);
     let os = os::for_env(env);

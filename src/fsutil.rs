@@ -240,7 +240,8 @@ mod tests {
     }
 
     /// On the test machine's file system; the sandbox test does the same
-    /// for /etc/shadow on tmpfs.
+    /// for /etc/shadow on tmpfs. Linux only, as `keep_xattrs` is.
+    #[cfg(target_os = "linux")]
     #[test]
     fn replacing_keeps_the_selinux_label_and_other_xattrs_but_not_capabilities() {
         use std::os::fd::AsRawFd;

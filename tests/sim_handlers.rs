@@ -3,9 +3,11 @@
 //! agent's end-to-end extension tests can trust it. Also the `fabric-sim`
 //! program's `--handlers` file and `--record` output, on loopback.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -501,7 +503,7 @@ impl Drop for Program {
 }
 
 fn start_program(args: &[&str]) -> Program {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fabric-sim"))
+    let mut child = common::own_command(Path::new(env!("CARGO_BIN_EXE_fabric-sim")))
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

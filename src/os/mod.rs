@@ -121,6 +121,27 @@ pub fn detect_running(root: &Path) -> Distro {
     detect(root, &sysname, &release)
 }
 
+/// The CPU architecture as the kernel names it (`uname -m`: `x86_64` or
+/// `aarch64` on Linux, `amd64` or `arm64` on FreeBSD), which waagent logs at
+/// start as its "CPU Arch" (Python's `platform.machine()`, §6.11). When uname
+/// fails, the name of the architecture this agent was built for.
+pub fn cpu_arch() -> String {
+    nix::sys::utsname::uname()
+        .ok()
+        .map(|u| u.machine().to_string_lossy().into_owned())
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| built_for_machine().to_string())
+}
+
+/// `uname -m` on the target this binary was built for.
+fn built_for_machine() -> &'static str {
+    match (std::env::consts::OS, std::env::consts::ARCH) {
+        ("freebsd", "x86_64") => "amd64",
+        ("freebsd", "aarch64") => "arm64",
+        (_, arch) => arch,
+    }
+}
+
 /// The init system that manages the agent's service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InitSystem {
@@ -852,4 +873,37 @@ pub enum BootLoader {
 /// `grub2-mkconfig`, writing where RHEL and SUSE boot from.
 pub fn grub2_mkconfig() -> Cmd {
     Cmd::new("grub2-mkconfig").args(["-o", "/boot/grub2/grub.cfg"])
+}
+
+#[cfg(test)]
+mod arch_tests {
+    use super::*;
+
+    /// The expected name is written out per target, so this checks what
+    /// an arm64 VM is told: `make cross` runs it as aarch64 under
+    /// qemu-user, whose uname reports the emulated CPU.
+    #[test]
+    fn cpu_arch_names_the_machine_the_agent_runs_on() {
+        #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+        let want = "x86_64";
+        #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
+        let want = "aarch64";
+        #[cfg(all(target_os = "freebsd", target_arch = "x86_64"))]
+        let want = "amd64";
+        #[cfg(all(target_os = "freebsd", target_arch = "aarch64"))]
+        let want = "arm64";
+        #[cfg(not(any(
+            all(
+                target_os = "linux",
+                any(target_arch = "x86_64", target_arch = "aarch64")
+            ),
+            all(
+                target_os = "freebsd",
+                any(target_arch = "x86_64", target_arch = "aarch64")
+            ),
+        )))]
+        let want = built_for_machine();
+        assert_eq!(cpu_arch(), want);
+        assert_eq!(built_for_machine(), want);
+    }
 }

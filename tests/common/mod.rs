@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
@@ -67,8 +67,17 @@ pub fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_waagent"))
 }
 
+pub use waagent::sim::skips::own_command;
+
+/// True (after saying why) when `test` cannot run under the runner
+/// (`waagent::sim::skips::runner`, make cross's qemu-user): it needs what
+/// only the kernel does (`what`).
+pub fn skip_under_runner(suite: &str, test: &str, what: &str) -> bool {
+    waagent::sim::skips::skip_under_runner(suite, test, what)
+}
+
 pub fn waagent<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
-    Command::new(bin())
+    own_command(bin())
         .args(args)
         .output()
         .expect("run the waagent binary")

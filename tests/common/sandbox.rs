@@ -136,6 +136,15 @@ pub fn script(name: &str) -> PathBuf {
 }
 
 fn check() -> Result<(), String> {
+    // The agent inside the sandbox is started by the kernel, which cannot
+    // run a binary built for another CPU (make cross: arm64 under qemu-user).
+    if let Some(runner) = waagent::sim::skips::runner() {
+        return Err(format!(
+            "the binaries were built for another CPU and run under {} \
+             (WAAGENT_RS_RUNNER); inside the sandbox the kernel would start them",
+            runner[0]
+        ));
+    }
     if !nix::unistd::geteuid().is_root() {
         return Err("the sandbox needs root".into());
     }

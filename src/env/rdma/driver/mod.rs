@@ -30,6 +30,19 @@ use crate::os::{Cmd, Distro, Env, Flavour, OsUtil, RunError};
 /// Ubuntu's alias file pointing `hv_network_direct` at the versioned module.
 pub const UBUNTU_MODPROBE_CONF: &str = "/etc/modprobe.d/vmbus-rdma.conf";
 
+/// The RPM architecture of the driver packages to install: the agent's own,
+/// as the kernel's modules must match it (RPM and Rust both say `x86_64`
+/// and `aarch64`). The images ship x86_64 packages; an arm64 VM must not
+/// pick one.
+pub(super) const RPM_ARCH: &str = std::env::consts::ARCH;
+
+/// True for `<anything>.<RPM_ARCH>.rpm`.
+pub(super) fn is_rpm_of_this_arch(file: &str) -> bool {
+    file.strip_suffix(".rpm")
+        .and_then(|f| f.strip_suffix(RPM_ARCH))
+        .is_some_and(|f| f.ends_with('.'))
+}
+
 /// A package manager may download and build (DKMS) for a while.
 const PACKAGE_TIMEOUT: Duration = Duration::from_secs(600);
 const MODPROBE_ALIAS: &str = "alias hv_network_direct hv_network_direct_";
@@ -125,6 +138,26 @@ pub(super) fn write_text(path: &Path, text: &str) -> Result<(), RdmaError> {
 mod tests {
     use super::*;
     use crate::env::rdma::testutil::*;
+
+    /// The architecture the packages must be built for, written out per
+    /// target: under qemu (make cross) this runs as aarch64.
+    #[test]
+    fn rpm_arch_is_the_agents_own() {
+        #[cfg(target_arch = "x86_64")]
+        let (want, other) = ("x86_64", "aarch64");
+        #[cfg(target_arch = "aarch64")]
+        let (want, other) = ("aarch64", "x86_64");
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        let (want, other) = (RPM_ARCH, "x86_64");
+        assert_eq!(RPM_ARCH, want);
+        assert!(is_rpm_of_this_arch(&format!("msft-rdma-1.0-1.{want}.rpm")));
+        assert!(!is_rpm_of_this_arch(&format!(
+            "msft-rdma-1.0-1.{other}.rpm"
+        )));
+        assert!(!is_rpm_of_this_arch("msft-rdma-1.0-1.src.rpm"));
+        assert!(!is_rpm_of_this_arch(&format!("msft-rdma-1.0-1{want}.rpm")));
+        assert!(!is_rpm_of_this_arch(&format!("msft-rdma-1.0-1.{want}")));
+    }
 
     #[test]
     fn other_distros_have_no_driver_handler() {

@@ -31,12 +31,15 @@ fn fw_package<'a>(text: &'a str, name: &str, fw: &str) -> Option<&'a str> {
     (parts.len() >= 4 && numeric && parts.last() == Some(&fw)).then_some(tail)
 }
 
-/// A package file `<name>-a.b.c.<fw>-YYYYMMDD.x86_64.rpm`.
+/// A package file `<name>-a.b.c.<fw>-YYYYMMDD.<arch>.rpm`, `<arch>` the
+/// agent's own ([`RPM_ARCH`]).
 fn is_fw_rpm(file: &str, name: &str, fw: &str) -> bool {
     fw_package(file, name, fw).is_some_and(|tail| {
         tail.get(..8)
             .is_some_and(|d| d.bytes().all(|b| b.is_ascii_digit()))
-            && tail.get(8..).is_some_and(|r| r.starts_with(".x86_64.rpm"))
+            && tail
+                .get(8..)
+                .is_some_and(|r| r == format!(".{RPM_ARCH}.rpm"))
     })
 }
 
@@ -154,19 +157,34 @@ mod tests {
             "142"
         )
         .is_none());
+        let a = RPM_ARCH;
         assert!(is_fw_rpm(
-            "kmod-microsoft-hyper-v-rdma-4.1.0.142-20160323.x86_64.rpm",
+            &format!("kmod-microsoft-hyper-v-rdma-4.1.0.142-20160323.{a}.rpm"),
             RHEL_KMOD_PACKAGE,
             "142"
         ));
         assert!(!is_fw_rpm(
-            "kmod-microsoft-hyper-v-rdma-4.1.0.142-2016032.x86_64.rpm",
+            &format!("kmod-microsoft-hyper-v-rdma-4.1.0.142-2016032.{a}.rpm"),
             RHEL_KMOD_PACKAGE,
             "142"
         ));
         assert!(!is_fw_rpm(
-            "kmod-microsoft-hyper-v-rdma-4.1.0.142-20160323.x86_64.rpm",
+            &format!("kmod-microsoft-hyper-v-rdma-4.1.0.142-20160323.{a}.rpm"),
             RHEL_USER_PACKAGE,
+            "142"
+        ));
+        // Another architecture's package, or a name that only starts with
+        // this one's, is not a match.
+        for other in ["x86_64", "aarch64"].iter().filter(|o| **o != a) {
+            assert!(!is_fw_rpm(
+                &format!("kmod-microsoft-hyper-v-rdma-4.1.0.142-20160323.{other}.rpm"),
+                RHEL_KMOD_PACKAGE,
+                "142"
+            ));
+        }
+        assert!(!is_fw_rpm(
+            &format!("kmod-microsoft-hyper-v-rdma-4.1.0.142-20160323.{a}.rpm.bak"),
+            RHEL_KMOD_PACKAGE,
             "142"
         ));
     }
@@ -180,14 +198,27 @@ mod tests {
             "/etc/redhat-release",
             "CentOS Linux release 7.9.2009 (Core)\n",
         );
-        for file in [
-            "kmod-microsoft-hyper-v-rdma-4.1.0.141-20160101.x86_64.rpm",
-            "kmod-microsoft-hyper-v-rdma-4.1.0.142-20160323.x86_64.rpm",
-            "microsoft-hyper-v-rdma-4.1.0.142-20160323.src.rpm",
-            "microsoft-hyper-v-rdma-4.1.0.142-20160323.x86_64.rpm",
-        ] {
-            f.write(&format!("{RHEL_DIR}/{file}"), "");
+        // The packages of both architectures Azure runs: the agent's own is
+        // installed (aarch64 when this test runs under qemu, make cross).
+        for arch in ["aarch64", "x86_64"] {
+            for file in [
+                "kmod-microsoft-hyper-v-rdma-4.1.0.141-20160101",
+                "kmod-microsoft-hyper-v-rdma-4.1.0.142-20160323",
+                "microsoft-hyper-v-rdma-4.1.0.142-20160323",
+            ] {
+                f.write(&format!("{RHEL_DIR}/{file}.{arch}.rpm"), "");
+            }
         }
+        f.write(
+            &format!("{RHEL_DIR}/microsoft-hyper-v-rdma-4.1.0.142-20160323.src.rpm"),
+            "",
+        );
+        #[cfg(target_arch = "x86_64")]
+        let a = "x86_64";
+        #[cfg(target_arch = "aarch64")]
+        let a = "aarch64";
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        let a = RPM_ARCH;
         f.answer("ps -ef", kvp_running());
         f.answer(
             "rpm -q microsoft-hyper-v-rdma",
@@ -204,9 +235,10 @@ mod tests {
         assert_eq!(
             r,
             DriverReport {
-                summary: "installed kmod-microsoft-hyper-v-rdma-4.1.0.142-20160323.x86_64.rpm, \
-                          microsoft-hyper-v-rdma-4.1.0.142-20160323.x86_64.rpm"
-                    .into(),
+                summary: format!(
+                    "installed kmod-microsoft-hyper-v-rdma-4.1.0.142-20160323.{a}.rpm, \
+                     microsoft-hyper-v-rdma-4.1.0.142-20160323.{a}.rpm"
+                ),
                 warnings: vec![],
                 reboot_requested: true,
             }
@@ -224,9 +256,9 @@ mod tests {
                 "yum erase -q -y hypervkvpd",
                 "rpm -q microsoft-hyper-v",
                 "yum erase -y -q kmod-microsoft-hyper-v-rdma",
-                "yum install -y -q /opt/microsoft/rdma/rhel79/kmod-microsoft-hyper-v-rdma-4.1.0.142-20160323.x86_64.rpm",
+                &*format!("yum install -y -q /opt/microsoft/rdma/rhel79/kmod-microsoft-hyper-v-rdma-4.1.0.142-20160323.{a}.rpm"),
                 "yum erase -y -q microsoft-hyper-v-rdma",
-                "yum install -y -q /opt/microsoft/rdma/rhel79/microsoft-hyper-v-rdma-4.1.0.142-20160323.x86_64.rpm",
+                &*format!("yum install -y -q /opt/microsoft/rdma/rhel79/microsoft-hyper-v-rdma-4.1.0.142-20160323.{a}.rpm"),
                 "modprobe --first-time hv_network_direct",
                 "shutdown -r now",
             ]
@@ -271,7 +303,9 @@ mod tests {
             "{e}"
         );
         f.write(
-            "/opt/microsoft/rdma/rhel89/kmod-microsoft-hyper-v-rdma-4.1.0.141-20160101.x86_64.rpm",
+            &format!(
+                "/opt/microsoft/rdma/rhel89/kmod-microsoft-hyper-v-rdma-4.1.0.141-20160101.{RPM_ARCH}.rpm"
+            ),
             "",
         );
         let e = check_driver(os.as_ref(), "142.0", false).unwrap_err();

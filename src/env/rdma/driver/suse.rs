@@ -75,7 +75,7 @@ pub(super) fn check(env: &Env, nd_version: &str) -> Result<DriverReport, RdmaErr
         .map(|d| {
             d.flatten()
                 .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                .filter(|n| n.ends_with(".rpm") && !n.ends_with(".src.rpm"))
+                .filter(|n| is_rpm_of_this_arch(n))
                 .map(|n| format!("{local_dir}/{n}"))
                 .collect()
         })
@@ -184,10 +184,19 @@ v  | msft-rdma-kmp-default | package | 20180201.142.0_k4.12 | x86_64 | SLE-HPC
         for file in [
             "msft-rdma-kmp-azure-20180201.140.0-1.x86_64.rpm",
             "msft-rdma-kmp-azure-20180201.142.0-1.src.rpm",
+            "msft-rdma-kmp-azure-20180201.140.0-1.aarch64.rpm",
+            "msft-rdma-kmp-azure-20180201.142.0-1.aarch64.rpm",
             "msft-rdma-kmp-azure-20180201.142.0-1.x86_64.rpm",
         ] {
             f.write(&format!("/opt/microsoft/rdma/{file}"), "");
         }
+        // The agent's own architecture: aarch64 under qemu (make cross).
+        #[cfg(target_arch = "x86_64")]
+        let a = "x86_64";
+        #[cfg(target_arch = "aarch64")]
+        let a = "aarch64";
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        let a = RPM_ARCH;
         f.answer("uname -r", Output::ok("4.12.14-6.15-azure\n"));
         f.answer(
             "zypper -n se -s",
@@ -202,7 +211,7 @@ v  | msft-rdma-kmp-default | package | 20180201.142.0_k4.12 | x86_64 | SLE-HPC
         let r = check_driver(os.as_ref(), "142.0", false).unwrap();
         assert_eq!(
             r.summary,
-            "installed /opt/microsoft/rdma/msft-rdma-kmp-azure-20180201.142.0-1.x86_64.rpm"
+            format!("installed /opt/microsoft/rdma/msft-rdma-kmp-azure-20180201.142.0-1.{a}.rpm")
         );
         assert!(!r.reboot_requested);
         assert_eq!(
@@ -210,7 +219,7 @@ v  | msft-rdma-kmp-default | package | 20180201.142.0_k4.12 | x86_64 | SLE-HPC
             [
                 "uname -r",
                 "zypper -n se -s msft-rdma-kmp-azure",
-                "zypper -n --no-refresh in /opt/microsoft/rdma/msft-rdma-kmp-azure-20180201.142.0-1.x86_64.rpm",
+                &*format!("zypper -n --no-refresh in /opt/microsoft/rdma/msft-rdma-kmp-azure-20180201.142.0-1.{a}.rpm"),
                 "zypper addlock msft-rdma-kmp-azure",
                 "modprobe --first-time hv_network_direct",
             ]
