@@ -15,15 +15,14 @@ mod sandbox;
 #[path = "common/vm.rs"]
 mod vm;
 
-use std::io::{Cursor, Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use sandbox::{Options, Sandbox};
 use serde_json::{json, Value};
 use vm::{DMI_UUID, FULL_PASSWORD};
-use zip::write::SimpleFileOptions;
-use zip::{CompressionMethod, ZipArchive, ZipWriter};
+use zip::ZipArchive;
 
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 const HANDLER_NAME: &str = "Contoso.Test.Secret";
@@ -104,20 +103,17 @@ Extensions.InitialGoalStatePeriod=1
 ";
 
 fn bin(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_waagent")).with_file_name(name)
+    vm::sibling_bin(name)
 }
 
 fn package() -> Vec<u8> {
-    let mut w = ZipWriter::new(Cursor::new(Vec::new()));
-    let o = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
-    for (name, data) in [
-        ("HandlerManifest.json", HANDLER_MANIFEST),
-        ("bin/handler.sh", HANDLER),
-    ] {
-        w.start_file(name, o.unix_permissions(0o755)).unwrap();
-        w.write_all(data.as_bytes()).unwrap();
-    }
-    w.finish().unwrap().into_inner()
+    vm::handler_package(
+        &[
+            ("HandlerManifest.json", HANDLER_MANIFEST),
+            ("bin/handler.sh", HANDLER),
+        ],
+        0o755,
+    )
 }
 
 /// Every entry of a zip: name and uncompressed bytes.

@@ -19,7 +19,7 @@ use sandbox::{Options, Sandbox};
 use serde_json::{json, Value};
 use vm::DMI_UUID;
 use zip::write::SimpleFileOptions;
-use zip::{CompressionMethod, ZipWriter};
+use zip::ZipWriter;
 
 /// The handler every package carries, in shell: it logs each call with
 /// what it was given to `/work/calls`, and `enable` writes the status of
@@ -68,17 +68,14 @@ const MANIFEST: &str = r#"[{"name":"Echo","version":1.0,"handlerManifest":{
 /// A handler package: the manifest, the script (not executable in the zip,
 /// as often in real ones) and the behaviour file.
 fn package(behaviour: &str) -> Vec<u8> {
-    let mut w = ZipWriter::new(Cursor::new(Vec::new()));
-    let o = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
-    for (name, data) in [
-        ("HandlerManifest.json", MANIFEST),
-        ("bin/handler.sh", HANDLER),
-        ("behaviour", behaviour),
-    ] {
-        w.start_file(name, o.unix_permissions(0o644)).unwrap();
-        w.write_all(data.as_bytes()).unwrap();
-    }
-    w.finish().unwrap().into_inner()
+    vm::handler_package(
+        &[
+            ("HandlerManifest.json", MANIFEST),
+            ("bin/handler.sh", HANDLER),
+            ("behaviour", behaviour),
+        ],
+        0o644,
+    )
 }
 
 /// Hostile packages: an entry climbing out of the handler directory, and

@@ -24,7 +24,7 @@ mod sandbox;
 mod vm;
 
 use std::collections::BTreeMap;
-use std::io::{Cursor, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -35,8 +35,6 @@ use sandbox::{Options, Sandbox};
 use serde_json::{json, Value};
 use vm::{DMI_UUID, FULL_PASSWORD, IMDS_KEY, INSTANCE_ID};
 use waagent::provision::password;
-use zip::write::SimpleFileOptions;
-use zip::{CompressionMethod, ZipWriter};
 
 const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
 /// The issue's bound on recovering from one transient fault that is not a
@@ -740,20 +738,17 @@ fn check(o: &Outcome, clean: &Outcome) -> Vec<String> {
 }
 
 fn bin(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_waagent")).with_file_name(name)
+    vm::sibling_bin(name)
 }
 
 fn package() -> Vec<u8> {
-    let mut w = ZipWriter::new(Cursor::new(Vec::new()));
-    let o = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
-    for (name, data) in [
-        ("HandlerManifest.json", HANDLER_MANIFEST),
-        ("bin/handler.sh", HANDLER),
-    ] {
-        w.start_file(name, o.unix_permissions(0o644)).unwrap();
-        w.write_all(data.as_bytes()).unwrap();
-    }
-    w.finish().unwrap().into_inner()
+    vm::handler_package(
+        &[
+            ("HandlerManifest.json", HANDLER_MANIFEST),
+            ("bin/handler.sh", HANDLER),
+        ],
+        0o644,
+    )
 }
 
 const CONF: &str = "Provisioning.Agent=waagent

@@ -12,3 +12,24 @@ pub const FULL_PASSWORD: &str = "Sup3r$ecret P@ss & más <x>";
 /// The SSH key the simulator's IMDS serves.
 pub const IMDS_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGltZHNrZXlmb3J3YWFnZW50cnNvbmx5bm90cmVhbA== imds@azure";
+
+/// A binary built beside `waagent` (fabric-sim, the test helpers).
+pub fn sibling_bin(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_BIN_EXE_waagent")).with_file_name(name)
+}
+
+/// A handler package as the storage serves it: `files` (name, text), each
+/// deflated with the Unix `mode`.
+pub fn handler_package(files: &[(&str, &str)], mode: u32) -> Vec<u8> {
+    use std::io::Write;
+    use zip::write::SimpleFileOptions;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let o = SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .unix_permissions(mode);
+    for (name, data) in files {
+        w.start_file(*name, o).unwrap();
+        w.write_all(data.as_bytes()).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
