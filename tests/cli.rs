@@ -606,20 +606,13 @@ fn a_start_waits_for_a_dying_daemon_then_runs() {
 /// A handler package whose enable writes its status (and only into its own
 /// directory), or, with `fail`, exits 3.
 fn echo_zip(fail: bool) -> Vec<u8> {
-    use std::io::Write;
     let script = if fail {
         "#!/bin/sh\nexit 3\n".to_string()
     } else {
         "#!/bin/sh\ncd \"$(dirname \"$0\")\"\n[ \"$1\" = enable ] && printf '[{\"version\":1.0,\"status\":{\"name\":\"Echo\",\"operation\":\"Enable\",\"status\":\"success\",\"code\":0,\"formattedMessage\":{\"lang\":\"en-US\",\"message\":\"ok\"}}}]' > status/0.status\nexit 0\n".to_string()
     };
     let manifest = r#"[{"name":"Echo","version":1.0,"handlerManifest":{"installCommand":"h.sh install","enableCommand":"h.sh enable","disableCommand":"h.sh disable","uninstallCommand":"h.sh uninstall","updateCommand":"h.sh update"}}]"#;
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let o = zip::write::SimpleFileOptions::default();
-    w.start_file("HandlerManifest.json", o).unwrap();
-    w.write_all(manifest.as_bytes()).unwrap();
-    w.start_file("h.sh", o).unwrap();
-    w.write_all(script.as_bytes()).unwrap();
-    w.finish().unwrap().into_inner()
+    common::zip_of(&[("HandlerManifest.json", manifest), ("h.sh", &script)])
 }
 
 /// An older fabric's goal state (`autoUpgrade` without `useExactVersion`)

@@ -69,16 +69,9 @@ impl Manager {
 /// A handler package whose enable writes its status and the environment
 /// it was given.
 fn env_zip() -> Vec<u8> {
-    use std::io::Write;
     let script = "#!/bin/sh\ncd \"$(dirname \"$0\")\"\nif [ \"$1\" = enable ]; then env > env.txt; printf '[{\"version\":1.0,\"status\":{\"name\":\"Env\",\"operation\":\"Enable\",\"status\":\"success\",\"code\":0,\"formattedMessage\":{\"lang\":\"en-US\",\"message\":\"ok\"}}}]' > status/0.status; fi\nexit 0\n";
     let manifest = r#"[{"name":"Env","version":1.0,"handlerManifest":{"installCommand":"h.sh install","enableCommand":"h.sh enable","disableCommand":"h.sh disable","uninstallCommand":"h.sh uninstall","updateCommand":"h.sh update"}}]"#;
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let o = zip::write::SimpleFileOptions::default();
-    w.start_file("HandlerManifest.json", o).unwrap();
-    w.write_all(manifest.as_bytes()).unwrap();
-    w.start_file("h.sh", o).unwrap();
-    w.write_all(script.as_bytes()).unwrap();
-    w.finish().unwrap().into_inner()
+    common::zip_of(&[("HandlerManifest.json", manifest), ("h.sh", script)])
 }
 
 /// The daemon, killed if the test ends before it has exited.
