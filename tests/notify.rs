@@ -133,7 +133,7 @@ fn the_daemon_notifies_systemd_and_its_watchdog_sees_a_hang() {
     ));
     let socket = tmp.path().join("notify");
     let mut systemd = Manager::bind(&socket);
-    let mut daemon = std::process::Command::new(common::bin())
+    let mut daemon = common::own_command(common::bin())
         .arg(format!("-configuration-path:{}", s.conf_path().display()))
         .arg("-daemon")
         .env("NOTIFY_SOCKET", &socket)
@@ -222,7 +222,7 @@ fn a_watchdog_for_another_pid_gets_no_pings() {
     ));
     let socket = s.path("notify");
     let mut systemd = Manager::bind(&socket);
-    let mut daemon = std::process::Command::new(common::bin())
+    let mut daemon = common::own_command(common::bin())
         .arg(format!("-configuration-path:{}", s.conf_path().display()))
         .arg("-daemon")
         .env("NOTIFY_SOCKET", &socket)
