@@ -16,7 +16,7 @@ mod sandbox;
 mod vm;
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 
 use sandbox::{Options, Sandbox};
@@ -102,10 +102,6 @@ Extensions.GoalStatePeriod=1
 Extensions.InitialGoalStatePeriod=1
 ";
 
-fn bin(name: &str) -> PathBuf {
-    vm::sibling_bin(name)
-}
-
 fn package() -> Vec<u8> {
     vm::handler_package(
         &[
@@ -157,16 +153,7 @@ fn collected_logs_hold_what_support_needs_and_no_secret() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    for b in ["waagent", "fabric-sim"] {
-        std::fs::copy(bin(b), d.join(b)).unwrap();
-    }
-    for f in ["tenant.crt", "tenant.key"] {
-        std::fs::copy(
-            Path::new(MANIFEST_DIR).join("test-data/certs").join(f),
-            d.join(f),
-        )
-        .unwrap();
-    }
+    vm::stage_binaries_and_tenant_cert(d);
     std::fs::write(d.join("secret-1.0.0.zip"), package()).unwrap();
     let handlers = json!([{
         "name": HANDLER_NAME,

@@ -25,7 +25,7 @@ mod vm;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -737,10 +737,6 @@ fn check(o: &Outcome, clean: &Outcome) -> Vec<String> {
     bad
 }
 
-fn bin(name: &str) -> PathBuf {
-    vm::sibling_bin(name)
-}
-
 fn package() -> Vec<u8> {
     vm::handler_package(
         &[
@@ -769,16 +765,7 @@ Extensions.InitialGoalStatePeriod=1
 fn share() -> tempfile::TempDir {
     let share = tempfile::tempdir().unwrap();
     let s = share.path();
-    for b in ["waagent", "fabric-sim"] {
-        std::fs::copy(bin(b), s.join(b)).unwrap();
-    }
-    for f in ["tenant.crt", "tenant.key"] {
-        std::fs::copy(
-            Path::new(MANIFEST).join("test-data/certs").join(f),
-            s.join(f),
-        )
-        .unwrap();
-    }
+    vm::stage_binaries_and_tenant_cert(s);
     let full = std::fs::read_to_string(Path::new(MANIFEST).join("test-data/ovf/full.xml")).unwrap();
     let (before, rest) = full.split_once("<CustomData>").unwrap();
     let (_, after) = rest.split_once("</CustomData>").unwrap();

@@ -33,3 +33,21 @@ pub fn handler_package(files: &[(&str, &str)], mode: u32) -> Vec<u8> {
     }
     w.finish().unwrap().into_inner()
 }
+
+/// Copies what an e2e VM runs into `dir`: the `waagent` and `fabric-sim`
+/// binaries and the tenant certificate (test-data/certs) that seals the
+/// handler's protected settings.
+pub fn stage_binaries_and_tenant_cert(dir: &std::path::Path) {
+    for b in ["waagent", "fabric-sim"] {
+        std::fs::copy(sibling_bin(b), dir.join(b)).unwrap();
+    }
+    for f in ["tenant.crt", "tenant.key"] {
+        std::fs::copy(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("test-data/certs")
+                .join(f),
+            dir.join(f),
+        )
+        .unwrap();
+    }
+}
