@@ -1,7 +1,13 @@
-//! The agent's HTTP(S) calls, over minreq (rustls + ring for HTTPS):
-//! [`send`] reads a response into memory, [`download`] streams one to a
-//! file. Timeouts and a size bound on every request; no decisions here —
-//! the WireServer client above it owns retries and status handling.
+//! The agent's HTTP(S) calls: [`send`] reads a response into memory,
+//! [`download`] streams one to a file. Timeouts and a size bound on every
+//! request; no decisions here — the WireServer client above it owns retries
+//! and status handling.
+//!
+//! Plain HTTP to an IP address (the WireServer, the HostGAPlugin, IMDS)
+//! goes through [`plain`], on the caller's thread; everything else (storage
+//! by name, HTTPS, a proxy) through minreq, with rustls + ring for HTTPS.
+
+mod plain;
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -80,10 +86,41 @@ fn http_error(req: &Request<'_>, message: String) -> HttpError {
     }
 }
 
+/// A response body still to be read.
+enum Body {
+    Plain(plain::Body),
+    Minreq(minreq::ResponseLazy),
+}
+
+impl Read for Body {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Body::Plain(b) => b.read(buf),
+            Body::Minreq(b) => b.read(buf),
+        }
+    }
+}
+
+/// The largest response head accepted.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
 /// Sends `req` and returns the response with its body still to be read,
 /// its status and its headers (names lower-cased).
-fn open(req: &Request<'_>) -> Result<(minreq::ResponseLazy, u16, Headers), HttpError> {
+fn open(req: &Request<'_>) -> Result<(Body, u16, Headers), HttpError> {
     let err = |message: String| http_error(req, message);
+    if let (None, Some(target)) = (req.proxy, plain::target(req.url)) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(req.timeout_secs);
+        let r = plain::open(
+            req.method,
+            &target,
+            req.headers,
+            req.body,
+            deadline,
+            MAX_HEAD_BYTES,
+        )
+        .map_err(|e| err(e.to_string()))?;
+        return Ok((Body::Plain(r.body), r.status, r.headers));
+    }
     let method = match req.method {
         "GET" => minreq::Method::Get,
         "PUT" => minreq::Method::Put,
@@ -94,7 +131,7 @@ fn open(req: &Request<'_>) -> Result<(minreq::ResponseLazy, u16, Headers), HttpE
     };
     let mut r = minreq::Request::new(method, req.url)
         .with_timeout(req.timeout_secs)
-        .with_max_headers_size(64 * 1024)
+        .with_max_headers_size(MAX_HEAD_BYTES)
         .with_max_status_line_length(8 * 1024);
     for (k, v) in req.headers {
         r = r.with_header(*k, *v);
@@ -113,7 +150,7 @@ fn open(req: &Request<'_>) -> Result<(minreq::ResponseLazy, u16, Headers), HttpE
         .iter()
         .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
         .collect();
-    Ok((lazy, status, headers))
+    Ok((Body::Minreq(lazy), status, headers))
 }
 
 type Headers = Vec<(String, String)>;
@@ -138,12 +175,11 @@ pub fn send(req: &Request<'_>) -> Result<Response, HttpError> {
         return Err(err(format!("response larger than {limit} bytes refused")));
     }
     let mut body = Vec::new();
-    for byte in lazy {
-        let (b, _) = byte.map_err(|e| err(e.to_string()))?;
-        if body.len() == limit {
-            return Err(err(format!("response larger than {limit} bytes refused")));
-        }
-        body.push(b);
+    Read::take(lazy, limit as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| err(e.to_string()))?;
+    if body.len() > limit {
+        return Err(err(format!("response larger than {limit} bytes refused")));
     }
     // minreq ends the body quietly at EOF; a body shorter than announced
     // is a broken connection, not a document.
@@ -573,5 +609,59 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.to_string().starts_with(&url), "{e}");
+    }
+
+    /// The same answers read the same through both transports: plain (an
+    /// address) and minreq (a name). What a caller sees must not depend on
+    /// which one carried the request.
+    #[test]
+    fn both_transports_read_the_same_answers() {
+        let answers: [&[u8]; 5] = [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Ms-Thing: a\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n",
+            b"HTTP/1.1 410 Gone\r\nContent-Length: 2\r\n\r\nno",
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello",
+        ];
+        let got = |host: &str, answer: &[u8]| {
+            let (url, h) = serve_once(answer.to_vec());
+            let url = url.replace("127.0.0.1", host);
+            let r = send(&Request {
+                method: "PUT",
+                url: &format!("{url}/status"),
+                headers: &[("x-ms-version", "2015-09-01")],
+                body: Some(b"{}"),
+                timeout_secs: 5,
+                max_body: 1024,
+                proxy: None,
+            });
+            let req = String::from_utf8(h.join().unwrap()).unwrap();
+            let req = req.replace(host, "HOST").to_ascii_lowercase();
+            match r {
+                // minreq's headers come out of a HashMap: no order.
+                Ok(mut r) => {
+                    r.headers.sort();
+                    (req, format!("{} {:?} {:?}", r.status, r.headers, r.body))
+                }
+                Err(e) => (req, e.message),
+            }
+        };
+        for answer in answers {
+            let (plain_req, plain) = got("127.0.0.1", answer);
+            let (minreq_req, by_name) = got("localhost", answer);
+            assert_eq!(plain, by_name, "{}", String::from_utf8_lossy(answer));
+            assert!(
+                plain_req.starts_with("put /status http/1.1\r\nhost: host:"),
+                "{plain_req}"
+            );
+            for line in [
+                "x-ms-version: 2015-09-01\r\n",
+                "content-length: 2\r\n",
+                "\r\n\r\n{}",
+            ] {
+                assert!(plain_req.contains(line), "{plain_req}");
+                assert!(minreq_req.contains(line), "{minreq_req}");
+            }
+        }
     }
 }

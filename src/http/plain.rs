@@ -1,0 +1,618 @@
+//! Plain HTTP/1.1 to an IP address: the WireServer, the HostGAPlugin and
+//! IMDS, which the agent reaches by address, never by name and never
+//! through a proxy.
+//!
+//! minreq bounds each request by running it on a new thread (name
+//! resolution cannot be given a timeout); for a goal-state poll and a
+//! status upload every 6 s for the VM's whole life, that thread was most of
+//! the daemon's idle CPU. An address needs no resolution, so here the
+//! deadline is kept by the socket alone: the connect, each write and each
+//! read get what is left of it, and nothing else runs.
+//!
+//! One request per connection: the callers send `Connection: close`, as
+//! waagent does. httparse reads the response head; the body is framed by
+//! `Content-Length`, by chunked transfer coding, or by the end of the
+//! connection. A `Content-Length` body that ends early reads as a short
+//! body, which [`super::send`] and [`super::download`] report; a chunked
+//! body that ends early is an error here.
+
+use std::io::{self, BufRead, BufReader, Cursor, ErrorKind, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::Instant;
+
+/// The most header lines a response head may have.
+const MAX_HEADERS: usize = 64;
+
+/// The longest chunk-size or trailer line.
+const MAX_LINE: u64 = 4096;
+
+/// The most trailer lines after the last chunk.
+const MAX_TRAILERS: usize = 64;
+
+/// Where a request goes: `http://<IPv4 | [IPv6]>[:port][/path][?query]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target<'a> {
+    pub addr: SocketAddr,
+    /// The URL's `host[:port]`, sent as `Host`.
+    pub authority: &'a str,
+    /// The request target: the path and query, `/` when the URL has none.
+    pub path: String,
+}
+
+/// The target of `url` when it is plain HTTP to an IP address; `None` for
+/// anything else (HTTPS, a host name, user info), which minreq handles.
+pub fn target(url: &str) -> Option<Target<'_>> {
+    let scheme = url.get(..7)?;
+    if !scheme.eq_ignore_ascii_case("http://") {
+        return None;
+    }
+    let rest = &url[7..];
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let addr = match authority.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            let host = authority
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(authority);
+            SocketAddr::new(host.parse::<IpAddr>().ok()?, 80)
+        }
+    };
+    // The fragment is not sent (RFC 9110 §4.2.4).
+    let tail = tail.split('#').next().unwrap_or("");
+    let path = match tail.starts_with('/') {
+        true => tail.to_string(),
+        false => format!("/{tail}"),
+    };
+    Some(Target {
+        addr,
+        authority,
+        path,
+    })
+}
+
+/// Header names (lower-cased) and values, in the order received.
+pub type Headers = Vec<(String, String)>;
+
+/// The response to one request: status, headers and the body, to be read.
+pub struct Response {
+    pub status: u16,
+    pub headers: Headers,
+    pub body: Body,
+}
+
+/// Sends one request to `t` and reads the response head. The whole
+/// exchange, the body's reading included, ends by `deadline`.
+pub fn open(
+    method: &str,
+    t: &Target<'_>,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    deadline: Instant,
+    max_head: usize,
+) -> io::Result<Response> {
+    // Head and body in one write: one segment for a small request.
+    let mut request = request_head(method, t, headers, body)?;
+    request.extend_from_slice(body.unwrap_or_default());
+    let left = remaining(deadline)?;
+    let tcp = TcpStream::connect_timeout(&t.addr, left).map_err(timed_out)?;
+    let mut stream = DeadlineStream { tcp, deadline };
+    stream.write_all(&request)?;
+    let (status, headers, rest) = read_head(&mut stream, max_head)?;
+    let framing = framing(method, status, &headers)?;
+    Ok(Response {
+        status,
+        headers,
+        body: Body {
+            src: BufReader::new(Cursor::new(rest).chain(stream)),
+            framing,
+        },
+    })
+}
+
+/// The request line and headers. A header a hostile document could have
+/// filled with a line break (a container id, a blob URL) is refused, not
+/// sent as two headers.
+fn request_head(
+    method: &str,
+    t: &Target<'_>,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> io::Result<Vec<u8>> {
+    let visible = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic());
+    if !visible(method) || !visible(&t.path) {
+        return Err(io::Error::new(
+            ErrorKind::InvalidInput,
+            "the method or URL has a character that cannot be sent",
+        ));
+    }
+    let mut head = format!("{method} {} HTTP/1.1\r\nHost: {}\r\n", t.path, t.authority);
+    let mut has_length = false;
+    for (name, value) in headers {
+        let name_ok = visible(name) && !name.contains(':');
+        let value_ok = value
+            .bytes()
+            .all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
+        if !name_ok || !value_ok {
+            return Err(io::Error::new(
+                ErrorKind::InvalidInput,
+                format!("header {name:?} has a character that cannot be sent"),
+            ));
+        }
+        has_length |= name.eq_ignore_ascii_case("content-length");
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    // As minreq: a PUT or POST always says how long its body is.
+    let wants_length = body.is_some() || method == "PUT" || method == "POST";
+    if wants_length && !has_length {
+        head.push_str(&format!(
+            "Content-Length: {}\r\n",
+            body.map_or(0, <[u8]>::len)
+        ));
+    }
+    head.push_str("\r\n");
+    Ok(head.into_bytes())
+}
+
+/// Reads until the response head is complete (1xx heads skipped); returns
+/// the status, the headers and the bytes read past the head.
+fn read_head(stream: &mut DeadlineStream, max_head: usize) -> io::Result<(u16, Headers, Vec<u8>)> {
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut slots);
+        match parsed.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let status = parsed.code.unwrap_or(0);
+                if (100..200).contains(&status) && status != 101 {
+                    buf.drain(..len);
+                    continue;
+                }
+                let headers = parsed
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        let value = String::from_utf8_lossy(h.value).trim().to_string();
+                        (h.name.to_ascii_lowercase(), value)
+                    })
+                    .collect();
+                return Ok((status, headers, buf.split_off(len)));
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(e) => {
+                return Err(io::Error::new(
+                    ErrorKind::InvalidData,
+                    format!("bad response head: {e}"),
+                ))
+            }
+        }
+        if buf.len() >= max_head {
+            return Err(io::Error::new(
+                ErrorKind::InvalidData,
+                format!("response head larger than {max_head} bytes refused"),
+            ));
+        }
+        let want = chunk.len().min(max_head - buf.len());
+        let n = stream.read(&mut chunk[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                ErrorKind::UnexpectedEof,
+                "connection closed before the response head was complete",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// How the body of a response ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body (HEAD, 204, 304).
+    Empty,
+    /// `Content-Length`: this many bytes left.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked(Chunk),
+    /// Until the server closes the connection.
+    Eof,
+}
+
+/// Where a chunked body's reader is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Before a chunk-size line.
+    Size,
+    /// Inside a chunk: this many bytes left.
+    Data(u64),
+    /// After a chunk's data, before its CRLF.
+    DataEnd,
+    /// The last chunk and trailers read.
+    Done,
+}
+
+fn framing(method: &str, status: u16, headers: &[(String, String)]) -> io::Result<Framing> {
+    if method == "HEAD" || status == 204 || status == 304 {
+        return Ok(Framing::Empty);
+    }
+    let bad = |m: &str| Err(io::Error::new(ErrorKind::InvalidData, m.to_string()));
+    let header = |name: &'static str| headers.iter().filter(move |(k, _)| k == name);
+    // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3); a coding
+    // other than chunked last means the body runs to the close.
+    if let Some((_, te)) = header("transfer-encoding").next_back() {
+        let last = te.rsplit(',').next().unwrap_or("").trim();
+        return Ok(match last.eq_ignore_ascii_case("chunked") {
+            true => Framing::Chunked(Chunk::Size),
+            false => Framing::Eof,
+        });
+    }
+    let mut length = None;
+    for (_, v) in header("content-length") {
+        for part in v.split(',') {
+            let Ok(n) = part.trim().parse::<u64>() else {
+                return bad("bad Content-Length");
+            };
+            if length.is_some_and(|l| l != n) {
+                return bad("conflicting Content-Length headers");
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length.map_or(Framing::Eof, Framing::Length))
+}
+
+/// A response body, read to its framing's end and no further.
+pub struct Body {
+    src: BufReader<io::Chain<Cursor<Vec<u8>>, DeadlineStream>>,
+    framing: Framing,
+}
+
+impl Read for Body {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            match self.framing {
+                Framing::Empty | Framing::Length(0) | Framing::Chunked(Chunk::Done) => {
+                    return Ok(0)
+                }
+                Framing::Eof => return self.src.read(buf),
+                Framing::Length(left) => {
+                    let n = self.read_some(buf, left)?;
+                    self.framing = Framing::Length(left - n as u64);
+                    return Ok(n);
+                }
+                Framing::Chunked(Chunk::Size) => {
+                    let line = self.line()?;
+                    let size = match httparse::parse_chunk_size(&line) {
+                        Ok(httparse::Status::Complete((_, size))) => size,
+                        _ => return Err(io::Error::new(ErrorKind::InvalidData, "bad chunk size")),
+                    };
+                    if size == 0 {
+                        self.trailers()?;
+                        self.framing = Framing::Chunked(Chunk::Done);
+                    } else {
+                        self.framing = Framing::Chunked(Chunk::Data(size));
+                    }
+                }
+                Framing::Chunked(Chunk::Data(left)) => {
+                    let n = self.read_some(buf, left)?;
+                    if n == 0 {
+                        return Err(cut_short());
+                    }
+                    self.framing = match left - n as u64 {
+                        0 => Framing::Chunked(Chunk::DataEnd),
+                        more => Framing::Chunked(Chunk::Data(more)),
+                    };
+                    return Ok(n);
+                }
+                Framing::Chunked(Chunk::DataEnd) => {
+                    if !matches!(self.line()?.as_slice(), b"\r\n" | b"\n") {
+                        return Err(io::Error::new(
+                            ErrorKind::InvalidData,
+                            "chunk longer than its size",
+                        ));
+                    }
+                    self.framing = Framing::Chunked(Chunk::Size);
+                }
+            }
+        }
+    }
+}
+
+impl Body {
+    /// Reads at most `left` bytes into `buf`.
+    fn read_some(&mut self, buf: &mut [u8], left: u64) -> io::Result<usize> {
+        let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        self.src.read(&mut buf[..want])
+    }
+
+    /// One line of a chunked body, with its line end; cut short or too
+    /// long is an error.
+    fn line(&mut self) -> io::Result<Vec<u8>> {
+        let mut line = Vec::new();
+        (&mut self.src)
+            .take(MAX_LINE)
+            .read_until(b'\n', &mut line)?;
+        match line.last() {
+            Some(b'\n') => Ok(line),
+            _ if line.len() as u64 == MAX_LINE => Err(io::Error::new(
+                ErrorKind::InvalidData,
+                "chunked body line too long",
+            )),
+            _ => Err(cut_short()),
+        }
+    }
+
+    /// The trailer section after the last chunk, up to its empty line.
+    fn trailers(&mut self) -> io::Result<()> {
+        for _ in 0..=MAX_TRAILERS {
+            if matches!(self.line()?.as_slice(), b"\r\n" | b"\n") {
+                return Ok(());
+            }
+        }
+        Err(io::Error::new(ErrorKind::InvalidData, "too many trailers"))
+    }
+}
+
+fn cut_short() -> io::Error {
+    io::Error::new(
+        ErrorKind::UnexpectedEof,
+        "connection closed inside a chunked body",
+    )
+}
+
+/// The socket, each read and write bounded by what is left until the
+/// deadline.
+struct DeadlineStream {
+    tcp: TcpStream,
+    deadline: Instant,
+}
+
+impl Read for DeadlineStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.tcp.set_read_timeout(Some(remaining(self.deadline)?))?;
+        self.tcp.read(buf).map_err(timed_out)
+    }
+}
+
+impl Write for DeadlineStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tcp
+            .set_write_timeout(Some(remaining(self.deadline)?))?;
+        self.tcp.write(buf).map_err(timed_out)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The time left until `deadline`; none left is a timeout.
+fn remaining(deadline: Instant) -> io::Result<std::time::Duration> {
+    match deadline.saturating_duration_since(Instant::now()) {
+        d if d.is_zero() => Err(timeout()),
+        d => Ok(d),
+    }
+}
+
+fn timeout() -> io::Error {
+    io::Error::new(
+        ErrorKind::TimedOut,
+        "no answer within the request's timeout",
+    )
+}
+
+/// A socket timeout (EAGAIN on Linux, ETIMEDOUT elsewhere) said as one.
+fn timed_out(e: io::Error) -> io::Error {
+    match e.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => timeout(),
+        _ => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    #[test]
+    fn targets_are_plain_http_to_an_address() {
+        let t = target("http://168.63.129.16/machine/?comp=goalstate").unwrap();
+        assert_eq!(t.addr, "168.63.129.16:80".parse().unwrap());
+        assert_eq!(t.authority, "168.63.129.16");
+        assert_eq!(t.path, "/machine/?comp=goalstate");
+        let t = target("HTTP://168.63.129.16:32526?x=1#frag").unwrap();
+        assert_eq!(t.addr.port(), 32526);
+        assert_eq!(t.path, "/?x=1");
+        let t = target("http://[::1]:8080").unwrap();
+        assert_eq!(t.addr, "[::1]:8080".parse().unwrap());
+        assert_eq!(t.path, "/");
+        assert_eq!(target("http://[fe80::1]/a").unwrap().addr.port(), 80);
+        for other in [
+            "https://168.63.129.16/",
+            "http://example.com/",
+            "http://user@10.0.0.1/",
+            "http://10.0.0.1:99999/",
+            "ftp://10.0.0.1/",
+            "http:/",
+        ] {
+            assert_eq!(target(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_line_break_in_a_header_or_the_url_is_never_sent() {
+        let t = target("http://127.0.0.1:9/a").unwrap();
+        let e = request_head("GET", &t, &[("x-ms-containerid", "a\r\nEvil: 1")], None).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("x-ms-containerid"), "{e}");
+        assert!(request_head("GET", &t, &[("Bad Name", "v")], None).is_err());
+        let mut t2 = t.clone();
+        t2.path = "/a b".into();
+        assert!(request_head("GET", &t2, &[], None).is_err());
+        let head = request_head("PUT", &t, &[("x-ms-version", "2015-09-01")], None).unwrap();
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "PUT /a HTTP/1.1\r\nHost: 127.0.0.1:9\r\nx-ms-version: 2015-09-01\r\nContent-Length: 0\r\n\r\n"
+        );
+    }
+
+    fn framing_of(status: u16, headers: &[(&str, &str)]) -> io::Result<Framing> {
+        let h: Vec<_> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        framing("GET", status, &h)
+    }
+
+    #[test]
+    fn the_body_is_framed_as_the_head_says() {
+        assert_eq!(
+            framing_of(204, &[("content-length", "5")]).unwrap(),
+            Framing::Empty
+        );
+        assert_eq!(framing_of(200, &[]).unwrap(), Framing::Eof);
+        assert_eq!(
+            framing_of(200, &[("content-length", "5")]).unwrap(),
+            Framing::Length(5)
+        );
+        assert_eq!(
+            framing_of(200, &[("content-length", "5"), ("content-length", "5, 5")]).unwrap(),
+            Framing::Length(5)
+        );
+        assert!(framing_of(200, &[("content-length", "5"), ("content-length", "6")]).is_err());
+        assert!(framing_of(200, &[("content-length", "-1")]).is_err());
+        assert_eq!(
+            framing_of(
+                200,
+                &[
+                    ("transfer-encoding", "gzip, Chunked"),
+                    ("content-length", "3")
+                ]
+            )
+            .unwrap(),
+            Framing::Chunked(Chunk::Size)
+        );
+        assert_eq!(
+            framing_of(200, &[("transfer-encoding", "gzip")]).unwrap(),
+            Framing::Eof
+        );
+    }
+
+    /// Answers one connection with `chunks`, pausing `gap` between them;
+    /// returns the URL and the request the server read.
+    fn serve(chunks: Vec<Vec<u8>>, gap: Duration) -> (String, std::thread::JoinHandle<Vec<u8>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/x", l.local_addr().unwrap());
+        let h = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut req = vec![0u8; 8192];
+            let n = s.read(&mut req).unwrap();
+            req.truncate(n);
+            for c in chunks {
+                if s.write_all(&c).is_err() {
+                    break;
+                }
+                std::thread::sleep(gap);
+            }
+            req
+        });
+        (url, h)
+    }
+
+    fn get(url: &str, secs: u64) -> io::Result<(Response, Vec<u8>)> {
+        let t = target(url).unwrap();
+        let mut r = open(
+            "GET",
+            &t,
+            &[("Connection", "close")],
+            None,
+            Instant::now() + Duration::from_secs(secs),
+            64 * 1024,
+        )?;
+        let mut body = Vec::new();
+        r.body.read_to_end(&mut body)?;
+        Ok((r, body))
+    }
+
+    #[test]
+    fn a_chunked_body_split_anywhere_is_put_together() {
+        let wire = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nX-Trailer: 1\r\n\r\n";
+        // One byte per write: every state of the head and chunk readers
+        // meets a partial read.
+        let chunks = wire.iter().map(|b| vec![*b]).collect();
+        let (url, h) = serve(chunks, Duration::from_micros(200));
+        let (r, body) = get(&url, 10).unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(body, b"hello, world");
+        let req = String::from_utf8(h.join().unwrap()).unwrap();
+        assert!(
+            req.starts_with("GET /x HTTP/1.1\r\nHost: 127.0.0.1:"),
+            "{req}"
+        );
+    }
+
+    #[test]
+    fn a_chunked_body_cut_short_or_malformed_is_an_error() {
+        for (wire, want) in [
+            (&b"5\r\nhel"[..], ErrorKind::UnexpectedEof),
+            (b"5\r\nhello\r\n", ErrorKind::UnexpectedEof),
+            (b"zz\r\nhello\r\n0\r\n\r\n", ErrorKind::InvalidData),
+            (b"2\r\nhello\r\n0\r\n\r\n", ErrorKind::InvalidData),
+        ] {
+            let mut resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            resp.extend_from_slice(wire);
+            let (url, h) = serve(vec![resp], Duration::ZERO);
+            let e = get(&url, 10).err().expect("an error");
+            assert_eq!(e.kind(), want, "{:?}: {e}", String::from_utf8_lossy(wire));
+            let _ = h.join();
+        }
+    }
+
+    #[test]
+    fn a_content_length_body_stops_at_its_length() {
+        let (url, h) = serve(
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcdef".to_vec()],
+            Duration::ZERO,
+        );
+        let (_, body) = get(&url, 10).unwrap();
+        assert_eq!(body, b"abc");
+        let _ = h.join();
+    }
+
+    #[test]
+    fn a_head_too_large_or_malformed_is_refused() {
+        let mut big = b"HTTP/1.1 200 OK\r\n".to_vec();
+        big.extend(std::iter::repeat_n(b"X-A: b\r\n", 9000).flatten());
+        for wire in [
+            big,
+            b"HTTP/1.1 2OO OK\r\n\r\n".to_vec(),
+            b"SSH-2.0-x\r\n\r\n".to_vec(),
+        ] {
+            let (url, h) = serve(vec![wire], Duration::ZERO);
+            let e = get(&url, 10).err().expect("an error");
+            assert_eq!(e.kind(), ErrorKind::InvalidData, "{e}");
+            let _ = h.join();
+        }
+    }
+
+    #[test]
+    fn a_server_that_stalls_is_given_up_on_at_the_deadline() {
+        let (url, h) = serve(
+            vec![
+                b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab".to_vec(),
+                b"c".to_vec(),
+            ],
+            Duration::from_millis(2500),
+        );
+        // Without the deadline, the read would wait for the "c" and the
+        // close, and return a short body.
+        let e = get(&url, 1).err().expect("a timeout");
+        assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+        drop(h);
+    }
+}
