@@ -9,9 +9,7 @@ use crate::wire::crypto::Openssl;
 use crate::wire::docs::ExtensionsConfig;
 use crate::wire::endpoint::{self, Endpoint};
 use crate::wire::reports::Health;
-use crate::wire::status::{
-    self, aggregate_status, AgentStatus, GoalStateOutcome, HandlerStatus, NotRun,
-};
+use crate::wire::status::{self, AgentStatus, GoalStateOutcome, HandlerStatus, NotRun};
 
 use super::*;
 
@@ -320,6 +318,8 @@ impl Daemon {
             upload_due: true,
             last_uploaded: None,
             failed_uploads: 0,
+            report_cache: Default::default(),
+            status_document: Default::default(),
         }))
     }
 
@@ -381,11 +381,16 @@ impl Daemon {
             };
             handling.poll(&mut cx);
         }
-        let handlers = match &goal.handling {
-            Some(h) => {
-                report::handler_statuses(&goal.config, h, &self.lib, std::time::SystemTime::now())
-            }
-            None => goal.not_run.clone(),
+        let g = &mut **goal;
+        let handlers = match &g.handling {
+            Some(h) => report::handler_statuses(
+                &g.config,
+                h,
+                &self.lib,
+                std::time::SystemTime::now(),
+                &mut g.report_cache,
+            ),
+            None => g.not_run.clone(),
         };
         if goal.upload_due || goal.last_uploaded.as_ref() != Some(&handlers) {
             goal.failed_uploads = match self.upload_status(goal, &handlers) {
@@ -403,7 +408,7 @@ impl Daemon {
     /// is logged (and false).
     pub(super) fn upload_status(
         &mut self,
-        goal: &ExtensionGoal,
+        goal: &mut ExtensionGoal,
         handlers: &[HandlerStatus],
     ) -> bool {
         let distro = &self.os.env().distro;
@@ -427,7 +432,9 @@ impl Daemon {
                 },
             },
         };
-        let body = aggregate_status(&agent, handlers, std::time::SystemTime::now());
+        let body = goal
+            .status_document
+            .render(&agent, handlers, std::time::SystemTime::now());
         let Some(client) = self.client.as_mut() else {
             return false;
         };

@@ -204,6 +204,10 @@ pub struct ExtensionGoal {
     /// Uploads that failed in a row: the first is tried again a second
     /// later, the rest at the next poll.
     pub failed_uploads: u32,
+    /// The handler files the status was last made from.
+    pub report_cache: crate::ext::report::ReportCache,
+    /// The status document last uploaded, rebuilt only on a change.
+    pub status_document: crate::wire::status::StatusDocument,
 }
 
 impl std::fmt::Debug for ExtensionGoal {

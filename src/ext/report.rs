@@ -3,7 +3,9 @@
 //! extension itself wrote — its status file for the sequence number in
 //! force, and its heartbeat when the manifest asks for one.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::exec::{read_state, Handling, Outcome};
@@ -15,17 +17,56 @@ use crate::wire::status::{ExtensionStatus, HandlerStatus};
 /// is reported as transitioning, not as the error CRP would take as final.
 const TRANSIENT_GRACE: Duration = Duration::from_secs(10);
 
+/// What the status was last made from: each manifest's heartbeat flag and
+/// each status file as read, kept while the file is the same one (device,
+/// inode, size, modification and change times). The status is looked at on
+/// every goal-state poll, for the VM's life; a file that did not change is
+/// not read and parsed again.
+#[derive(Debug, Default)]
+pub struct ReportCache {
+    heartbeat: HashMap<PathBuf, (FileId, bool)>,
+    status: HashMap<PathBuf, (FileId, handler::StatusRead)>,
+}
+
+/// Which file, in which version: a rewrite (in place or by rename) changes
+/// at least the change time, which no user can set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileId {
+    fn of(m: &std::fs::Metadata) -> FileId {
+        FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
 /// The status of every handler of `ec` that has one to report.
 pub fn handler_statuses(
     ec: &ExtensionsConfig,
     handling: &Handling,
     lib: &Path,
     now: SystemTime,
+    cache: &mut ReportCache,
 ) -> Vec<HandlerStatus> {
     let mut out = Vec::new();
+    // Listed only for a handler not reached yet in this goal state.
+    let mut listing = None;
     for p in &ec.plugins {
-        let installed =
-            super::plan::installed_version(&p.name, &super::exec::installed_handlers(lib)).cloned();
+        let mut installed = || {
+            let all = listing.get_or_insert_with(|| super::exec::installed_handlers(lib));
+            super::plan::installed_version(&p.name, all).cloned()
+        };
         match handling.outcome(&p.name) {
             Some(Outcome::Uninstalled) => {}
             Some(Outcome::Failed {
@@ -35,14 +76,14 @@ pub fn handler_statuses(
                 enabling,
             }) => out.extend(failed(p, version, *code, message, *enabling)),
             Some(Outcome::Disabled { version }) => out.push(disabled(p, version)),
-            Some(Outcome::Enabled { version }) => out.extend(enabled(p, version, lib, now)),
+            Some(Outcome::Enabled { version }) => out.extend(enabled(p, version, lib, now, cache)),
             // Not reached yet in this goal state: what is there now.
-            None => match (p.state, installed) {
+            None => match (p.state, installed()) {
                 (Some(PluginState::Enabled), Some(i))
                     if read_state(&lib.join(format!("{}-{}", i.name, i.version)))
                         == handler::HandlerState::Enabled =>
                 {
-                    out.extend(enabled(p, &i.version, lib, now))
+                    out.extend(enabled(p, &i.version, lib, now, cache))
                 }
                 (Some(PluginState::Enabled), _) => out.push(HandlerStatus {
                     name: p.name.clone(),
@@ -74,9 +115,14 @@ fn reported_settings(p: &Plugin) -> Vec<Option<&ExtensionSettings>> {
     vec![p.settings.first()]
 }
 
-fn enabled(p: &Plugin, version: &str, lib: &Path, now: SystemTime) -> Vec<HandlerStatus> {
+fn enabled(
+    p: &Plugin,
+    version: &str,
+    lib: &Path,
+    now: SystemTime,
+    cache: &mut ReportCache,
+) -> Vec<HandlerStatus> {
     let dir = lib.join(format!("{}-{version}", p.name));
-    let manifest = HandlerManifest::read(&dir).ok();
     let mut base = HandlerStatus {
         name: p.name.clone(),
         version: version.to_string(),
@@ -85,7 +131,7 @@ fn enabled(p: &Plugin, version: &str, lib: &Path, now: SystemTime) -> Vec<Handle
         message: Some("Plugin enabled".into()),
         extension: None,
     };
-    if manifest.as_ref().is_some_and(|m| m.report_heartbeat) {
+    if reports_heartbeat(&dir, cache) {
         handler::read_heartbeat(&dir.join(handler::HEARTBEAT_FILE), now).apply(&mut base);
     }
     reported_settings(p)
@@ -97,21 +143,54 @@ fn enabled(p: &Plugin, version: &str, lib: &Path, now: SystemTime) -> Vec<Handle
                 extension: s.and_then(|s| s.name.as_deref()),
                 seq_no: s.map_or(0, |s| s.seq_no),
             };
-            h.extension = status_of(&dir, &of, now);
+            h.extension = status_of(&dir, &of, now, cache);
             h
         })
         .collect()
 }
 
+/// Whether the handler's manifest asks for its heartbeat to be reported.
+fn reports_heartbeat(dir: &Path, cache: &mut ReportCache) -> bool {
+    let path = dir.join(handler::MANIFEST_FILE);
+    let id = std::fs::symlink_metadata(&path)
+        .ok()
+        .map(|m| FileId::of(&m));
+    match (id, cache.heartbeat.get(&path)) {
+        (Some(id), Some((was, flag))) if *was == id => *flag,
+        _ => {
+            let flag = HandlerManifest::read(dir).is_ok_and(|m| m.report_heartbeat);
+            if let Some(id) = id {
+                cache.heartbeat.insert(path, (id, flag));
+            }
+            flag
+        }
+    }
+}
+
 /// The extension's status file for `of`, or `None` for a handler with no
 /// settings that wrote none.
-fn status_of(dir: &Path, of: &StatusFor<'_>, now: SystemTime) -> Option<ExtensionStatus> {
+fn status_of(
+    dir: &Path,
+    of: &StatusFor<'_>,
+    now: SystemTime,
+    cache: &mut ReportCache,
+) -> Option<ExtensionStatus> {
     let file = handler::status_file_name(of.extension, of.seq_no).ok()?;
     let path = dir.join("status").join(file);
-    let read = handler::read_status(&path, of);
-    let young = std::fs::metadata(&path)
-        .and_then(|m| m.modified())
-        .ok()
+    let meta = std::fs::symlink_metadata(&path).ok();
+    let id = meta.as_ref().map(FileId::of);
+    let read = match (id, cache.status.get(&path)) {
+        (Some(id), Some((was, read))) if *was == id => read.clone(),
+        _ => {
+            let read = handler::read_status(&path, of);
+            if let Some(id) = id {
+                cache.status.insert(path.clone(), (id, read.clone()));
+            }
+            read
+        }
+    };
+    let young = meta
+        .and_then(|m| m.modified().ok())
         .and_then(|t| now.duration_since(t).ok())
         .is_some_and(|age| age < TRANSIENT_GRACE);
     let mut status = read.status;
@@ -177,4 +256,81 @@ fn failed(
             h
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn test_data(path: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("test-data")
+            .join(path)
+    }
+
+    /// Writes `bytes` to `path` the way a handler should: a new file renamed
+    /// over the old.
+    fn replace(path: &Path, bytes: &[u8]) {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    #[test]
+    fn a_status_file_rewritten_is_read_again_and_one_unchanged_gives_the_same() {
+        let ec = ExtensionsConfig::parse(
+            &std::fs::read_to_string(test_data("wire/ext_conf.xml")).unwrap(),
+        )
+        .unwrap();
+        let lib = tempfile::tempdir().unwrap();
+        let dir = lib.path().join("Contoso.Test.EchoHandler-1.0.0");
+        for sub in ["config", "status"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        std::fs::copy(
+            test_data("ext/handler_manifest.json"),
+            dir.join(handler::MANIFEST_FILE),
+        )
+        .unwrap();
+        std::fs::write(dir.join("config/HandlerState"), "Enabled").unwrap();
+        let status = dir.join("status/4.status");
+        replace(
+            &status,
+            &std::fs::read(test_data("ext/status_success.json")).unwrap(),
+        );
+        // No step has run: each handler is reported as found on disk.
+        let handling = Handling::new("1", &ec, lib.path());
+        let now = SystemTime::now() + TRANSIENT_GRACE;
+        let mut cache = ReportCache::default();
+        let fresh =
+            || handler_statuses(&ec, &handling, lib.path(), now, &mut ReportCache::default());
+
+        let first = handler_statuses(&ec, &handling, lib.path(), now, &mut cache);
+        let echo = first
+            .iter()
+            .find(|h| h.name == "Contoso.Test.EchoHandler")
+            .unwrap();
+        assert_eq!(echo.extension.as_ref().unwrap().status, "success");
+        assert_eq!(cache.status.len(), 1);
+        assert_eq!(
+            handler_statuses(&ec, &handling, lib.path(), now, &mut cache),
+            first
+        );
+
+        // The same size, a different status: the file's times tell.
+        let text = std::fs::read_to_string(&status).unwrap();
+        replace(
+            &status,
+            text.replacen("\"success\"", "\"warning\"", 1).as_bytes(),
+        );
+        let second = handler_statuses(&ec, &handling, lib.path(), now, &mut cache);
+        assert_ne!(second, first);
+        assert_eq!(second, fresh());
+
+        // Gone: reported as a fresh read reports it.
+        std::fs::remove_file(&status).unwrap();
+        let third = handler_statuses(&ec, &handling, lib.path(), now, &mut cache);
+        assert_ne!(third, second);
+        assert_eq!(third, fresh());
+    }
 }

@@ -280,6 +280,45 @@ pub fn aggregate_status(
     .to_string()
 }
 
+/// The status document last made, sent again with only its times brought
+/// up to date while what it says is the same: the status goes up on every
+/// goal-state poll, and is rebuilt only when it changed.
+#[derive(Debug, Default)]
+pub struct StatusDocument {
+    made_from: Option<(AgentStatus, Vec<HandlerStatus>)>,
+    /// The `timestampUTC` in `json`.
+    ts: String,
+    json: String,
+}
+
+impl StatusDocument {
+    /// [`aggregate_status`] of the arguments, the same text to the byte.
+    pub fn render(
+        &mut self,
+        agent: &AgentStatus,
+        handlers: &[HandlerStatus],
+        now: SystemTime,
+    ) -> &str {
+        let ts = crate::utc::timestamp(now);
+        let same = self
+            .made_from
+            .as_ref()
+            .is_some_and(|(a, h)| a == agent && h == handlers);
+        if !same {
+            self.json = aggregate_status(agent, handlers, now);
+            self.made_from = Some((agent.clone(), handlers.to_vec()));
+        } else if ts != self.ts {
+            // Every time in the document is a `"timestampUTC":"…"` pair we
+            // wrote: inside a JSON string a quote is escaped, so text from
+            // a handler cannot look like one.
+            let pair = |t: &str| format!("\"timestampUTC\":\"{t}\"");
+            self.json = self.json.replace(&pair(&self.ts), &pair(&ts));
+        }
+        self.ts = ts;
+        &self.json
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -515,5 +554,59 @@ mod tests {
             ["settingsStatus"]["status"];
         assert!(st["configurationAppliedTime"].is_null());
         assert!(st.get("substatus").is_none());
+    }
+
+    /// Sent again unchanged, the document is the one a fresh build gives:
+    /// only the times moved, even where a handler's own text holds what
+    /// looks like a time pair.
+    #[test]
+    fn a_status_document_sent_again_is_a_fresh_build_to_the_byte() {
+        let t0 = UNIX_EPOCH + std::time::Duration::from_secs(1_790_000_000);
+        let later = t0 + std::time::Duration::from_secs(6);
+        let agent = AgentStatus {
+            os_name: "debian".into(),
+            os_version: "12".into(),
+            computer_name: "vm1".into(),
+            in_svd_seq_no: Some(4),
+            goal_state: GoalStateOutcome::Success,
+        };
+        let sly = format!("\"timestampUTC\":\"{}\"", crate::utc::timestamp(t0));
+        let handlers = vec![HandlerStatus {
+            name: "Contoso.Tools.Example".into(),
+            version: "1.2.3".into(),
+            status: "Ready",
+            code: 0,
+            message: Some(sly),
+            extension: Some(ExtensionStatus {
+                extension_name: None,
+                name: "Contoso.Tools.Example".into(),
+                sequence_number: 3,
+                operation: Some("Enable".into()),
+                status: "success",
+                code: 0,
+                message: "Enabled".into(),
+                configuration_applied_time: None,
+                substatus: Vec::new(),
+            }),
+        }];
+        let mut doc = StatusDocument::default();
+        assert_eq!(
+            doc.render(&agent, &handlers, t0),
+            aggregate_status(&agent, &handlers, t0)
+        );
+        let again = doc.render(&agent, &handlers, later).to_string();
+        assert_eq!(again, aggregate_status(&agent, &handlers, later));
+        assert_ne!(again, aggregate_status(&agent, &handlers, t0));
+        // A change is a new build.
+        let mut failed = agent.clone();
+        failed.goal_state = GoalStateOutcome::Failed("1 of 1 extension handler(s) failed".into());
+        assert_eq!(
+            doc.render(&failed, &handlers, later),
+            aggregate_status(&failed, &handlers, later)
+        );
+        assert_eq!(
+            doc.render(&failed, &[], later),
+            aggregate_status(&failed, &[], later)
+        );
     }
 }
