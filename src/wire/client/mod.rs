@@ -192,6 +192,9 @@ pub struct WireClient {
     role_config_name: Option<String>,
     /// The latest goal state's `LBProbePorts`: `None` before the first.
     lb_probe_ports: Option<LbProbePorts>,
+    /// The latest goal-state response and what it parsed to: the same
+    /// bytes, every 6 s for the VM's life, are not parsed again.
+    last_goal_state: Option<(Vec<u8>, crate::wire::docs::GoalState)>,
     /// Waits between retries; a virtual clock in the daemon's tests.
     clock: Rc<dyn Clock>,
     user_agent: String,
@@ -215,6 +218,7 @@ impl WireClient {
             container_id: None,
             role_config_name: None,
             lb_probe_ports: None,
+            last_goal_state: None,
             clock: Rc::new(SystemClock),
             user_agent: format!("{}/{}", crate::AGENT_NAME, crate::VERSION),
         }
