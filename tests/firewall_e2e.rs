@@ -233,7 +233,7 @@ fn daemon_and_setup_firewall_let_only_root_reach_the_wire_server() {
     assert!(unit.contains("\nBefore=network-pre.target\n"), "{unit}");
     assert_eq!(
         read("ev/systemctl.log"),
-        "is-enabled waagent-network-setup.service\nenable waagent-network-setup.service\n"
+        "is-enabled waagent-network-setup.service\nenable --no-reload waagent-network-setup.service\n"
             .repeat(2),
         "{ctx}"
     );

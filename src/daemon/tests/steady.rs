@@ -309,7 +309,9 @@ fn firewall_rules_are_set_before_provisioning_and_put_back_on_their_period() {
         )),
         "{unit}"
     );
-    assert!(lines.contains(&"systemctl enable waagent-network-setup.service".to_string()));
+    assert!(
+        lines.contains(&"systemctl enable --no-reload waagent-network-setup.service".to_string())
+    );
     let checks = |v: &Vm| {
         v.runner
             .lines()

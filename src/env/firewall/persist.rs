@@ -73,8 +73,10 @@ pub enum Persisted {
 /// `persist_firewall_rules.py`: firewalld's permanent rules when firewalld
 /// runs (it would replace any others at its start), else on systemd the
 /// [`NETWORK_SETUP_UNIT`], rewritten (atomically, 0644) and enabled only
-/// when it differs or is not enabled. Like waagent, no daemon-reload (it
-/// would disturb other units); the unit counts from the next boot.
+/// when it differs or is not enabled. No daemon-reload, not even the one
+/// `systemctl enable` does unless told `--no-reload`: it would make systemd
+/// load every unit again in the middle of the first boot, and the unit is
+/// for the next boot, which loads it anyway.
 pub fn persist(
     os: &dyn OsUtil,
     ip: Ipv4Addr,
@@ -120,7 +122,7 @@ pub fn persist(
         path: unit.clone(),
         source,
     })?;
-    let enable = Cmd::new("systemctl").args(["enable", NETWORK_SETUP_UNIT]);
+    let enable = Cmd::new("systemctl").args(["enable", "--no-reload", NETWORK_SETUP_UNIT]);
     if let Err(e) = env.runner.run_ok(&enable) {
         // A unit that is not enabled is not one to leave behind.
         let _ = std::fs::remove_file(&unit);
@@ -212,7 +214,7 @@ mod tests {
             [
                 "firewall-cmd --state",
                 "systemctl is-enabled waagent-network-setup.service",
-                "systemctl enable waagent-network-setup.service"
+                "systemctl enable --no-reload waagent-network-setup.service"
             ]
         );
         assert_eq!(
@@ -254,7 +256,7 @@ mod tests {
         let err = persist(&*os, WIRE, 0, exe).unwrap_err().to_string();
         assert_eq!(
             err,
-            "`systemctl enable waagent-network-setup.service` failed with exit code 1: Failed to enable unit"
+            "`systemctl enable --no-reload waagent-network-setup.service` failed with exit code 1: Failed to enable unit"
         );
         assert!(!path.exists());
     }
