@@ -309,13 +309,20 @@ mod tests {
         assert_eq!(text.matches("\r\n\r\n").count(), 1);
     }
 
-    /// A free port on loopback, found by binding port 0.
+    /// A free port on loopback below the ephemeral range (Linux's starts at
+    /// 32768): the tests check that a closed port refuses connections, and
+    /// a port there could meanwhile be handed to another test's bind(0) or
+    /// connect in this process.
     fn free_port() -> u16 {
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
+        use std::sync::atomic::{AtomicU16, Ordering};
+        static NEXT: AtomicU16 = AtomicU16::new(0);
+        let start = 20000 + (std::process::id() % 5000) as u16;
+        loop {
+            let port = start + NEXT.fetch_add(1, Ordering::Relaxed) % 7000;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
     }
 
     /// Connects from another thread while the wait runs; returns what the

@@ -59,7 +59,7 @@ pub fn target(url: &str) -> Option<Target<'_>> {
             SocketAddr::new(host.parse::<IpAddr>().ok()?, 80)
         }
     };
-    // The fragment is not sent (RFC 9110 §4.2.4).
+    // The fragment is not sent (RFC 9110, section 4.2.4).
     let tail = tail.split('#').next().unwrap_or("");
     let path = match tail.starts_with('/') {
         true => tail.to_string(),
