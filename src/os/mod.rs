@@ -448,11 +448,15 @@ pub trait OsUtil {
         env.run_ok(cmd).map(drop)
     }
 
-    /// The host name the kernel has now: `/proc/sys/kernel/hostname` (under
-    /// the root, so tests can set it), else gethostname(2).
+    /// The host name the kernel has now: gethostname(2) on the real
+    /// system (one uname call: the status asks on every upload); under a
+    /// test root, its `/proc/sys/kernel/hostname`, so tests can set it.
     fn hostname(&self) -> Result<String, OsError> {
-        if let Ok(name) = std::fs::read_to_string(self.env().path("/proc/sys/kernel/hostname")) {
-            return Ok(name.trim_end_matches('\n').to_string());
+        let env = self.env();
+        if env.root != Path::new("/") {
+            if let Ok(name) = std::fs::read_to_string(env.path("/proc/sys/kernel/hostname")) {
+                return Ok(name.trim_end_matches('\n').to_string());
+            }
         }
         nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())

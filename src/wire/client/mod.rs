@@ -195,6 +195,9 @@ pub struct WireClient {
     /// The latest goal-state response and what it parsed to: the same
     /// bytes, every 6 s for the VM's life, are not parsed again.
     last_goal_state: Option<(Vec<u8>, crate::wire::docs::GoalState)>,
+    /// `last_goal_state`'s incarnation is the one `<lib>/Incarnation` holds
+    /// (the client is its only writer while the daemon runs).
+    last_goal_state_saved: bool,
     /// Waits between retries; a virtual clock in the daemon's tests.
     clock: Rc<dyn Clock>,
     user_agent: String,
@@ -219,6 +222,7 @@ impl WireClient {
             role_config_name: None,
             lb_probe_ports: None,
             last_goal_state: None,
+            last_goal_state_saved: false,
             clock: Rc::new(SystemClock),
             user_agent: format!("{}/{}", crate::AGENT_NAME, crate::VERSION),
         }

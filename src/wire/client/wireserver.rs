@@ -128,6 +128,7 @@ impl WireClient {
                 _ => {
                     let gs = GoalState::parse(&text)?;
                     self.last_goal_state = Some((r.body, gs.clone()));
+                    self.last_goal_state_saved = false;
                     gs
                 }
             };
@@ -167,7 +168,13 @@ impl WireClient {
         loop {
             rounds += 1;
             let (gs, gs_xml) = self.goal_state_with_text()?;
+            // The same response as the last poll's, whose incarnation was
+            // found saved: nothing to read on disk either.
+            if !forced && self.last_goal_state_saved {
+                return Ok(None);
+            }
             if !forced && self.saved_incarnation().as_deref() == Some(gs.incarnation.as_str()) {
+                self.last_goal_state_saved = true;
                 return Ok(None);
             }
             match self.fetch_documents(gs, &gs_xml) {
@@ -235,6 +242,7 @@ impl WireClient {
             self.save(&libdir::extensions_config(inc), x)?;
         }
         self.save(libdir::INCARNATION, inc)?;
+        self.last_goal_state_saved = true;
         Ok(FullGoalState {
             goal_state: gs,
             hosting_env,
