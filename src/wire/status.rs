@@ -324,6 +324,29 @@ mod tests {
     use super::*;
     use std::time::UNIX_EPOCH;
 
+    /// An enabled handler's entry: "Plugin enabled", and its extension's
+    /// successful Enable with these substatuses.
+    fn enabled_handler(substatus: Vec<SubStatus>) -> HandlerStatus {
+        HandlerStatus {
+            name: "Contoso.Tools.Example".into(),
+            version: "1.2.3".into(),
+            status: "Ready",
+            code: 0,
+            message: Some("Plugin enabled".into()),
+            extension: Some(ExtensionStatus {
+                extension_name: None,
+                name: "Contoso.Tools.Example".into(),
+                sequence_number: 3,
+                operation: Some("Enable".into()),
+                status: "success",
+                code: 0,
+                message: "Enabled".into(),
+                configuration_applied_time: Some("2024-05-01T11:59:58Z".into()),
+                substatus,
+            }),
+        }
+    }
+
     #[test]
     fn agent_ready_document() {
         let a = AgentStatus {
@@ -472,27 +495,8 @@ mod tests {
             in_svd_seq_no: Some(1),
             goal_state: GoalStateOutcome::Success,
         };
-        let extension = |substatus: Vec<SubStatus>| ExtensionStatus {
-            extension_name: None,
-            name: "Contoso.Tools.Example".into(),
-            sequence_number: 3,
-            operation: Some("Enable".into()),
-            status: "success",
-            code: 0,
-            message: "Enabled".into(),
-            configuration_applied_time: Some("2024-05-01T11:59:58Z".into()),
-            substatus,
-        };
-        let handler = |e: ExtensionStatus| HandlerStatus {
-            name: "Contoso.Tools.Example".into(),
-            version: "1.2.3".into(),
-            status: "Ready",
-            code: 0,
-            message: Some("Plugin enabled".into()),
-            extension: Some(e),
-        };
         let handlers = [
-            handler(extension(vec![
+            enabled_handler(vec![
                 SubStatus {
                     name: Some("StdOut".into()),
                     status: "success",
@@ -505,8 +509,8 @@ mod tests {
                     code: 7,
                     message: None,
                 },
-            ])),
-            handler(extension(Vec::new())),
+            ]),
+            enabled_handler(Vec::new()),
         ];
         let v: serde_json::Value =
             serde_json::from_str(&aggregate_status(&a, &handlers, UNIX_EPOCH)).unwrap();
@@ -571,24 +575,9 @@ mod tests {
             goal_state: GoalStateOutcome::Success,
         };
         let sly = format!("\"timestampUTC\":\"{}\"", crate::utc::timestamp(t0));
-        let handlers = vec![HandlerStatus {
-            name: "Contoso.Tools.Example".into(),
-            version: "1.2.3".into(),
-            status: "Ready",
-            code: 0,
-            message: Some(sly),
-            extension: Some(ExtensionStatus {
-                extension_name: None,
-                name: "Contoso.Tools.Example".into(),
-                sequence_number: 3,
-                operation: Some("Enable".into()),
-                status: "success",
-                code: 0,
-                message: "Enabled".into(),
-                configuration_applied_time: None,
-                substatus: Vec::new(),
-            }),
-        }];
+        let mut handler = enabled_handler(Vec::new());
+        handler.message = Some(sly);
+        let handlers = vec![handler];
         let mut doc = StatusDocument::default();
         assert_eq!(
             doc.render(&agent, &handlers, t0),
