@@ -152,17 +152,30 @@ fn enabled(
 /// Whether the handler's manifest asks for its heartbeat to be reported.
 fn reports_heartbeat(dir: &Path, cache: &mut ReportCache) -> bool {
     let path = dir.join(handler::MANIFEST_FILE);
-    let id = std::fs::symlink_metadata(&path)
-        .ok()
-        .map(|m| FileId::of(&m));
-    match (id, cache.heartbeat.get(&path)) {
-        (Some(id), Some((was, flag))) if *was == id => *flag,
+    let meta = std::fs::symlink_metadata(&path).ok();
+    read_cached(&mut cache.heartbeat, path, meta.as_ref(), || {
+        HandlerManifest::read(dir).is_ok_and(|m| m.report_heartbeat)
+    })
+}
+
+/// What `read` makes of the file at `path` (`meta`: its lstat), kept in
+/// `cache` and made again only when the file is no longer the same one.
+/// A file that is not there is read every time and not kept.
+fn read_cached<T: Clone>(
+    cache: &mut HashMap<PathBuf, (FileId, T)>,
+    path: PathBuf,
+    meta: Option<&std::fs::Metadata>,
+    read: impl FnOnce() -> T,
+) -> T {
+    let id = meta.map(FileId::of);
+    match (id, cache.get(&path)) {
+        (Some(id), Some((was, value))) if *was == id => value.clone(),
         _ => {
-            let flag = HandlerManifest::read(dir).is_ok_and(|m| m.report_heartbeat);
+            let value = read();
             if let Some(id) = id {
-                cache.heartbeat.insert(path, (id, flag));
+                cache.insert(path, (id, value.clone()));
             }
-            flag
+            value
         }
     }
 }
@@ -178,17 +191,9 @@ fn status_of(
     let file = handler::status_file_name(of.extension, of.seq_no).ok()?;
     let path = dir.join("status").join(file);
     let meta = std::fs::symlink_metadata(&path).ok();
-    let id = meta.as_ref().map(FileId::of);
-    let read = match (id, cache.status.get(&path)) {
-        (Some(id), Some((was, read))) if *was == id => read.clone(),
-        _ => {
-            let read = handler::read_status(&path, of);
-            if let Some(id) = id {
-                cache.status.insert(path.clone(), (id, read.clone()));
-            }
-            read
-        }
-    };
+    let read = read_cached(&mut cache.status, path.clone(), meta.as_ref(), || {
+        handler::read_status(&path, of)
+    });
     let young = meta
         .and_then(|m| m.modified().ok())
         .and_then(|t| now.duration_since(t).ok())
