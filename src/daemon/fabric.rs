@@ -316,7 +316,6 @@ impl Daemon {
             not_run,
             pending: None,
             upload_due: true,
-            last_uploaded: None,
             failed_uploads: 0,
             report_cache: Default::default(),
             status_document: Default::default(),
@@ -392,7 +391,7 @@ impl Daemon {
             ),
             None => g.not_run.clone(),
         };
-        if goal.upload_due || goal.last_uploaded.as_ref() != Some(&handlers) {
+        if goal.upload_due || goal.status_document.handlers() != Some(&handlers[..]) {
             goal.failed_uploads = match self.upload_status(goal, &handlers) {
                 true => 0,
                 false => goal.failed_uploads.saturating_add(1),
@@ -400,7 +399,6 @@ impl Daemon {
             // A failure is tried again on the next turn, once; then at
             // the next poll, which makes the status due anyway.
             goal.upload_due = goal.failed_uploads == 1;
-            goal.last_uploaded = Some(handlers);
         }
     }
 

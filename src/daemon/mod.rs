@@ -199,14 +199,13 @@ pub struct ExtensionGoal {
     pub pending: Option<Box<ExtensionGoal>>,
     /// A goal-state poll happened since the last upload: the status is due.
     pub upload_due: bool,
-    /// The handlers' statuses last uploaded, to upload again on a change.
-    pub last_uploaded: Option<Vec<HandlerStatus>>,
     /// Uploads that failed in a row: the first is tried again a second
     /// later, the rest at the next poll.
     pub failed_uploads: u32,
     /// The handler files the status was last made from.
     pub report_cache: crate::ext::report::ReportCache,
-    /// The status document last uploaded, rebuilt only on a change.
+    /// The status document last uploaded (or tried), rebuilt only on a
+    /// change; its handlers' statuses are uploaded again when they change.
     pub status_document: crate::wire::status::StatusDocument,
 }
 

@@ -292,6 +292,11 @@ pub struct StatusDocument {
 }
 
 impl StatusDocument {
+    /// The handlers' statuses the document was last made from.
+    pub fn handlers(&self) -> Option<&[HandlerStatus]> {
+        self.made_from.as_ref().map(|(_, h)| h.as_slice())
+    }
+
     /// [`aggregate_status`] of the arguments, the same text to the byte.
     pub fn render(
         &mut self,
@@ -579,6 +584,7 @@ mod tests {
         handler.message = Some(sly);
         let handlers = vec![handler];
         let mut doc = StatusDocument::default();
+        assert_eq!(doc.handlers(), None);
         assert_eq!(
             doc.render(&agent, &handlers, t0),
             aggregate_status(&agent, &handlers, t0)
@@ -597,5 +603,6 @@ mod tests {
             doc.render(&failed, &[], later),
             aggregate_status(&failed, &[], later)
         );
+        assert_eq!(doc.handlers(), Some(&[][..]));
     }
 }
