@@ -213,12 +213,7 @@ mod tests {
             &format!("{RHEL_DIR}/microsoft-hyper-v-rdma-4.1.0.142-20160323.src.rpm"),
             "",
         );
-        #[cfg(target_arch = "x86_64")]
-        let a = "x86_64";
-        #[cfg(target_arch = "aarch64")]
-        let a = "aarch64";
-        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-        let a = RPM_ARCH;
+        let (a, _) = super::super::expected_rpm_arch();
         f.answer("ps -ef", kvp_running());
         f.answer(
             "rpm -q microsoft-hyper-v-rdma",

@@ -191,12 +191,7 @@ v  | msft-rdma-kmp-default | package | 20180201.142.0_k4.12 | x86_64 | SLE-HPC
             f.write(&format!("/opt/microsoft/rdma/{file}"), "");
         }
         // The agent's own architecture: aarch64 under qemu (make cross).
-        #[cfg(target_arch = "x86_64")]
-        let a = "x86_64";
-        #[cfg(target_arch = "aarch64")]
-        let a = "aarch64";
-        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-        let a = RPM_ARCH;
+        let (a, _) = super::super::expected_rpm_arch();
         f.answer("uname -r", Output::ok("4.12.14-6.15-azure\n"));
         f.answer(
             "zypper -n se -s",
