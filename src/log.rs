@@ -8,7 +8,7 @@
 //! or the journal.
 
 use std::fs::OpenOptions;
-use std::io::{self, Write};
+use std::io::{self, LineWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
@@ -151,7 +151,15 @@ pub fn init(opts: &LogOptions) -> Vec<String> {
         .mode(0o644)
         .open(&opts.file)
     {
-        Ok(file) => sinks.push(WriteLogger::new(level, config.clone(), file)),
+        // simplelog writes a record in a dozen pieces: a LineWriter makes it
+        // one write(2) per line, so two agent processes appending to the
+        // same file (the daemon and `waagent -deprovision`, say) never
+        // split each other's lines.
+        Ok(file) => sinks.push(WriteLogger::new(
+            level,
+            config.clone(),
+            LineWriter::new(file),
+        )),
         Err(e) => problems.push(format!("cannot open log file {}: {e}", opts.file.display())),
     }
     let stream = std::env::var("JOURNAL_STREAM").ok();
@@ -164,7 +172,11 @@ pub fn init(opts: &LogOptions) -> Vec<String> {
     if let Some(console) = &opts.console {
         // The console is best effort: a VM without one still runs.
         if let Ok(c) = OpenOptions::new().append(true).open(console) {
-            sinks.push(WriteLogger::new(LevelFilter::Info, config, c));
+            sinks.push(WriteLogger::new(
+                LevelFilter::Info,
+                config,
+                LineWriter::new(c),
+            ));
         }
     }
     let logger = RedactingLogger {
