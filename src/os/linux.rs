@@ -3,7 +3,7 @@
 //! `/proc` and `/sys`. No commands are run here.
 
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -281,6 +281,21 @@ pub(crate) fn process_start_time(proc_dir: &Path, pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Whether `{proc_dir}/{pid}/comm` is one of `names`. One open, read and
+/// close: the kernel keeps a command name under 16 bytes, and this runs for
+/// every process on each DHCP-client check while none is found
+/// (`fs::read_to_string` would add a stat and a second read).
+fn comm_is(proc_dir: &Path, pid: u32, names: &[&str]) -> bool {
+    let mut buf = [0u8; 64];
+    let Ok(n) = fs::File::open(proc_dir.join(pid.to_string()).join("comm"))
+        .and_then(|mut f| f.read(&mut buf))
+    else {
+        return false;
+    };
+    let comm = buf[..n].strip_suffix(b"\n").unwrap_or(&buf[..n]);
+    names.iter().any(|name| name.as_bytes() == comm)
+}
+
 /// The newest process (latest start, then highest PID) whose
 /// `{proc_dir}/{pid}/comm` is one of `names`: what `pidof` finds, without
 /// a process of its own. Processes that end meanwhile are passed over.
@@ -289,10 +304,7 @@ pub(crate) fn newest_process_named(proc_dir: &Path, names: &[&str]) -> Option<u3
         .ok()?
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            fs::read_to_string(proc_dir.join(pid.to_string()).join("comm"))
-                .is_ok_and(|c| names.contains(&c.trim_end_matches('\n')))
-        })
+        .filter(|pid| comm_is(proc_dir, *pid, names))
         .filter_map(|pid| Some((process_start_time(proc_dir, pid)?, pid)))
         .max()
         .map(|(_, pid)| pid)
@@ -450,6 +462,21 @@ mod ifaddr_tests {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// The kernel's own /proc: this test process is found by its command
+    /// name as the kernel writes it (cut to 15 bytes, with a newline).
+    #[test]
+    fn a_process_is_found_by_name_in_the_real_proc() {
+        let me = fs::read_to_string("/proc/self/comm").unwrap();
+        let me = me.trim_end();
+        let found = newest_process_named(Path::new("/proc"), &[me]).expect("this process");
+        let comm = fs::read_to_string(format!("/proc/{found}/comm")).unwrap();
+        assert_eq!(comm.trim_end(), me);
+        assert_eq!(
+            newest_process_named(Path::new("/proc"), &["no-such-comm"]),
+            None
+        );
+    }
 
     #[test]
     fn passwd_lookup() {
