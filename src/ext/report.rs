@@ -123,14 +123,7 @@ fn enabled(
     cache: &mut ReportCache,
 ) -> Vec<HandlerStatus> {
     let dir = lib.join(format!("{}-{version}", p.name));
-    let mut base = HandlerStatus {
-        name: p.name.clone(),
-        version: version.to_string(),
-        status: "Ready",
-        code: 0,
-        message: Some("Plugin enabled".into()),
-        extension: None,
-    };
+    let mut base = HandlerStatus::enabled(&p.name, version);
     if reports_heartbeat(&dir, cache) {
         handler::read_heartbeat(&dir.join(handler::HEARTBEAT_FILE), now).apply(&mut base);
     }

@@ -67,6 +67,21 @@ pub struct HandlerStatus {
     pub extension: Option<ExtensionStatus>,
 }
 
+impl HandlerStatus {
+    /// An installed, enabled handler's entry: `Ready`, "Plugin enabled", and
+    /// no extension status yet (waagent's words for the same state).
+    pub fn enabled(name: &str, version: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            version: version.to_string(),
+            status: "Ready",
+            code: 0,
+            message: Some("Plugin enabled".into()),
+            extension: None,
+        }
+    }
+}
+
 /// One extension's status (`runtimeSettingsStatus.settingsStatus`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtensionStatus {
@@ -333,11 +348,6 @@ mod tests {
     /// successful Enable with these substatuses.
     fn enabled_handler(substatus: Vec<SubStatus>) -> HandlerStatus {
         HandlerStatus {
-            name: "Contoso.Tools.Example".into(),
-            version: "1.2.3".into(),
-            status: "Ready",
-            code: 0,
-            message: Some("Plugin enabled".into()),
             extension: Some(ExtensionStatus {
                 extension_name: None,
                 name: "Contoso.Tools.Example".into(),
@@ -349,6 +359,7 @@ mod tests {
                 configuration_applied_time: Some("2024-05-01T11:59:58Z".into()),
                 substatus,
             }),
+            ..HandlerStatus::enabled("Contoso.Tools.Example", "1.2.3")
         }
     }
 

@@ -746,12 +746,8 @@ fn sample_status_files() {
 fn a_status_read_goes_into_the_status_blob() {
     let read = read_status(&own("status_success.json"), &single(4));
     let handler = HandlerStatus {
-        name: "Contoso.Tools.Example".into(),
-        version: "1.2.3".into(),
-        status: "Ready",
-        code: 0,
-        message: Some("Plugin enabled".into()),
         extension: Some(read.status),
+        ..handler()
     };
     let agent = crate::wire::status::AgentStatus {
         os_name: "debian".into(),
@@ -784,14 +780,7 @@ fn a_status_read_goes_into_the_status_blob() {
 // --- Heartbeat -------------------------------------------------------------------
 
 fn handler() -> HandlerStatus {
-    HandlerStatus {
-        name: "Contoso.Tools.Example".into(),
-        version: "1.2.3".into(),
-        status: "Ready",
-        code: 0,
-        message: Some("Plugin enabled".into()),
-        extension: None,
-    }
+    HandlerStatus::enabled("Contoso.Tools.Example", "1.2.3")
 }
 
 #[test]
