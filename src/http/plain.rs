@@ -461,11 +461,9 @@ fn bound(
     deadline: Instant,
     set: impl FnOnce(Duration) -> io::Result<()>,
 ) -> io::Result<()> {
-    let now = Instant::now();
-    let left = deadline.saturating_duration_since(now);
-    if left.is_zero() {
-        return Err(timeout());
-    }
+    let left = remaining(deadline)?;
+    // The instant `left` was measured at.
+    let now = deadline - left;
     if last.is_some_and(|t| now.saturating_duration_since(t) < SLACK) {
         return Ok(());
     }
