@@ -552,12 +552,18 @@ pub(super) fn kill_group(child: &mut Child) {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+    // A killed process is usually gone within a millisecond (its memory
+    // freed): look again soon, then less often, so that dropping an
+    // unwanted `openssl` costs the loop that millisecond rather than a
+    // fixed 10 ms sleep.
     let until = Instant::now() + REAP_WAIT;
+    let mut pause = Duration::from_micros(100);
     while Instant::now() < until {
         match child.try_wait() {
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Ok(None) => std::thread::sleep(pause),
             _ => return,
         }
+        pause = (pause * 2).min(Duration::from_millis(10));
     }
     log::warn!(
         "pid {} is still there {REAP_WAIT:?} after SIGKILL; not waiting for it",
