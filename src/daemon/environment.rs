@@ -37,7 +37,7 @@ pub(super) struct Monitors {
     /// `LBProbeResponder=y`: the listeners on the goal state's
     /// `LBProbePorts`, and those ports as last read (their refused
     /// entries are said once per change).
-    lb_probe: lbprobe::Responder,
+    pub(in crate::daemon) lb_probe: lbprobe::Responder,
     lb_probe_seen: Option<LbProbePorts>,
 }
 

@@ -772,6 +772,7 @@ fn probes_are_answered_in_the_idle_wait_and_follow_the_goal_state() {
     v.sim.set_lb_probe_ports(Vec::new());
     let start = v.clock.elapsed();
     step_for(&v, &mut d, state, start, 7);
-    let refused = TcpStream::connect(("127.0.0.1", port)).unwrap_err();
-    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    // (Not by connecting: a test running beside this one may have been
+    // given the freed port for a listener of its own.)
+    assert!(d.monitors.lb_probe.ports().is_empty());
 }
