@@ -949,11 +949,11 @@ fn assert_host_keys(r: &Run, phase: &str, want: &[(&str, u32)], reported: bool, 
 
 /// `Provisioning.SshHostKeyPairType=auto`: RSA 3072, ECDSA 256 and Ed25519
 /// keys, as `ssh-keygen -A` makes them, each from its own `ssh-keygen`
-/// started before the goal state was asked for; the fabric gets the RSA
-/// key's fingerprint. Killed while the RSA key's prime search is under way
-/// (or at the steps that collect the keys and restart sshd), the next start
-/// uses none of the half-made keys, leaves nothing behind and reports Ready
-/// once.
+/// started as soon as ovf-env.xml was read; the fabric gets the RSA key's
+/// fingerprint. Killed while the DVD's mount runs (Connect), while the RSA
+/// key's prime search is under way (ReportStarting), or at the steps that
+/// collect the keys and restart sshd, the next start uses none of the
+/// half-made keys, leaves nothing behind and reports Ready once.
 #[test]
 fn auto_host_keys_are_made_in_the_background_and_survive_a_kill() {
     if sandbox::skip("auto_host_keys_are_made_in_the_background_and_survive_a_kill") {
@@ -965,7 +965,13 @@ fn auto_host_keys_are_made_in_the_background_and_survive_a_kill() {
         "Provisioning.SshHostKeyPairType=auto",
     );
     let want = [("RSA", 3072), ("ECDSA", 256), ("ED25519", 256)];
-    for point in ["", "Connect", "Provision:HostKeys", "Provision:RestartSshd"] {
+    for point in [
+        "",
+        "Connect",
+        "ReportStarting",
+        "Provision:HostKeys",
+        "Provision:RestartSshd",
+    ] {
         let r = if point.is_empty() {
             run_with(&full, &conf, "crash", "")
         } else {
@@ -975,7 +981,7 @@ fn auto_host_keys_are_made_in_the_background_and_survive_a_kill() {
         if !point.is_empty() {
             assert_eq!(r.ev("", "crash.rc").trim(), "137", "{ctx}");
         }
-        if point == "Connect" {
+        if point == "ReportStarting" {
             // Killed with its ssh-keygen children at work: their directory
             // (whatever they had written) went at the next start.
             assert!(
@@ -1401,7 +1407,7 @@ fn hostile_media_is_mounted_without_exec_and_its_links_are_not_followed() {
         let log = r.log();
         assert!(
             log.contains(
-                "running mount -t udf,iso9660 -o ro,nodev,nosuid,noexec /dev/sr0 /mnt/cdrom/secure"
+                "started mount -t udf,iso9660 -o ro,nodev,nosuid,noexec /dev/sr0 /mnt/cdrom/secure"
             ),
             "{what}: {log}"
         );

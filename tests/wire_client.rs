@@ -1026,3 +1026,65 @@ fn a_package_download_goes_through_the_proxy() {
         vec![format!("CONNECT {}:{} HTTP/1.1", ep.host, ep.wire_port)]
     );
 }
+
+#[test]
+fn a_fetch_that_does_not_wait_for_the_transport_key_stops_at_the_certificates_then_finishes() {
+    use waagent::wire::crypto::{start_transport_cert, Transport};
+    let tenant = generate_tenant_cert("pending-tenant").unwrap();
+    let thumbprint = tenant.thumbprint();
+    let sim = FabricSim::start(SimConfig {
+        tenant_certs: vec![tenant],
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    // An `openssl` that waits for the test's go before it makes the key.
+    let bin = tempfile::tempdir().unwrap();
+    let gate = bin.path().join("go");
+    let gated = bin.path().join("openssl");
+    std::fs::write(
+        &gated,
+        format!(
+            "#!/bin/sh\nwhile [ ! -e '{}' ]; do sleep 0.01; done\nexec openssl \"$@\"\n",
+            gate.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&gated, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let openssl = Openssl::new(gated, Rc::new(SystemRunner));
+    let pending = start_transport_cert(&openssl, lib.path(), std::time::Instant::now()).unwrap();
+    assert!(matches!(pending, Transport::Pending(_)));
+    let mut c = client(&sim, lib.path()).with_transport(pending);
+
+    c.set_wait_for_transport(false);
+    let err = c.update_goal_state(true).unwrap_err();
+    assert!(matches!(err, WireError::TransportPending), "{err}");
+    // Every other document was fetched; nothing was saved.
+    assert_eq!(sim.requests_to("type=sharedConfig").len(), 1);
+    assert!(sim.requests_to("comp=certificates").is_empty());
+    let saved: Vec<String> = snapshot(lib.path())
+        .into_keys()
+        .filter(|n| !n.starts_with(".waagent-crypto."))
+        .collect();
+    assert!(saved.is_empty(), "{saved:?}");
+    // Still not made: the same answer, and no request.
+    assert!(matches!(
+        c.finish_goal_state(),
+        Err(WireError::TransportPending)
+    ));
+    assert_eq!(sim.requests_to("comp=goalstate").len(), 1);
+
+    // Made; the Certificates are asked for, answered 410 (the goal state
+    // moved on meanwhile): the whole goal state is fetched again.
+    std::fs::write(&gate, "").unwrap();
+    sim.inject("comp=certificates", [Fault::Status(410)]);
+    c.set_wait_for_transport(true);
+    let full = c.finish_goal_state().unwrap().unwrap();
+    assert_eq!(full.certificates.len(), 1);
+    assert_eq!(full.certificates[0].thumbprint, thumbprint);
+    assert_eq!(sim.requests_to("comp=goalstate").len(), 2);
+    assert_eq!(sim.requests_to("comp=certificates").len(), 2);
+    let inc = std::fs::read_to_string(lib.path().join("Incarnation")).unwrap();
+    assert_eq!(inc, "1");
+    assert!(lib.path().join("Certificates.xml").exists());
+}

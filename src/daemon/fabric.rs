@@ -4,7 +4,7 @@
 use super::timeline::Phase;
 use crate::ext::exec::{Context, Outcome};
 use crate::ext::report;
-use crate::wire::client::{FullGoalState, WireClient};
+use crate::wire::client::{FullGoalState, WireClient, WireError};
 use crate::wire::crypto::Openssl;
 use crate::wire::docs::ExtensionsConfig;
 use crate::wire::endpoint::{self, Endpoint};
@@ -12,6 +12,33 @@ use crate::wire::reports::Health;
 use crate::wire::status::{self, AgentStatus, GoalStateOutcome, HandlerStatus, NotRun};
 
 use super::*;
+
+/// Why Connect has no goal state yet.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NotConnected {
+    /// The fabric could not be reached or answered wrongly, after the
+    /// client's own retries: Connect backs off.
+    Failed(String),
+    /// The goal state has Certificates and the transport key is still
+    /// being made while the media is read: Connect waits for the media,
+    /// then asks again.
+    TransportPending,
+}
+
+impl From<String> for NotConnected {
+    fn from(e: String) -> Self {
+        NotConnected::Failed(e)
+    }
+}
+
+impl std::fmt::Display for NotConnected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotConnected::Failed(e) => f.write_str(e),
+            NotConnected::TransportPending => WireError::TransportPending.fmt(f),
+        }
+    }
+}
 
 impl Daemon {
     /// A captured image carries the previous VM's state (§9.2): its goal
@@ -134,19 +161,41 @@ impl Daemon {
     }
 
     /// Discovery, versions and a forced goal-state fetch with certificates.
-    pub(super) fn connect(&mut self) -> Result<FullGoalState, String> {
-        self.timeline.begin(Phase::GoalState, self.clock.now());
-        let (ep, source) = self.endpoint()?;
-        log::info!(
-            "WireServer at {ep} ({})",
-            source.map_or("configured".into(), |s| format!("{s:?}"))
-        );
-        // Before the first request, and so before provisioning.
-        self.set_up_firewall(&ep.host);
-        let mut client = self.new_client(ep.clone());
-        let fetched = client
-            .versions()
-            .and_then(|_| client.update_goal_state(true));
+    /// While ReadMedia's read of the media goes on, the Certificates
+    /// request does not wait for the transport key: the fetch stops there
+    /// (the client kept in `connecting`), Connect waits for the media so
+    /// that the host keys start as soon as ovf-env.xml is read, and the
+    /// next Connect finishes the fetch.
+    pub(super) fn connect(&mut self) -> Result<FullGoalState, NotConnected> {
+        let media_reading = matches!(self.media, Some(MediaProgress::Reading(_)));
+        let (mut client, ep, source, fetched) = match self.connecting.take() {
+            Some((mut client, source)) => {
+                client.set_wait_for_transport(!media_reading);
+                let fetched = client.finish_goal_state();
+                let ep = client.endpoint().clone();
+                (client, ep, source, fetched)
+            }
+            None => {
+                self.timeline.begin(Phase::GoalState, self.clock.now());
+                let (ep, source) = self.endpoint()?;
+                log::info!(
+                    "WireServer at {ep} ({})",
+                    source.map_or("configured".into(), |s| format!("{s:?}"))
+                );
+                // Before the first request, and so before provisioning.
+                self.set_up_firewall(&ep.host);
+                let mut client = self.new_client(ep.clone());
+                client.set_wait_for_transport(!media_reading);
+                let fetched = client
+                    .versions()
+                    .and_then(|_| client.update_goal_state(true));
+                (client, ep, source, fetched)
+            }
+        };
+        if let Err(WireError::TransportPending) = fetched {
+            self.connecting = Some((client, source));
+            return Err(NotConnected::TransportPending);
+        }
         let goal = match fetched {
             Ok(Some(goal)) => {
                 let ri = goal.goal_state.role_instance.as_ref();
@@ -163,10 +212,10 @@ impl Daemon {
                     // The cached address may be an old VNet's: rediscover next time.
                     let _ = endpoint::clear_cache(&self.lib);
                 }
-                return Err(match failed {
+                return Err(NotConnected::Failed(match failed {
                     Err(e) => e.to_string(),
                     Ok(_) => "the WireServer sent no goal state".into(),
-                });
+                }));
             }
         };
         if let (Some(_), Ok(ip)) = (source, ep.host.parse()) {
@@ -179,6 +228,7 @@ impl Daemon {
         if self.read_lib(libdir::PROTOCOL).as_deref() != Some("WireProtocol") {
             let _ = self.write_lib(libdir::PROTOCOL, "WireProtocol", 0o644);
         }
+        client.set_wait_for_transport(true);
         self.client = Some(client);
         if source.is_some() && self.manages_environment() {
             self.ensure_route();

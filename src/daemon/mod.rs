@@ -5,11 +5,14 @@
 //! its single `match`. The loop in [`Daemon::run`] just steps until
 //! [`State::Stopped`].
 //!
-//! First boot (§9.1): Boot → ReadMedia → Connect → ReportStarting → Plan →
-//! Provision (one step per [`Step`]) → MarkProvisioned → ReportReady →
-//! Steady. Everything that can be refused (the document, the user, a key
-//! path, a thumbprint) is refused in Plan, before the system changes, so a
-//! bad input ends in ReportFailed with nothing half-made. A reboot with
+//! First boot (§9.1): Boot → ReadMedia → Connect → [AwaitMedia] →
+//! ReportStarting → Plan → Provision (one step per [`Step`]) →
+//! MarkProvisioned → ReportReady → Steady (ReadMedia starts the DVD's
+//! mount, Connect fetches the goal state meanwhile, AwaitMedia waits for
+//! whatever of the mount is left). Everything that can be refused (the
+//! document, the user, a key path, a thumbprint) is refused in Plan, before
+//! the system changes, so a bad input ends in ReportFailed with nothing
+//! half-made. A reboot with
 //! `<lib>/provisioned` naming this VM goes from Boot straight to Steady and
 //! reports nothing; a captured image (another instance id) provisions again.
 //!
@@ -50,6 +53,7 @@ use crate::wire::status::HandlerStatus;
 
 pub use crate::journal::Journal;
 use environment::Monitors;
+use fabric::NotConnected;
 pub use provisioning::{host_key_fingerprint, Plan, Step};
 pub use signals::{install_handlers, stop_requested};
 use timeline::{Phase, Timeline};
@@ -137,6 +141,16 @@ pub enum Job {
     ReportOnly,
     /// Provisioning cannot happen; report why.
     Fail(String),
+    /// ovf-env.xml is being read from the provisioning media since
+    /// ReadMedia ([`Daemon::media`]): one of the above once it is.
+    Media,
+}
+
+/// ReadMedia's read of the provisioning media: running while Connect asks
+/// the fabric for the goal state, then the job it makes.
+enum MediaProgress {
+    Reading(Box<media::MediaRead>),
+    Read(Job),
 }
 
 /// What Boot decides from what it read: the mode, `<lib>/provisioned`
@@ -240,12 +254,16 @@ fn extension_tick(running_for: Option<Duration>) -> Duration {
 /// again.
 const HOST_KEYS_TICK: Duration = Duration::from_secs(1);
 
+/// The longest one turn of AwaitMedia waits for the provisioning media.
+const MEDIA_TICK: Duration = Duration::from_secs(1);
+
 /// The daemon's states.
 #[derive(Debug)]
 pub enum State {
     /// Prepare Lib.Dir and decide what this boot must do.
     Boot,
-    /// Copy ovf-env.xml from the provisioning media.
+    /// Start reading ovf-env.xml from the provisioning media (its mount
+    /// runs while Connect fetches the goal state).
     ReadMedia,
     /// cloud-init provisions: wait for it to leave ovf-env.xml in Lib.Dir.
     WaitForCloudInit {
@@ -256,6 +274,10 @@ pub enum State {
     Connect {
         job: Job,
         attempt: u32,
+    },
+    /// The goal state is in hand: wait for ReadMedia's read of the media.
+    AwaitMedia {
+        goal: Box<FullGoalState>,
     },
     /// NotReady / Provisioning / "Starting".
     ReportStarting {
@@ -334,7 +356,7 @@ impl State {
         };
         match self {
             State::Boot => "Boot: preparing Lib.Dir and the VM's environment".into(),
-            State::ReadMedia => {
+            State::ReadMedia | State::AwaitMedia { .. } => {
                 "Provisioning: reading ovf-env.xml from the provisioning media".into()
             }
             State::WaitForCloudInit { .. } => {
@@ -387,6 +409,7 @@ impl State {
             State::ReadMedia => "ReadMedia",
             State::WaitForCloudInit { .. } => "WaitForCloudInit",
             State::Connect { .. } => "Connect",
+            State::AwaitMedia { .. } => "AwaitMedia",
             State::ReportStarting { .. } => "ReportStarting",
             State::Plan { .. } => "Plan",
             State::Provision { .. } => "Provision",
@@ -421,15 +444,21 @@ pub struct Daemon {
     failed_polls: u32,
     monitors: Monitors,
     clock: Rc<dyn Clock>,
+    /// ReadMedia's read of the provisioning media, until provisioning
+    /// takes its job.
+    media: Option<MediaProgress>,
     /// The provisioning media's drive, ejected once `provisioned` is written.
     media_device: Option<PathBuf>,
     /// Its `umount`, started once ovf-env.xml was read; over before the
     /// eject (or collected in Steady).
     media_unmount: Option<crate::os::Background>,
+    /// Connect's client and its endpoint's source, while its goal-state
+    /// fetch waits for the transport key (see `connect`).
+    connecting: Option<(WireClient, Option<crate::wire::endpoint::Source>)>,
     /// The transport certificate, in hand or being generated since Boot,
     /// until a client takes it.
     transport: Option<Transport>,
-    /// New SSH host keys being made since ReadMedia, until HostKeys
+    /// New SSH host keys being made since ovf-env.xml was read, until HostKeys
     /// collects them.
     host_keys: Option<HostKeyJob>,
     /// sshd being restarted since HostKeys, until RestartSshd collects it.
@@ -460,8 +489,10 @@ impl Daemon {
             failed_polls: 0,
             monitors: Monitors::default(),
             clock: Rc::new(SystemClock),
+            media: None,
             media_device: None,
             media_unmount: None,
+            connecting: None,
             transport: None,
             host_keys: None,
             sshd_restart: None,
@@ -588,38 +619,28 @@ impl Daemon {
             }
 
             State::ReadMedia => {
-                self.timeline.begin(Phase::Dvd, self.clock.now());
-                let job = match media::read_ovf_env(
+                let now = self.clock.now();
+                self.timeline.begin(Phase::Dvd, now);
+                // Started, not waited for: the mount runs while Connect
+                // asks for the goal state, which needs nothing from it.
+                let read = media::MediaRead::start(
                     &*self.os,
                     &self.config.dvd_mount_point,
                     self.timing.media,
-                    &*self.clock,
-                ) {
-                    Err(e) => Job::Fail(format!("provisioning media: {e}")),
-                    Ok(media::Media {
-                        text,
-                        device,
-                        unmounting,
-                    }) => {
-                        self.media_device = device;
-                        self.media_unmount = unmounting;
-                        if let Err(e) = self.write_lib(libdir::OVF_ENV, &ovf::masked(&text), 0o600)
-                        {
-                            log::warn!("{e}");
-                        }
-                        match OvfEnv::parse(&text) {
-                            Ok(env) => Job::Waagent(Box::new(env)),
-                            Err(e) => Job::Fail(e.to_string()),
-                        }
+                    now,
+                );
+                self.media = Some(match read {
+                    Ok(read) => MediaProgress::Reading(Box::new(read)),
+                    Err(e) => {
+                        self.timeline.end(Phase::Dvd, now);
+                        MediaProgress::Read(Job::Fail(format!("provisioning media: {e}")))
                     }
-                };
-                self.timeline.end(Phase::Dvd, self.clock.now());
-                if let Job::Waagent(ovf) = &job {
-                    // Before the goal state is asked for: ssh-keygen runs
-                    // while the fabric answers and the user is made.
-                    self.start_host_keys(ovf);
+                });
+                self.advance_media();
+                State::Connect {
+                    job: Job::Media,
+                    attempt: 0,
                 }
-                State::Connect { job, attempt: 0 }
             }
 
             State::WaitForCloudInit { since } => {
@@ -645,43 +666,66 @@ impl Daemon {
                 State::WaitForCloudInit { since }
             }
 
-            State::Connect { job, attempt } => match self.connect() {
-                Ok(goal) => {
-                    self.note_fetch_times();
-                    let goal = Box::new(goal);
-                    log::info!(
-                        "goal state incarnation {}, container {}",
-                        goal.goal_state.incarnation,
-                        goal.goal_state.container_id
-                    );
-                    match job {
-                        Job::Fail(reason) => State::ReportFailed { goal, reason },
-                        Job::ReportOnly => State::MarkProvisioned {
-                            goal,
-                            fingerprint: self.provisioned_fingerprint(),
-                            disable_agent: false,
-                        },
-                        job => State::ReportStarting { job, goal },
+            State::Connect { job, attempt } => {
+                // A mount that has finished is read (and unmounted) now,
+                // even while the fabric keeps failing.
+                self.advance_media();
+                match self.connect() {
+                    Ok(goal) => {
+                        self.note_fetch_times();
+                        let goal = Box::new(goal);
+                        log::info!(
+                            "goal state incarnation {}, container {}",
+                            goal.goal_state.incarnation,
+                            goal.goal_state.container_id
+                        );
+                        self.advance_media();
+                        self.start_job(job, goal)
+                    }
+                    Err(NotConnected::TransportPending) => {
+                        // The goal state has Certificates, the transport key
+                        // is not made yet, and the media's mount is still
+                        // running: wait for the mount (a tick at most), so the
+                        // host keys start once it is over, then finish the
+                        // fetch (waiting for the key).
+                        if let Some(MediaProgress::Reading(read)) = &self.media {
+                            if !read.wait(&*self.clock, self.clock.now() + MEDIA_TICK) {
+                                return State::Stopped(0);
+                            }
+                        }
+                        self.advance_media();
+                        State::Connect { job, attempt }
+                    }
+                    Err(NotConnected::Failed(e)) => {
+                        // Back off (the fabric may be busy for minutes at boot)
+                        // and say so once per step: each attempt already spent
+                        // its own quick retries inside the client.
+                        let wait = connect_backoff(self.timing.connect_delay, attempt);
+                        log::warn!(
+                            "cannot reach the fabric (attempt {}): {e}; trying again in {wait:?}",
+                            attempt + 1
+                        );
+                        if !self.clock.sleep(wait) {
+                            return State::Stopped(0);
+                        }
+                        State::Connect {
+                            job,
+                            attempt: attempt + 1,
+                        }
                     }
                 }
-                Err(e) => {
-                    // Back off (the fabric may be busy for minutes at boot)
-                    // and say so once per step: each attempt already spent
-                    // its own quick retries inside the client.
-                    let wait = connect_backoff(self.timing.connect_delay, attempt);
-                    log::warn!(
-                        "cannot reach the fabric (attempt {}): {e}; trying again in {wait:?}",
-                        attempt + 1
-                    );
-                    if !self.clock.sleep(wait) {
+            }
+
+            State::AwaitMedia { goal } => {
+                self.advance_media();
+                if let Some(MediaProgress::Reading(read)) = &self.media {
+                    if !read.wait(&*self.clock, self.clock.now() + MEDIA_TICK) {
                         return State::Stopped(0);
                     }
-                    State::Connect {
-                        job,
-                        attempt: attempt + 1,
-                    }
+                    return State::AwaitMedia { goal };
                 }
-            },
+                self.start_job(Job::Media, goal)
+            }
 
             State::ReportStarting { job, goal } => {
                 self.report(
@@ -703,6 +747,8 @@ impl Daemon {
                         disable_agent: false,
                     },
                     Job::Fail(reason) => State::ReportFailed { goal, reason },
+                    // start_job takes the media's job first.
+                    Job::Media => State::AwaitMedia { goal },
                 }
             }
 

@@ -154,9 +154,71 @@ impl Daemon {
         }
     }
 
-    /// At ReadMedia, once the document is read: new SSH host keys, when
-    /// they are wanted and this provisioning has not made them already,
-    /// start being made (`ssh-keygen` in the background, nothing replaced
+    /// Moves ReadMedia's read of the provisioning media on, without
+    /// waiting. Once it is over, ovf-env.xml goes to Lib.Dir (masked), the
+    /// host keys start being made, and its job waits for the goal state.
+    pub(super) fn advance_media(&mut self) {
+        let Some(MediaProgress::Reading(read)) = self.media.as_mut() else {
+            return;
+        };
+        let Some(outcome) = read.poll(&*self.os, self.clock.now()) else {
+            return;
+        };
+        let job = match outcome {
+            Err(e) => Job::Fail(format!("provisioning media: {e}")),
+            Ok(media::Media {
+                text,
+                device,
+                unmounting,
+            }) => {
+                self.media_device = device;
+                self.media_unmount = unmounting;
+                if let Err(e) = self.write_lib(libdir::OVF_ENV, &ovf::masked(&text), 0o600) {
+                    log::warn!("{e}");
+                }
+                match OvfEnv::parse(&text) {
+                    Ok(env) => Job::Waagent(Box::new(env)),
+                    Err(e) => Job::Fail(e.to_string()),
+                }
+            }
+        };
+        self.timeline.end(Phase::Dvd, self.clock.now());
+        if let Job::Waagent(ovf) = &job {
+            // ssh-keygen runs while the user is made.
+            self.start_host_keys(ovf);
+        }
+        self.media = Some(MediaProgress::Read(job));
+    }
+
+    /// The goal state is in hand: what `job` says comes next (for
+    /// [`Job::Media`], the media's job once it is read: AwaitMedia until
+    /// then).
+    pub(super) fn start_job(&mut self, job: Job, goal: Box<FullGoalState>) -> State {
+        let job = match job {
+            Job::Media => match self.media.take() {
+                Some(MediaProgress::Read(job)) => job,
+                Some(reading) => {
+                    self.media = Some(reading);
+                    return State::AwaitMedia { goal };
+                }
+                None => Job::Fail("provisioning media: it was never read".into()),
+            },
+            job => job,
+        };
+        match job {
+            Job::Fail(reason) => State::ReportFailed { goal, reason },
+            Job::ReportOnly => State::MarkProvisioned {
+                goal,
+                fingerprint: self.provisioned_fingerprint(),
+                disable_agent: false,
+            },
+            job => State::ReportStarting { job, goal },
+        }
+    }
+
+    /// Once ovf-env.xml is read ([`advance_media`](Self::advance_media)):
+    /// new SSH host keys, when they are wanted and this provisioning has not
+    /// made them already, start being made (`ssh-keygen` in the background, nothing replaced
     /// until HostKeys). What a killed daemon left half-made goes either way.
     pub(super) fn start_host_keys(&mut self, ovf: &OvfEnv) {
         let made = self.journal.as_ref().is_some_and(|j| {
@@ -222,7 +284,7 @@ impl Daemon {
 
     /// HostKeys' wait for the keys being made: true once every `ssh-keygen`
     /// has finished; else false after waiting a tick for them. Started now
-    /// if they were not at ReadMedia.
+    /// if they were not when ovf-env.xml was read.
     pub(super) fn await_host_keys(&mut self, ovf: &OvfEnv) -> Result<bool, String> {
         let now = self.clock.now();
         let job = match self.host_keys.as_mut() {
@@ -397,8 +459,9 @@ impl Daemon {
             },
             Step::HostKeys => {
                 if c.regenerate_ssh_host_key_pair {
-                    // Started at ReadMedia; collected here (waited for, if
-                    // the RSA key's prime search is not over yet).
+                    // Started once ovf-env.xml was read; collected here
+                    // (waited for, if the RSA key's prime search is not
+                    // over yet).
                     let mut job = match self.host_keys.take() {
                         Some(job) => job,
                         None => os

@@ -480,19 +480,14 @@ flavour!(
             v
         }
 
-        fn mount_dvd(&self, device: &Path, mount_point: &Path) -> Result<(), OsError> {
+        fn dvd_mount_commands(&self, device: &Path, mount_point: &Path) -> Vec<Cmd> {
             let dev = device.to_string_lossy();
             let mp = mount_point.to_string_lossy();
             // nodev is the default (and obsolete) on FreeBSD.
             let opts = "ro,nosuid,noexec";
-            let udf = self.env.run_ok(Cmd::new("mount_udf").args(["-o", opts]).arg(dev.clone()).arg(mp.clone()));
-            match udf {
-                Ok(_) => Ok(()),
-                Err(_) => self
-                    .env
-                    .run_ok(Cmd::new("mount_cd9660").args(["-o", opts]).arg(dev).arg(mp))
-                    .map(drop),
-            }
+            ["mount_udf", "mount_cd9660"]
+                .map(|p| Cmd::new(p).args(["-o", opts]).arg(dev.clone()).arg(mp.clone()))
+                .into()
         }
 
         fn eject(&self, device: &Path) -> Result<(), OsError> {

@@ -562,15 +562,32 @@ pub trait OsUtil {
         linux::sysfs_cdroms(&self.env().path("/sys/block"))
     }
 
-    /// Mounts the provisioning media: read-only, and nothing on it (a
-    /// device node, a set-uid program, any program) is honoured.
-    fn mount_dvd(&self, device: &Path, mount_point: &Path) -> Result<(), OsError> {
-        self.mount(
+    /// The commands that mount the provisioning media, to be tried in turn
+    /// until one succeeds: read-only, and nothing on it (a device node, a
+    /// set-uid program, any program) is honoured.
+    fn dvd_mount_commands(&self, device: &Path, mount_point: &Path) -> Vec<Cmd> {
+        vec![mount_command(
             device,
             mount_point,
             Some("udf,iso9660"),
             Some("ro,nodev,nosuid,noexec"),
-        )
+        )]
+    }
+
+    /// Mounts the provisioning media with the
+    /// [`dvd_mount_commands`](Self::dvd_mount_commands); the last one's
+    /// error if none succeeds.
+    fn mount_dvd(&self, device: &Path, mount_point: &Path) -> Result<(), OsError> {
+        let mut last = Err(OsError::Invalid(
+            "no command mounts the provisioning media".into(),
+        ));
+        for cmd in self.dvd_mount_commands(device, mount_point) {
+            last = self.env().run_ok(cmd).map(drop);
+            if last.is_ok() {
+                break;
+            }
+        }
+        last
     }
 
     fn mount(
@@ -580,16 +597,7 @@ pub trait OsUtil {
         fstype: Option<&str>,
         options: Option<&str>,
     ) -> Result<(), OsError> {
-        let mut cmd = Cmd::new("mount");
-        if let Some(t) = fstype {
-            cmd = cmd.args(["-t", t]);
-        }
-        if let Some(o) = options {
-            cmd = cmd.args(["-o", o]);
-        }
-        cmd = cmd
-            .arg(device.to_string_lossy())
-            .arg(mount_point.to_string_lossy());
+        let cmd = mount_command(device, mount_point, fstype, options);
         self.env().run_ok(cmd).map(drop)
     }
 
@@ -607,10 +615,15 @@ pub trait OsUtil {
         mount_point: &Path,
         now: std::time::Instant,
     ) -> Result<Background, OsError> {
-        let cmd = Cmd::new("umount").arg(mount_point.to_string_lossy());
+        self.start_captured(&Cmd::new("umount").arg(mount_point.to_string_lossy()), now)
+    }
+
+    /// Starts `cmd` in the background, its output captured, to be killed
+    /// past its timeout from `now` (the daemon's clock).
+    fn start_captured(&self, cmd: &Cmd, now: std::time::Instant) -> Result<Background, OsError> {
         self.env()
             .runner
-            .start_captured(&cmd, now + cmd.timeout)
+            .start_captured(cmd, now + cmd.timeout)
             .map_err(OsError::Run)
     }
 
@@ -872,6 +885,24 @@ pub enum BootLoader {
     LoaderConf,
     /// The agent cannot set it here; why.
     Unsupported(&'static str),
+}
+
+/// `mount [-t FSTYPE] [-o OPTIONS] DEVICE MOUNT_POINT`.
+fn mount_command(
+    device: &Path,
+    mount_point: &Path,
+    fstype: Option<&str>,
+    options: Option<&str>,
+) -> Cmd {
+    let mut cmd = Cmd::new("mount");
+    if let Some(t) = fstype {
+        cmd = cmd.args(["-t", t]);
+    }
+    if let Some(o) = options {
+        cmd = cmd.args(["-o", o]);
+    }
+    cmd.arg(device.to_string_lossy())
+        .arg(mount_point.to_string_lossy())
 }
 
 /// `grub2-mkconfig`, writing where RHEL and SUSE boot from.

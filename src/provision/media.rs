@@ -5,11 +5,12 @@
 //! ([`eject`]): a daemon killed before that reads the document again, and
 //! the password is never kept on disk in the meantime.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::clock::Clock;
-use crate::os::{Background, OsUtil, Poll};
+use crate::os::{Background, Cmd, OsUtil, Poll};
 
 /// ovf-env.xml is a few KiB; anything this big is not one.
 const MAX_OVF_BYTES: u64 = 1 << 20;
@@ -98,7 +99,7 @@ impl std::fmt::Debug for Media {
 }
 
 /// Waits (up to its deadline) for the media's `umount` started by
-/// [`read_ovf_env`] to finish; a failure is a warning.
+/// [`MediaRead`] to finish; a failure is a warning.
 pub fn finish_unmount(mut child: Background, clock: &dyn Clock) {
     while child.poll(clock.now()) == Poll::Running {
         let until = child.deadline();
@@ -111,71 +112,211 @@ pub fn finish_unmount(mut child: Background, clock: &dyn Clock) {
     }
 }
 
-/// Mounts the media, reads ovf-env.xml and unmounts. Failing to unmount is
-/// a warning: the document is what matters.
-pub fn read_ovf_env(
-    os: &dyn OsUtil,
-    mount_point: &Path,
+/// The media being read in the background, so that the daemon asks the
+/// fabric for its goal state while the mount runs (tens of milliseconds of
+/// mount(8) and the file system driver, the longest step before the goal
+/// state). Each drive gets `retry.tries` mounts `retry.delay` apart, each
+/// mount being the flavour's commands tried in turn; the first drive that
+/// mounts is read, and unmounted in the background. A drive already
+/// mounted elsewhere is read in place. [`poll`](Self::poll) moves it on
+/// and says when it is over; nothing in it blocks.
+pub struct MediaRead {
+    mount_point: PathBuf,
     retry: MountRetry,
-    clock: &dyn Clock,
-) -> Result<Media, String> {
-    let devices = candidate_devices(os);
-    if devices.is_empty() {
-        return Err("no provisioning media (DVD drive) found".into());
-    }
-    let mut last_err = String::new();
-    for device in &devices {
-        if let Some(mp) = existing_mount(os, device) {
-            log::info!(
-                "provisioning media {} is already mounted at {}",
-                device.display(),
-                mp.display()
-            );
-            return read_document(&mp).map(|text| Media {
-                text,
-                device: None,
-                unmounting: None,
-            });
+    devices: Vec<PathBuf>,
+    /// The drive being tried, in `devices`.
+    device: usize,
+    /// Mounts tried on that drive so far.
+    attempt: u32,
+    step: Step,
+    /// Why the last mount failed: the error once every drive has failed.
+    last_err: String,
+}
+
+enum Step {
+    /// The next mount starts at this time (or the next drive, or the end,
+    /// once a drive has had all its tries).
+    Pause(Instant),
+    /// A mount: `child` running, or about to start the next of `rest`.
+    Mounting {
+        child: Option<Box<Background>>,
+        rest: VecDeque<Cmd>,
+    },
+    /// The result has been handed out.
+    Over,
+}
+
+impl MediaRead {
+    /// Finds the drives and makes the mount point; the first mount starts
+    /// on the first [`poll`](Self::poll).
+    pub fn start(
+        os: &dyn OsUtil,
+        mount_point: &Path,
+        retry: MountRetry,
+        now: Instant,
+    ) -> Result<Self, String> {
+        let devices = candidate_devices(os);
+        if devices.is_empty() {
+            return Err("no provisioning media (DVD drive) found".into());
         }
-        std::fs::create_dir_all(mount_point).map_err(|e| {
-            format!(
-                "cannot create the mount point {}: {e}",
-                mount_point.display()
-            )
-        })?;
-        for attempt in 1..=retry.tries.max(1) {
-            match os.mount_dvd(device, mount_point) {
-                Ok(()) => {
-                    let doc = read_document(mount_point);
-                    // Read well, it is unmounted in the background: only
-                    // the eject, once `provisioned` is written, needs it.
-                    let unmounting = match &doc {
-                        Ok(_) => os.start_umount(mount_point, clock.now()).map(Some),
-                        Err(_) => os.umount(mount_point).map(|()| None),
-                    }
-                    .unwrap_or_else(|e| {
-                        log::warn!("cannot unmount the provisioning media: {e}");
-                        None
-                    });
-                    return doc.map(|text| Media {
-                        text,
-                        device: Some(device.clone()),
-                        unmounting,
-                    });
+        Ok(MediaRead {
+            mount_point: mount_point.to_path_buf(),
+            retry,
+            devices,
+            device: 0,
+            attempt: 0,
+            step: Step::Pause(now),
+            last_err: String::new(),
+        })
+    }
+
+    /// Does what can be done at `now` (start a mount, look at the running
+    /// one, read the document); the outcome once there is one (it is given
+    /// once), else `None`.
+    pub fn poll(&mut self, os: &dyn OsUtil, now: Instant) -> Option<Result<Media, String>> {
+        loop {
+            match std::mem::replace(&mut self.step, Step::Over) {
+                Step::Over => return None,
+                Step::Pause(at) if now < at => {
+                    self.step = Step::Pause(at);
+                    return None;
                 }
-                Err(e) => {
-                    last_err = format!("cannot mount {}: {e}", device.display());
-                    if attempt < retry.tries {
-                        log::warn!("{last_err}; trying again in {:?}", retry.delay);
-                        if !clock.sleep(retry.delay) {
-                            return Err(format!("{last_err}; stopped"));
+                Step::Pause(_) => {
+                    let Some(device) = self.devices.get(self.device) else {
+                        return Some(Err(std::mem::take(&mut self.last_err)));
+                    };
+                    match existing_mount(os, device) {
+                        Some(mp) if mp != self.mount_point => {
+                            log::info!(
+                                "provisioning media {} is already mounted at {}",
+                                device.display(),
+                                mp.display()
+                            );
+                            return Some(read_document(&mp).map(|text| Media {
+                                text,
+                                device: None,
+                                unmounting: None,
+                            }));
+                        }
+                        // At our mount point: an agent killed while its
+                        // mount ran, or before its umount, left it. Ours to
+                        // read, unmount and eject; not readable (yet: that
+                        // mount may still be going on) is a failed try.
+                        Some(_) => {
+                            log::info!(
+                                "provisioning media {} is still mounted at {} by an earlier run",
+                                device.display(),
+                                self.mount_point.display()
+                            );
+                            self.attempt += 1;
+                            match read_document(&self.mount_point) {
+                                Ok(text) => return Some(self.mounted(os, Ok(text), now)),
+                                Err(e) => self.last_err = e,
+                            }
+                            let rest = VecDeque::new();
+                            self.step = Step::Mounting { child: None, rest };
+                            continue;
+                        }
+                        None => {}
+                    }
+                    if self.attempt == 0 {
+                        if let Err(e) = std::fs::create_dir_all(&self.mount_point) {
+                            return Some(Err(format!(
+                                "cannot create the mount point {}: {e}",
+                                self.mount_point.display()
+                            )));
                         }
                     }
+                    self.attempt += 1;
+                    let rest = os.dvd_mount_commands(device, &self.mount_point).into();
+                    self.step = Step::Mounting { child: None, rest };
                 }
+                Step::Mounting {
+                    child: Some(mut child),
+                    rest,
+                } => {
+                    if child.poll(now) == Poll::Running {
+                        self.step = Step::Mounting {
+                            child: Some(child),
+                            rest,
+                        };
+                        return None;
+                    }
+                    match child.result() {
+                        Some(Ok(_)) => {
+                            let doc = read_document(&self.mount_point);
+                            return Some(self.mounted(os, doc, now));
+                        }
+                        Some(Err(e)) => self.failed(&e),
+                        None => self.failed(&"no outcome"),
+                    }
+                    self.step = Step::Mounting { child: None, rest };
+                }
+                Step::Mounting {
+                    child: None,
+                    mut rest,
+                } => match rest.pop_front() {
+                    Some(cmd) => {
+                        let child = os.start_captured(&cmd, now);
+                        let child = child.map_err(|e| self.failed(&e)).ok().map(Box::new);
+                        self.step = Step::Mounting { child, rest };
+                    }
+                    // This mount failed: again after a pause, or the next drive.
+                    None if self.attempt < self.retry.tries.max(1) => {
+                        log::warn!("{}; trying again in {:?}", self.last_err, self.retry.delay);
+                        self.step = Step::Pause(now + self.retry.delay);
+                    }
+                    None => {
+                        self.device += 1;
+                        self.attempt = 0;
+                        self.step = Step::Pause(now);
+                    }
+                },
             }
         }
     }
-    Err(last_err)
+
+    /// Waits until the running mount may have finished, the next one is
+    /// due, or `until`; false if a stop was asked.
+    pub fn wait(&self, clock: &dyn Clock, until: Instant) -> bool {
+        match &self.step {
+            Step::Mounting {
+                child: Some(child), ..
+            } => crate::os::background::wait_any(&[child], clock, until),
+            Step::Pause(at) => clock.sleep((*at).min(until).saturating_duration_since(clock.now())),
+            _ => true,
+        }
+    }
+
+    fn failed(&mut self, e: &dyn std::fmt::Display) {
+        let device = self.devices[self.device].display();
+        self.last_err = format!("cannot mount {device}: {e}");
+    }
+
+    /// Mounted at our mount point, and `doc` read from it: the umount
+    /// started (read well; else it is unmounted at once). Only the eject,
+    /// once `provisioned` is written, needs the umount to be over.
+    fn mounted(
+        &mut self,
+        os: &dyn OsUtil,
+        doc: Result<String, String>,
+        now: Instant,
+    ) -> Result<Media, String> {
+        let mp = &self.mount_point;
+        let unmounting = match &doc {
+            Ok(_) => os.start_umount(mp, now).map(Some),
+            Err(_) => os.umount(mp).map(|()| None),
+        }
+        .unwrap_or_else(|e| {
+            log::warn!("cannot unmount the provisioning media: {e}");
+            None
+        });
+        doc.map(|text| Media {
+            text,
+            device: Some(self.devices[self.device].clone()),
+            unmounting,
+        })
+    }
 }
 
 /// ovf-env.xml, opened without following a symlink and read through the
@@ -261,6 +402,22 @@ mod tests {
         }
     }
 
+    /// A [`MediaRead`] driven to its end on `clock`.
+    fn read_ovf_env(
+        os: &dyn OsUtil,
+        mount_point: &Path,
+        retry: MountRetry,
+        clock: &dyn Clock,
+    ) -> Result<Media, String> {
+        let mut read = MediaRead::start(os, mount_point, retry, clock.now())?;
+        loop {
+            if let Some(outcome) = read.poll(os, clock.now()) {
+                return outcome;
+            }
+            assert!(read.wait(clock, clock.now() + Duration::from_secs(1)));
+        }
+    }
+
     #[test]
     fn device_names() {
         for ok in ["sr0", "sr12", "hdc", "hdz", "cdrom", "cdrom0", "cd0"] {
@@ -297,6 +454,112 @@ mod tests {
         );
         eject(&*os, media.device.as_deref().unwrap());
         assert_eq!(runner.lines().last().unwrap(), "eject /dev/sr0");
+    }
+
+    /// A drive for `setup`'s root, and the mount point with the document
+    /// where mount(8) would put it (the recording runner mounts nothing).
+    fn drive_and_document(root: &Path, dev: &str) -> PathBuf {
+        std::fs::create_dir_all(root.join("dev")).unwrap();
+        std::fs::write(root.join("dev").join(dev), "").unwrap();
+        let mp = root.join("mnt");
+        std::fs::create_dir_all(&mp).unwrap();
+        std::fs::write(mp.join("ovf-env.xml"), "<Environment/>").unwrap();
+        mp
+    }
+
+    #[test]
+    fn the_mount_runs_in_the_background_and_a_failed_one_waits_its_pause() {
+        let (root, runner, os) = setup(Flavour::Default);
+        let mp = drive_and_document(root.path(), "sr0");
+        let clock = std::rc::Rc::new(crate::clock::VirtualClock::new());
+        runner.push(
+            "mount",
+            Output::failed(32, "mount: no medium found on /dev/sr0"),
+        );
+        runner.takes(clock.clone(), |c| {
+            (c.program == "mount").then_some(Duration::from_millis(30))
+        });
+        let retry = MountRetry {
+            tries: 2,
+            delay: Duration::from_secs(5),
+        };
+        let mut read = MediaRead::start(&*os, &mp, retry, clock.now()).unwrap();
+        // Each poll returns at once: the mount is running, then the pause.
+        assert!(read.poll(&*os, clock.now()).is_none());
+        assert_eq!(runner.lines().len(), 1);
+        assert!(read.wait(&*clock, clock.now() + Duration::from_secs(1)));
+        assert!(read.poll(&*os, clock.now()).is_none());
+        assert!(read.wait(&*clock, clock.now() + Duration::from_secs(1)));
+        assert!(read.poll(&*os, clock.now()).is_none());
+        assert_eq!(runner.lines().len(), 1, "the pause is not over");
+        while read.poll(&*os, clock.now()).is_none() {
+            assert!(read.wait(&*clock, clock.now() + Duration::from_secs(1)));
+        }
+        // 30 ms of the failed mount, 5 s of pause a second at a time, 30
+        // ms of the second mount, which worked.
+        let waits: Vec<f64> = clock
+            .take_waits()
+            .iter()
+            .map(Duration::as_secs_f64)
+            .collect();
+        assert_eq!(waits, [0.03, 1.0, 1.0, 1.0, 1.0, 1.0, 0.03]);
+        let mount = format!(
+            "mount -t udf,iso9660 -o ro,nodev,nosuid,noexec /dev/sr0 {}",
+            mp.display()
+        );
+        assert_eq!(
+            runner.lines(),
+            [mount.clone(), mount, format!("umount {}", mp.display())]
+        );
+        // Handed out once.
+        assert!(read.poll(&*os, clock.now()).is_none());
+    }
+
+    #[test]
+    fn media_a_killed_run_left_at_our_mount_point_is_read_unmounted_and_ejected() {
+        let (root, runner, os) = setup(Flavour::Default);
+        let mp = drive_and_document(root.path(), "sr0");
+        let doc = mp.join("ovf-env.xml");
+        std::fs::remove_file(&doc).unwrap();
+        std::fs::create_dir_all(root.path().join("proc")).unwrap();
+        std::fs::write(
+            root.path().join("proc/mounts"),
+            format!("/dev/sr0 {} udf ro 0 0\n", mp.display()),
+        )
+        .unwrap();
+        let clock = crate::clock::VirtualClock::new();
+        let mut read = MediaRead::start(&*os, &mp, fast(), clock.now()).unwrap();
+        // Its mount is still filling it: a failed try, then a pause.
+        assert!(read.poll(&*os, clock.now()).is_none());
+        std::fs::write(&doc, "<Environment/>").unwrap();
+        assert!(read.wait(&clock, clock.now() + Duration::from_secs(1)));
+        let media = read.poll(&*os, clock.now()).unwrap().unwrap();
+        assert_eq!(media.text, "<Environment/>");
+        // Not mounted again; unmounted, and to be ejected, as ours.
+        assert_eq!(runner.lines(), [format!("umount {}", mp.display())]);
+        assert!(media.unmounting.is_some());
+        assert_eq!(media.device.as_deref(), Some(Path::new("/dev/sr0")));
+    }
+
+    #[test]
+    fn freebsd_tries_udf_then_cd9660() {
+        let (root, runner, os) = setup(Flavour::FreeBsd);
+        let mp = drive_and_document(root.path(), "cd0");
+        runner.push(
+            "mount_udf",
+            Output::failed(1, "mount_udf: /dev/cd0: Invalid argument"),
+        );
+        let media = read_ovf_env(&*os, &mp, fast(), &SystemClock).unwrap();
+        assert_eq!(media.text, "<Environment/>");
+        let mp = mp.display();
+        assert_eq!(
+            runner.lines(),
+            [
+                format!("mount_udf -o ro,nosuid,noexec /dev/cd0 {mp}"),
+                format!("mount_cd9660 -o ro,nosuid,noexec /dev/cd0 {mp}"),
+                format!("umount {mp}"),
+            ]
+        );
     }
 
     #[test]

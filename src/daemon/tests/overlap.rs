@@ -1,6 +1,7 @@
 //! The slow children on the way to Ready, overlapped: the transport key
 //! (`openssl req`) from daemon start, the SSH host keys (`ssh-keygen`) from
-//! ReadMedia, each collected where its result is needed; failures reported
+//! the read of ovf-env.xml, each collected where its result is needed; the
+//! DVD's mount while the goal state is fetched; failures reported
 //! as before, and a daemon killed while they run resumes cleanly. The
 //! recorder gives each child a duration on the virtual clock.
 
@@ -67,7 +68,8 @@ fn keys_are_made_while_the_fabric_answers_and_collected_where_needed() {
     slow_vm(&mut v, SshHostKeyType::Auto, 300 * MS, 800 * MS);
     let mut d = v.daemon();
 
-    // Boot starts the transport key; ReadMedia the host keys; both before
+    // Boot starts the transport key; ReadMedia (its mount done at once
+    // here) the host keys; both before
     // the fabric is asked anything.
     let state = d.step(State::Boot);
     assert_eq!(state.name(), "ReadMedia");
@@ -212,10 +214,10 @@ fn a_failed_or_hung_transport_child_is_reported_and_made_again() {
     let req = &lines_of(&v, "/usr/bin/openssl req")[0];
     assert_eq!(
         e,
-        format!(
+        NotConnected::Failed(format!(
             "TransportCert: cannot generate the transport certificate: `{req}` failed with \
              exit code 1: req: Can't open \"TransportPrivate.pem\" for writing"
-        )
+        ))
     );
     assert!(v.sim.requests_to("comp=certificates").is_empty());
     let (trace, _) = step_until(&mut d, state, "Steady", 50);
@@ -381,7 +383,8 @@ fn the_media_is_unmounted_in_the_background_and_ejected_once_that_is_over() {
     let state = d.step(State::Boot);
     let state = d.step(state);
     assert_eq!(state.name(), "Connect");
-    // ReadMedia did not wait for the umount, and the keys started after it.
+    // ReadMedia (an instant mount) did not wait for the umount, and the
+    // keys started after it.
     assert_eq!(v.clock.elapsed(), Duration::ZERO);
     let lines = v.runner.lines();
     let at = |start: &str| lines.iter().position(|l| l.starts_with(start));
@@ -395,4 +398,117 @@ fn the_media_is_unmounted_in_the_background_and_ejected_once_that_is_over() {
     let eject = lines.iter().position(|l| l.starts_with("eject "));
     assert!(eject.is_some(), "{lines:#?}");
     assert_eq!(health(&v.sim), ["NotReady/Provisioning", "Ready"]);
+}
+
+#[test]
+fn the_goal_state_is_fetched_while_the_media_is_mounted() {
+    let mut v = vm(Some(&full_ovf()), ProvisioningAgent::Waagent);
+    v.config.regenerate_ssh_host_key_pair = true;
+    v.config.ssh_host_key_pair_type = SshHostKeyType::Rsa;
+    v.runner.takes(v.clock.clone(), |cmd| {
+        (cmd.program == "mount").then_some(40 * MS)
+    });
+    let mut d = v.daemon();
+    let state = d.step(State::Boot);
+    // ReadMedia starts the mount and goes on.
+    let state = d.step(state);
+    assert_eq!(state.name(), "Connect");
+    assert_eq!(lines_of(&v, "mount ").len(), 1);
+    assert!(lines_of(&v, "ssh-keygen").is_empty());
+    // Connect has the goal state before the mount is over...
+    let state = d.step(state);
+    assert_eq!(state.name(), "AwaitMedia");
+    assert_eq!(v.clock.elapsed(), Duration::ZERO);
+    assert_eq!(v.sim.requests_to("comp=goalstate").len(), 1);
+    assert!(health(&v.sim).is_empty());
+    assert!(!v.path("var/lib/waagent/ovf-env.xml").exists());
+    // ...and AwaitMedia waits exactly for it, then reads the document, starts
+    // the host keys and goes on to report NotReady.
+    let state = d.step(state);
+    assert_eq!(state.name(), "AwaitMedia");
+    assert_eq!(v.waits(), [0.04]);
+    let state = d.step(state);
+    assert_eq!(state.name(), "ReportStarting");
+    assert_eq!(lines_of(&v, "umount ").len(), 1);
+    assert_eq!(lines_of(&v, "ssh-keygen").len(), 1);
+    assert_eq!(mode(&v.path("var/lib/waagent/ovf-env.xml")), 0o600);
+    let (_, _) = step_until(&mut d, state, "Steady", 50);
+    assert_eq!(health(&v.sim), ["NotReady/Provisioning", "Ready"]);
+    assert_eq!(
+        d.timeline.line("Ready", v.clock.now()),
+        "timeline (ms since start): dvd 0-40, transport-key 0-0, goal-state 0-0, \
+         certificates 0-0, user 40-40, host-keys 40-40, sshd 40-40, report 40-40; \
+         Ready at 40"
+    );
+}
+
+#[test]
+fn a_media_that_fails_to_mount_is_reported_once_the_fabric_answers() {
+    let v = vm(Some(&full_ovf()), ProvisioningAgent::Waagent);
+    v.runner.respond(|c| {
+        (c.program == "mount").then(|| Ok(Output::failed(32, "mount: no medium found")))
+    });
+    let mut d = v.daemon();
+    let trace = v.run_until(&mut d, "Steady");
+    let awaits = trace.iter().filter(|s| *s == "AwaitMedia").count();
+    assert_eq!(trace[..3], ["Boot", "ReadMedia", "Connect"]);
+    assert_eq!(trace[3..3 + awaits], vec!["AwaitMedia"; awaits]);
+    assert_eq!(trace[3 + awaits..], ["ReportFailed", "Steady"]);
+    // The goal state was fetched at once; the pauses between the five
+    // mounts (5 s each, as waagent's) were waited in AwaitMedia, a second
+    // at a time.
+    assert_eq!(v.sim.requests_to("comp=goalstate").len(), 1);
+    assert_eq!(v.waits(), [1.0; 20]);
+    let failed = &v.sim.health_reports()[0];
+    assert_eq!(failed.sub_status.as_deref(), Some("ProvisioningFailed"));
+    assert!(
+        failed
+            .description
+            .as_deref()
+            .is_some_and(|d| d.starts_with("provisioning media: cannot mount /dev/sr0: `mount ")),
+        "{failed:?}"
+    );
+    assert_eq!(lines_of(&v, "mount ").len(), 5);
+}
+
+#[test]
+fn with_certificates_the_host_keys_start_when_the_media_is_read_not_after_the_transport_key() {
+    let mut v = vm(Some(&full_ovf()), ProvisioningAgent::Waagent);
+    slow_vm(&mut v, SshHostKeyType::Auto, 300 * MS, 800 * MS);
+    let slow = v.clock.clone();
+    // slow_vm's durations, and the mount's 40 ms.
+    v.runner
+        .takes(slow, |cmd| (cmd.program == "mount").then_some(40 * MS));
+    let mut d = v.daemon();
+    let state = d.step(State::Boot);
+    let state = d.step(state);
+    // The goal state has Certificates and the transport key is 300 ms
+    // away: Connect does not wait for it while the mount runs, but for the
+    // mount, then reads the document and starts the host keys.
+    let state = d.step(state);
+    assert_eq!(state.name(), "Connect");
+    assert_eq!(v.waits(), [0.04]);
+    assert_eq!(v.sim.requests_to("comp=goalstate").len(), 1);
+    assert!(v.sim.requests_to("comp=certificates").is_empty());
+    assert_eq!(lines_of(&v, "ssh-keygen").len(), 2);
+    assert!(!v.path("var/lib/waagent/GoalState.1.xml").exists());
+    // Now it waits for the transport key and finishes the fetch: only the
+    // Certificates are asked for, the rest was in hand.
+    let state = d.step(state);
+    assert_eq!(state.name(), "ReportStarting");
+    assert_eq!(v.waits(), [0.26]);
+    assert_eq!(v.sim.requests_to("comp=certificates").len(), 1);
+    assert_eq!(v.sim.requests_to("comp=goalstate").len(), 1);
+    assert_eq!(v.sim.requests_to("comp=versions").len(), 1);
+    assert_eq!(v.read("var/lib/waagent/Incarnation"), "1");
+    step_until(&mut d, state, "Steady", 50);
+    assert_eq!(health(&v.sim), ["NotReady/Provisioning", "Ready"]);
+    // The RSA key, started at 40 ms, is the last child: Ready at 840 ms
+    // and sshd's 30 (not at 300 + 800 + 30).
+    assert_eq!(
+        d.timeline.line("Ready", v.clock.now()),
+        "timeline (ms since start): dvd 0-40, transport-key 0-300, goal-state 0-0, \
+         host-keys 40-840, certificates 300-300, user 840-840, sshd 840-870, \
+         report 870-870; Ready at 870"
+    );
 }

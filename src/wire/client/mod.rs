@@ -79,6 +79,10 @@ pub enum WireError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The goal state has Certificates, and the transport certificate they
+    /// need is still being generated: a client told not to wait for it
+    /// ([`WireClient::set_wait_for_transport`]) says so instead.
+    TransportPending,
 }
 
 impl WireError {
@@ -122,6 +126,9 @@ impl fmt::Display for WireError {
             WireError::Missing(what) => f.write_str(what),
             WireError::Crypto(e) => e.fmt(f),
             WireError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            WireError::TransportPending => {
+                f.write_str("the transport certificate is still being generated")
+            }
         }
     }
 }
@@ -186,6 +193,12 @@ pub struct WireClient {
     /// Being generated in the background since the daemon started: waited
     /// for when the Certificates request needs it.
     pending_transport: Option<PendingTransport>,
+    /// False: the Certificates request does not wait for it
+    /// ([`WireError::TransportPending`]).
+    wait_for_transport: bool,
+    /// A forced fetch that stopped at the Certificates for the transport
+    /// certificate (`wait_for_transport` false), to be finished.
+    unfinished: Option<Box<wireserver::Unfinished>>,
     times: FetchTimes,
     /// From the latest goal state, for HostGAPlugin headers.
     container_id: Option<String>,
@@ -217,6 +230,8 @@ impl WireClient {
             options,
             transport: None,
             pending_transport: None,
+            wait_for_transport: true,
+            unfinished: None,
             times: FetchTimes::default(),
             container_id: None,
             role_config_name: None,
@@ -246,6 +261,15 @@ impl WireClient {
             Transport::Pending(p) => self.pending_transport = Some(p),
         }
         self
+    }
+
+    /// Whether a goal-state fetch waits for the transport certificate being
+    /// generated (the default) or stops with [`WireError::TransportPending`]
+    /// while it is, having saved nothing, to be finished by
+    /// [`finish_goal_state`](Self::finish_goal_state): for the daemon, which
+    /// has other work (the provisioning media) to look after meanwhile.
+    pub fn set_wait_for_transport(&mut self, wait: bool) {
+        self.wait_for_transport = wait;
     }
 
     /// Gives back the transport certificate, in hand or being generated, for

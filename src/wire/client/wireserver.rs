@@ -39,6 +39,20 @@ impl FullGoalState {
     }
 }
 
+/// A goal state fetched but for its Certificates, which wait for the
+/// transport certificate ([`WireClient::finish_goal_state`]).
+pub(super) struct Unfinished {
+    certificates_url: Option<String>,
+    goal_state: GoalState,
+    gs_xml: String,
+    hosting_xml: String,
+    hosting_env: HostingEnvironmentConfig,
+    shared_xml: String,
+    shared_config: SharedConfig,
+    ext_xml: Option<String>,
+    extensions_config: Option<ExtensionsConfig>,
+}
+
 /// Incarnation, container and instance of a goal state.
 pub fn report_target(gs: &GoalState) -> Result<ReportTarget, WireError> {
     let instance = gs
@@ -188,6 +202,7 @@ impl WireClient {
     }
 
     fn fetch_documents(&mut self, gs: GoalState, gs_xml: &str) -> Result<FullGoalState, WireError> {
+        self.unfinished = None;
         self.times.documents = None;
         self.times.certificates = None;
         let ri = gs.role_instance.clone().ok_or_else(|| {
@@ -217,13 +232,52 @@ impl WireClient {
             None => (None, None),
         };
         self.times.documents = Some(self.clock.now());
-        // The Certificates last: the transport certificate they need may
-        // still be being generated.
-        let (certs_xml, certificates) = match &ri.certificates_url {
-            Some(u) => {
-                self.transport()?;
+        self.finish_documents(Unfinished {
+            certificates_url: ri.certificates_url,
+            goal_state: gs,
+            gs_xml: gs_xml.to_string(),
+            hosting_xml,
+            hosting_env,
+            shared_xml,
+            shared_config,
+            ext_xml,
+            extensions_config,
+        })
+    }
+
+    /// A forced fetch that a [`WireError::TransportPending`] interrupted,
+    /// finished: the Certificates request (now waiting for the transport
+    /// certificate, if so told) and the saves, with the documents already
+    /// fetched. A goal state gone stale meanwhile is fetched again whole;
+    /// with nothing interrupted, this is `update_goal_state(true)`.
+    pub fn finish_goal_state(&mut self) -> Result<Option<FullGoalState>, WireError> {
+        match self.unfinished.take() {
+            Some(u) => match self.finish_documents(*u) {
+                Err(e) if e.is_gone() => {
+                    log::info!("{e}; fetching the goal state again");
+                    self.update_goal_state(true)
+                }
+                other => other.map(Some),
+            },
+            None => self.update_goal_state(true),
+        }
+    }
+
+    /// The Certificates last (the transport certificate they need may still
+    /// be being generated), then everything is saved, `Incarnation` last.
+    fn finish_documents(&mut self, u: Unfinished) -> Result<FullGoalState, WireError> {
+        let (certs_xml, certificates) = match &u.certificates_url {
+            Some(url) => {
+                match self.transport() {
+                    Err(WireError::TransportPending) => {
+                        // Nothing saved: the caller comes back for the rest.
+                        self.unfinished = Some(Box::new(u));
+                        return Err(WireError::TransportPending);
+                    }
+                    other => other?,
+                };
                 let start = self.clock.now();
-                let x = self.get_certificates_text(u)?;
+                let x = self.get_certificates_text(url)?;
                 let certs = self.decrypt(&x)?;
                 self.times.certificates = Some((start, self.clock.now()));
                 (Some(x), certs)
@@ -231,24 +285,24 @@ impl WireClient {
             None => (None, Vec::new()),
         };
 
-        let inc = &gs.incarnation;
-        self.save(&libdir::goal_state(inc), gs_xml)?;
-        self.save(libdir::HOSTING_ENVIRONMENT_CONFIG, &hosting_xml)?;
-        self.save(libdir::SHARED_CONFIG, &shared_xml)?;
+        let inc = &u.goal_state.incarnation;
+        self.save(&libdir::goal_state(inc), &u.gs_xml)?;
+        self.save(libdir::HOSTING_ENVIRONMENT_CONFIG, &u.hosting_xml)?;
+        self.save(libdir::SHARED_CONFIG, &u.shared_xml)?;
         if let Some(x) = &certs_xml {
             self.save(libdir::CERTIFICATES, x)?;
         }
-        if let Some(x) = &ext_xml {
+        if let Some(x) = &u.ext_xml {
             self.save(&libdir::extensions_config(inc), x)?;
         }
         self.save(libdir::INCARNATION, inc)?;
         self.last_goal_state_saved = true;
         Ok(FullGoalState {
-            goal_state: gs,
-            hosting_env,
-            shared_config,
+            goal_state: u.goal_state,
+            hosting_env: u.hosting_env,
+            shared_config: u.shared_config,
             certificates,
-            extensions_config,
+            extensions_config: u.extensions_config,
         })
     }
 
@@ -263,7 +317,15 @@ impl WireClient {
         if self.transport.is_none() {
             let made = match self.pending_transport.take() {
                 Some(mut p) => {
-                    let t = p.wait(&*self.clock)?;
+                    let done = match self.wait_for_transport {
+                        true => Some(p.wait(&*self.clock)),
+                        false => p.poll(self.clock.now()),
+                    };
+                    let Some(done) = done else {
+                        self.pending_transport = Some(p);
+                        return Err(WireError::TransportPending);
+                    };
+                    let t = done?;
                     self.times.transport_ready = Some(self.clock.now());
                     t
                 }
