@@ -118,8 +118,10 @@ pub fn finish_unmount(mut child: Background, clock: &dyn Clock) {
 /// state). Each drive gets `retry.tries` mounts `retry.delay` apart, each
 /// mount being the flavour's commands tried in turn; the first drive that
 /// mounts is read, and unmounted in the background. A drive already
-/// mounted elsewhere is read in place. [`poll`](Self::poll) moves it on
-/// and says when it is over; nothing in it blocks.
+/// mounted elsewhere is read in place and left so; one that a killed
+/// daemon left mounted at our mount point is read there and unmounted as
+/// ours. [`poll`](Self::poll) moves it on and says when it is over;
+/// nothing in it blocks.
 pub struct MediaRead {
     mount_point: PathBuf,
     retry: MountRetry,
@@ -147,8 +149,8 @@ enum Step {
 }
 
 impl MediaRead {
-    /// Finds the drives and makes the mount point; the first mount starts
-    /// on the first [`poll`](Self::poll).
+    /// Finds the drives; the mount point is made and the first mount
+    /// started by the first [`poll`](Self::poll).
     pub fn start(
         os: &dyn OsUtil,
         mount_point: &Path,
