@@ -53,6 +53,19 @@ fn client_with(
     )
 }
 
+/// A simulator whose goal state has Certificates: one tenant certificate
+/// with its private key, named `cn`; and its thumbprint.
+fn sim_with_tenant_cert(cn: &str) -> (FabricSim, String) {
+    let tenant = generate_tenant_cert(cn).expect("tenant certificate");
+    let thumbprint = tenant.thumbprint();
+    let sim = FabricSim::start(SimConfig {
+        tenant_certs: vec![tenant],
+        ..SimConfig::default()
+    })
+    .unwrap();
+    (sim, thumbprint)
+}
+
 /// Every file under `dir` with its bytes, to prove a failure changed nothing.
 fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     std::fs::read_dir(dir)
@@ -81,13 +94,7 @@ fn targets(sim: &FabricSim) -> Vec<String> {
 
 #[test]
 fn first_boot_exchange_versions_goal_state_certificates_not_ready_ready() {
-    let tenant = generate_tenant_cert("simulated-tenant").expect("tenant certificate");
-    let thumbprint = tenant.thumbprint();
-    let sim = FabricSim::start(SimConfig {
-        tenant_certs: vec![tenant],
-        ..SimConfig::default()
-    })
-    .unwrap();
+    let (sim, thumbprint) = sim_with_tenant_cert("simulated-tenant");
     let lib = tempfile::tempdir().unwrap();
     // Discovery: option 245 in a networkd lease names the simulator's address
     // (loopback here); the ports are the simulator's.
@@ -1030,13 +1037,7 @@ fn a_package_download_goes_through_the_proxy() {
 #[test]
 fn a_fetch_that_does_not_wait_for_the_transport_key_stops_at_the_certificates_then_finishes() {
     use waagent::wire::crypto::{start_transport_cert, Transport};
-    let tenant = generate_tenant_cert("pending-tenant").unwrap();
-    let thumbprint = tenant.thumbprint();
-    let sim = FabricSim::start(SimConfig {
-        tenant_certs: vec![tenant],
-        ..SimConfig::default()
-    })
-    .unwrap();
+    let (sim, thumbprint) = sim_with_tenant_cert("pending-tenant");
     let lib = tempfile::tempdir().unwrap();
     // An `openssl` that waits for the test's go before it makes the key.
     let bin = tempfile::tempdir().unwrap();
