@@ -120,7 +120,7 @@ pub fn finish_unmount(mut child: Background, clock: &dyn Clock) {
 /// mounts is read, and unmounted in the background. A drive already
 /// mounted elsewhere is read in place and left so; one that a killed
 /// daemon left mounted at our mount point is read there and unmounted as
-/// ours. [`poll`](Self::poll) moves it on and says when it is over;
+/// ours; either, not readable, is a failed try. [`poll`](Self::poll) moves it on and says when it is over;
 /// nothing in it blocks.
 pub struct MediaRead {
     mount_point: PathBuf,
@@ -187,39 +187,35 @@ impl MediaRead {
                     let Some(device) = self.devices.get(self.device) else {
                         return Some(Err(std::mem::take(&mut self.last_err)));
                     };
-                    match existing_mount(os, device) {
-                        Some(mp) if mp != self.mount_point => {
-                            log::info!(
-                                "provisioning media {} is already mounted at {}",
-                                device.display(),
-                                mp.display()
-                            );
-                            return Some(read_document(&mp).map(|text| Media {
-                                text,
-                                device: None,
-                                unmounting: None,
-                            }));
-                        }
-                        // At our mount point: an agent killed while its
-                        // mount ran, or before its umount, left it. Ours to
-                        // read, unmount and eject; not readable (yet: that
-                        // mount may still be going on) is a failed try.
-                        Some(_) => {
-                            log::info!(
-                                "provisioning media {} is still mounted at {} by an earlier run",
-                                device.display(),
-                                self.mount_point.display()
-                            );
-                            self.attempt += 1;
-                            match read_document(&self.mount_point) {
-                                Ok(text) => return Some(self.mounted(os, Ok(text), now)),
-                                Err(e) => self.last_err = e,
+                    if let Some(mp) = existing_mount(os, device) {
+                        // At our mount point, an agent killed while its
+                        // mount ran, or before its umount, left it: ours to
+                        // read, unmount and eject. Elsewhere it is read in
+                        // place and left as it is.
+                        let ours = mp == self.mount_point;
+                        log::info!(
+                            "provisioning media {} is {} mounted at {}",
+                            device.display(),
+                            if ours { "still" } else { "already" },
+                            mp.display()
+                        );
+                        self.attempt += 1;
+                        match read_document(&mp) {
+                            Ok(text) if ours => return Some(self.mounted(os, Ok(text), now)),
+                            Ok(text) => {
+                                return Some(Ok(Media {
+                                    text,
+                                    device: None,
+                                    unmounting: None,
+                                }))
                             }
-                            let rest = VecDeque::new();
-                            self.step = Step::Mounting { child: None, rest };
-                            continue;
+                            // Not readable (yet: its mount may still be
+                            // going on) is a failed try.
+                            Err(e) => self.last_err = e,
                         }
-                        None => {}
+                        let rest = VecDeque::new();
+                        self.step = Step::Mounting { child: None, rest };
+                        continue;
                     }
                     if self.attempt == 0 {
                         if let Err(e) = std::fs::create_dir_all(&self.mount_point) {
