@@ -167,7 +167,7 @@ impl Daemon {
     /// that the host keys start as soon as ovf-env.xml is read, and the
     /// next Connect finishes the fetch.
     pub(super) fn connect(&mut self) -> Result<FullGoalState, NotConnected> {
-        let media_reading = matches!(self.media, Some(MediaProgress::Reading(_)));
+        let media_reading = self.media_reading();
         let (mut client, ep, source, fetched) = match self.connecting.take() {
             Some((mut client, source)) => {
                 client.set_wait_for_transport(!media_reading);

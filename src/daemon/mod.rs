@@ -688,10 +688,8 @@ impl Daemon {
                         // running: wait for the mount (a tick at most), so the
                         // host keys start once it is over, then finish the
                         // fetch (waiting for the key).
-                        if let Some(MediaProgress::Reading(read)) = &self.media {
-                            if !read.wait(&*self.clock, self.clock.now() + MEDIA_TICK) {
-                                return State::Stopped(0);
-                            }
+                        if !self.wait_for_media() {
+                            return State::Stopped(0);
                         }
                         self.advance_media();
                         State::Connect { job, attempt }
@@ -718,13 +716,13 @@ impl Daemon {
 
             State::AwaitMedia { goal } => {
                 self.advance_media();
-                if let Some(MediaProgress::Reading(read)) = &self.media {
-                    if !read.wait(&*self.clock, self.clock.now() + MEDIA_TICK) {
-                        return State::Stopped(0);
-                    }
-                    return State::AwaitMedia { goal };
+                if !self.media_reading() {
+                    return self.start_job(Job::Media, goal);
                 }
-                self.start_job(Job::Media, goal)
+                if !self.wait_for_media() {
+                    return State::Stopped(0);
+                }
+                State::AwaitMedia { goal }
             }
 
             State::ReportStarting { job, goal } => {

@@ -190,6 +190,22 @@ impl Daemon {
         self.media = Some(MediaProgress::Read(job));
     }
 
+    /// ReadMedia's read of the media is still going on.
+    pub(super) fn media_reading(&self) -> bool {
+        matches!(self.media, Some(MediaProgress::Reading(_)))
+    }
+
+    /// Waits for ReadMedia's read of the media (its mount, or the pause
+    /// before its next try), a tick at most; false if a stop was asked.
+    pub(super) fn wait_for_media(&self) -> bool {
+        match &self.media {
+            Some(MediaProgress::Reading(read)) => {
+                read.wait(&*self.clock, self.clock.now() + MEDIA_TICK)
+            }
+            _ => true,
+        }
+    }
+
     /// The goal state is in hand: what `job` says comes next (for
     /// [`Job::Media`], the media's job once it is read: AwaitMedia until
     /// then).
