@@ -120,8 +120,8 @@ pub fn finish_unmount(mut child: Background, clock: &dyn Clock) {
 /// mounts is read, and unmounted in the background. A drive already
 /// mounted elsewhere is read in place and left so; one that a killed
 /// daemon left mounted at our mount point is read there and unmounted as
-/// ours; either, not readable, is a failed try. [`poll`](Self::poll) moves it on and says when it is over;
-/// nothing in it blocks.
+/// ours; either, not readable, is a failed try. [`poll`](Self::poll)
+/// moves it on and says when it is over; nothing in it blocks.
 pub struct MediaRead {
     mount_point: PathBuf,
     retry: MountRetry,
