@@ -408,6 +408,9 @@ fn transport_cert_is_generated_once_and_reused() {
     let subject = String::from_utf8_lossy(&subject.stdout).replace(' ', "");
     assert_eq!(subject.trim(), "subject=CN=LinuxTransport");
 
+    // Three primes (PROTOCOL.md §7.1): the fabric sees only the modulus.
+    assert_eq!(rsa_shape(&key_path), "(2048 bit, 3 primes)");
+
     // Second call: same files, untouched.
     let stamp = |p: &Path| {
         let m = fs::metadata(p).unwrap();
@@ -417,6 +420,57 @@ fn transport_cert_is_generated_once_and_reused() {
     let second = crypto::ensure_transport_cert(&openssl, lib.path()).unwrap();
     assert_eq!(second, first);
     assert_eq!((stamp(&cert_path), stamp(&key_path)), before);
+}
+
+/// What `openssl pkey -text` says of the key: "(2048 bit, 3 primes)", or
+/// "(2048 bit, 2 primes)".
+fn rsa_shape(key: &Path) -> String {
+    let out = Command::new(openssl_path())
+        .args(["pkey", "-noout", "-text", "-in"])
+        .arg(key)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().unwrap_or("");
+    first.trim_start_matches("Private-Key: ").to_string()
+}
+
+/// An openssl before 1.1.1, or LibreSSL, has no multi-prime keys: it
+/// fails at once on `rsa_keygen_primes`. The agent makes two primes then,
+/// and the pair works as any other.
+#[test]
+fn an_openssl_without_multi_prime_keys_gets_a_two_prime_key() {
+    let bin = tempfile::tempdir().unwrap();
+    let old = bin.path().join("openssl");
+    fs::write(
+        &old,
+        format!(
+            "#!/bin/sh\n\
+             case \"$*\" in *rsa_keygen_primes*) echo 'req: parameter setting error' >&2; exit 1;; esac\n\
+             exec {} \"$@\"\n",
+            openssl_path().display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&old, fs::Permissions::from_mode(0o755)).unwrap();
+    let openssl = Openssl::new(&old, Rc::new(SystemRunner));
+    let lib = tempfile::tempdir().unwrap();
+    let transport = crypto::ensure_transport_cert(&openssl, lib.path()).unwrap();
+    let key_path = lib.path().join("TransportPrivate.pem");
+    assert_eq!(rsa_shape(&key_path), "(2048 bit, 2 primes)");
+    assert_eq!(mode(&key_path), 0o600);
+    assert_eq!(
+        names(lib.path()),
+        vec!["TransportCert.pem", "TransportPrivate.pem"]
+    );
+    let tenant = TenantCert {
+        cert_pem: fixture("extra.crt"),
+        key_pem: None,
+    };
+    let xml = sim::certificates_xml(&transport.header_value(), &[tenant], "1").unwrap();
+    let certs =
+        crypto::decrypt_certificates(&openssl, lib.path(), &transport, data_of(&xml)).unwrap();
+    assert_eq!(certs, vec![cert(EXTRA, false)]);
 }
 
 #[test]

@@ -199,19 +199,23 @@ fn without_certificates_ready_does_not_wait_for_the_transport_key() {
 
 #[test]
 fn a_failed_or_hung_transport_child_is_reported_and_made_again() {
-    // Failed: the error names the command; Connect backs off and the next
-    // attempt makes the key again.
+    // Failed, with three primes and then with two: the error names the
+    // last command; Connect backs off and the next attempt makes the key
+    // again.
     let v = vm(Some(&full_ovf()), ProvisioningAgent::Waagent);
-    v.runner.push(
-        "/usr/bin/openssl",
-        Output::failed(1, "req: Can't open \"TransportPrivate.pem\" for writing"),
-    );
+    for _ in 0..2 {
+        v.runner.push(
+            "/usr/bin/openssl",
+            Output::failed(1, "req: Can't open \"TransportPrivate.pem\" for writing"),
+        );
+    }
     let mut d = v.daemon();
     let state = d.step(State::Boot);
     let state = d.step(state);
     assert_eq!(state.name(), "Connect");
     let e = d.connect().unwrap_err();
-    let req = &lines_of(&v, "/usr/bin/openssl req")[0];
+    let req = &lines_of(&v, "/usr/bin/openssl req")[1];
+    assert!(!req.contains("rsa_keygen_primes"), "{req}");
     assert_eq!(
         e,
         NotConnected::Failed(format!(
@@ -223,7 +227,7 @@ fn a_failed_or_hung_transport_child_is_reported_and_made_again() {
     let (trace, _) = step_until(&mut d, state, "Steady", 50);
     assert_eq!(trace[..2], ["Connect", "ReportStarting"]);
     assert_eq!(health(&v.sim), ["NotReady/Provisioning", "Ready"]);
-    assert_eq!(lines_of(&v, "/usr/bin/openssl req").len(), 2);
+    assert_eq!(lines_of(&v, "/usr/bin/openssl req").len(), 3);
 
     // Hung: killed at its deadline (the runner's two minutes), reported,
     // made again after Connect's back-off.
