@@ -214,6 +214,7 @@ fn run() -> Result<(), String> {
                 "target": r.request.target,
                 "artifact": r.request.header("x-ms-artifact-location"),
                 "status": r.status,
+                "connection": r.request.connection,
                 "fault": r.fault.as_ref().map(|f| format!("{f:?}")),
                 "body": String::from_utf8_lossy(&r.request.body),
                 "t": epoch_secs(r.at),

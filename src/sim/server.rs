@@ -3,8 +3,9 @@
 //! Hand-written rather than a crate because the simulator's purpose is to
 //! misbehave on request — reset a connection, send half a body, stall past
 //! the client's timeout — which a well-behaved server library exists to
-//! prevent. One thread accepts; each connection gets a thread and one
-//! request (`Connection: close`, as the agent sends).
+//! prevent. One thread accepts; each connection gets a thread, which
+//! answers its requests in turn until the client closes it or asks
+//! `Connection: close` (as waagent does), or a fault ends it.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -26,6 +27,8 @@ pub struct HttpRequest {
     /// Header names lower-cased.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Which of this server's connections carried it, counted from 1.
+    pub connection: u64,
 }
 
 impl HttpRequest {
@@ -104,13 +107,17 @@ impl Server {
         let accept = std::thread::Builder::new()
             .name(format!("sim-{addr}"))
             .spawn(move || {
+                let mut accepted = 0;
                 for conn in listener.incoming() {
                     if stop2.load(Ordering::SeqCst) {
                         break;
                     }
                     let Ok(stream) = conn else { continue };
+                    accepted += 1;
                     let h = handler.clone();
-                    let _ = std::thread::Builder::new().spawn(move || serve(stream, &h));
+                    let stop = stop2.clone();
+                    let _ = std::thread::Builder::new()
+                        .spawn(move || serve(stream, accepted, &h, &stop));
                 }
             })?;
         Ok(Server {
@@ -136,17 +143,29 @@ impl Drop for Server {
     }
 }
 
-fn serve(stream: TcpStream, handler: &Handler) {
+/// Answers the requests on one connection. An idle connection is closed
+/// after 30 s, and one whose server has stopped at its next request,
+/// unanswered (a client sees the server gone, as it would a real one).
+fn serve(stream: TcpStream, connection: u64, handler: &Handler, stop: &AtomicBool) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let mut reader = BufReader::new(match stream.try_clone() {
         Ok(s) => s,
         Err(_) => return,
     });
-    let Ok(Some(req)) = read_request(&mut reader) else {
-        return;
-    };
-    let reply = handler(&req);
-    let _ = write_reply(stream, reply);
+    while let Ok(Some(mut req)) = read_request(&mut reader) {
+        req.connection = connection;
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let close = req
+            .header("connection")
+            .is_some_and(|v| v.split(',').any(|o| o.trim().eq_ignore_ascii_case("close")));
+        let reply = handler(&req);
+        match write_reply(&stream, reply, close) {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return,
+        }
+    }
 }
 
 fn read_request<R: BufRead>(r: &mut R) -> io::Result<Option<HttpRequest>> {
@@ -187,6 +206,7 @@ fn read_request<R: BufRead>(r: &mut R) -> io::Result<Option<HttpRequest>> {
         target,
         headers,
         body,
+        connection: 0,
     }))
 }
 
@@ -208,40 +228,45 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn head(status: u16, headers: &[(String, String)], len: usize) -> Vec<u8> {
+fn head(status: u16, headers: &[(String, String)], len: usize, close: bool) -> Vec<u8> {
     let mut s = format!("HTTP/1.1 {status} {}\r\n", reason(status));
     for (k, v) in headers {
         s.push_str(&format!("{k}: {v}\r\n"));
     }
-    s.push_str(&format!(
-        "Content-Length: {len}\r\nConnection: close\r\n\r\n"
-    ));
+    s.push_str(&format!("Content-Length: {len}\r\n"));
+    if close {
+        s.push_str("Connection: close\r\n");
+    }
+    s.push_str("\r\n");
     s.into_bytes()
 }
 
-fn write_reply(mut stream: TcpStream, reply: Reply) -> io::Result<()> {
+/// Sends `reply`; whether the connection can carry another request (a
+/// full reply to a request that did not ask `close`).
+fn write_reply(mut stream: &TcpStream, reply: Reply, close: bool) -> io::Result<bool> {
     match reply {
         Reply::Full {
             status,
             headers,
             body,
         } => {
-            stream.write_all(&head(status, &headers, body.len()))?;
-            stream.write_all(&body)?;
-            stream.flush()
+            let mut wire = head(status, &headers, body.len(), close);
+            wire.extend_from_slice(&body);
+            stream.write_all(&wire)?;
+            Ok(!close)
         }
         Reply::Truncated { status, body } => {
-            stream.write_all(&head(status, &[], body.len()))?;
+            stream.write_all(&head(status, &[], body.len(), true))?;
             stream.write_all(&body[..body.len() / 2])?;
-            stream.flush()
+            Ok(false)
         }
         Reply::Reset => {
-            reset(&stream);
-            Ok(())
+            reset(stream);
+            Ok(false)
         }
         Reply::Delayed(d, inner) => {
             std::thread::sleep(d);
-            write_reply(stream, *inner)
+            write_reply(stream, *inner, close)
         }
     }
 }
