@@ -942,7 +942,11 @@ fn the_plugin_download_refreshes_a_stale_container_and_retries_a_cut_body() {
     let data = package_bytes(50_000);
     let url = sim.put_blob("Contoso.Ext__1.0.zip", data.clone());
     let dest = lib.path().join("Contoso.Ext__1.0.zip");
-    sim.inject("/blob/Contoso.Ext", [Fault::Reset]);
+    // The blob store is the WireServer's address here, so the download
+    // goes on the connection the goal state kept: a reset there before any
+    // answer is sent again at once on a new connection, and only a reset
+    // of that one too fails the direct download.
+    sim.inject("/blob/Contoso.Ext", [Fault::Reset, Fault::Reset]);
     sim.inject("/extensionArtifact", [Fault::Status(410), Fault::Truncate]);
 
     c.download_artifact(&url, None, &dest, 1 << 20).unwrap();

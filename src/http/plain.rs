@@ -9,8 +9,11 @@
 //! deadline is kept by the socket alone: the connect, each write and each
 //! read get what is left of it, and nothing else runs.
 //!
-//! One request per connection: the callers send `Connection: close`, as
-//! waagent does. httparse reads the response head; the body is framed by
+//! A connection the server leaves open is kept for the next request to the
+//! same address (see [`idle`]): setting up and tearing down a TCP
+//! connection was most of the idle daemon's CPU. A request that says
+//! `Connection: close` gets a connection of its own, as waagent's all do.
+//! httparse reads the response head; the body is framed by
 //! `Content-Length`, by chunked transfer coding, or by the end of the
 //! connection. A `Content-Length` body that ends early reads as a short
 //! body, which [`super::send`] and [`super::download`] report; a chunked
@@ -21,6 +24,8 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 #[cfg(target_os = "linux")]
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
+
+pub mod idle;
 
 /// The most header lines a response head may have.
 const MAX_HEADERS: usize = 64;
@@ -86,6 +91,11 @@ pub struct Response {
 
 /// Sends one request to `t` and reads the response head. The whole
 /// exchange, the body's reading included, ends by `deadline`.
+///
+/// An idle connection to the same address is used when there is one. If
+/// the server closed it before answering (its idle timeout met our
+/// request on the way), the request goes again on a new connection:
+/// nothing of it was answered, so nothing of it was done.
 pub fn open(
     method: &str,
     t: &Target<'_>,
@@ -97,19 +107,91 @@ pub fn open(
     // Head and body in one write: one segment for a small request.
     let mut request = request_head(method, t, headers, body)?;
     request.extend_from_slice(body.unwrap_or_default());
+    let keep = !says_close(headers.iter().map(|(k, v)| (*k, *v)));
+    if keep {
+        if let Some(tcp) = idle::take(&t.addr) {
+            let stream = DeadlineStream::new(tcp, deadline, None);
+            match exchange(stream, method, &request, max_head, Some(t.addr)) {
+                Err(Failed {
+                    error,
+                    answered: false,
+                }) if closed_under_us(&error) => {
+                    log::debug!(
+                        "{}: the server closed a kept connection ({error}); connecting again",
+                        t.addr
+                    );
+                }
+                result => return result.map_err(|f| f.error),
+            }
+        }
+    }
     let (tcp, write_set) = connect(&t.addr, deadline)?;
-    let mut stream = DeadlineStream::new(tcp, deadline, write_set);
-    stream.write_all(&request)?;
-    let (status, headers, rest) = read_head(&mut stream, max_head)?;
-    let framing = framing(method, status, &headers)?;
+    let stream = DeadlineStream::new(tcp, deadline, write_set);
+    exchange(stream, method, &request, max_head, keep.then_some(t.addr)).map_err(|f| f.error)
+}
+
+/// An error of [`exchange`], and whether any of the response had come.
+struct Failed {
+    error: io::Error,
+    answered: bool,
+}
+
+/// Writes `request` on `stream` and reads the response head; the
+/// connection may be kept for `keep` afterwards if the response allows it.
+fn exchange(
+    mut stream: DeadlineStream,
+    method: &str,
+    request: &[u8],
+    max_head: usize,
+    keep: Option<SocketAddr>,
+) -> Result<Response, Failed> {
+    let head = match stream.write_all(request) {
+        Ok(()) => read_head(&mut stream, max_head),
+        Err(e) => Err(e),
+    };
+    let (version, status, headers, rest) = head.map_err(|error| Failed {
+        error,
+        answered: stream.answered,
+    })?;
+    let framing = framing(method, status, &headers).map_err(|error| Failed {
+        error,
+        answered: true,
+    })?;
+    // HTTP/1.1 keeps the connection unless the server says otherwise; a
+    // body that runs to the close ends it.
+    let persistent = version == 1
+        && framing != Framing::Eof
+        && !says_close(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     Ok(Response {
         status,
         headers,
         body: Body {
             src: BufReader::new(Cursor::new(rest).chain(stream)),
             framing,
+            keep: keep.filter(|_| persistent),
         },
     })
+}
+
+/// Whether a `Connection` header among `headers` has the `close` option.
+fn says_close<'a>(mut headers: impl Iterator<Item = (&'a str, &'a str)>) -> bool {
+    headers.any(|(k, v)| {
+        k.eq_ignore_ascii_case("connection")
+            && v.split(',').any(|o| o.trim().eq_ignore_ascii_case("close"))
+    })
+}
+
+/// A kept connection that failed before any of the response came: the
+/// server closed it (end of file, reset, broken pipe). A timeout is not
+/// that: the server may be working on the request.
+fn closed_under_us(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::UnexpectedEof
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::BrokenPipe
+    )
 }
 
 /// A connection to `addr`, made by `deadline`, and when its write timeout
@@ -219,8 +301,12 @@ fn request_head(
 }
 
 /// Reads until the response head is complete (1xx heads skipped); returns
-/// the status, the headers and the bytes read past the head.
-fn read_head(stream: &mut DeadlineStream, max_head: usize) -> io::Result<(u16, Headers, Vec<u8>)> {
+/// the HTTP minor version, the status, the headers and the bytes read past
+/// the head.
+fn read_head(
+    stream: &mut DeadlineStream,
+    max_head: usize,
+) -> io::Result<(u8, u16, Headers, Vec<u8>)> {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
     loop {
@@ -229,6 +315,7 @@ fn read_head(stream: &mut DeadlineStream, max_head: usize) -> io::Result<(u16, H
         match parsed.parse(&buf) {
             Ok(httparse::Status::Complete(len)) => {
                 let status = parsed.code.unwrap_or(0);
+                let version = parsed.version.unwrap_or(0);
                 if (100..200).contains(&status) && status != 101 {
                     buf.drain(..len);
                     continue;
@@ -241,7 +328,7 @@ fn read_head(stream: &mut DeadlineStream, max_head: usize) -> io::Result<(u16, H
                         (h.name.to_ascii_lowercase(), value)
                     })
                     .collect();
-                return Ok((status, headers, buf.split_off(len)));
+                return Ok((version, status, headers, buf.split_off(len)));
             }
             Ok(httparse::Status::Partial) => {}
             Err(e) => {
@@ -329,6 +416,29 @@ fn framing(method: &str, status: u16, headers: &[(String, String)]) -> io::Resul
 pub struct Body {
     src: BufReader<io::Chain<Cursor<Vec<u8>>, DeadlineStream>>,
     framing: Framing,
+    /// Where the connection goes back to [`idle`] once the body is read.
+    keep: Option<SocketAddr>,
+}
+
+impl Drop for Body {
+    /// Read to its end, with nothing past it: the connection is kept. A
+    /// body left unread (refused as too large, or an error) closes it, as
+    /// do bytes the server sent past the body.
+    fn drop(&mut self) {
+        let Some(addr) = self.keep else { return };
+        let done = matches!(
+            self.framing,
+            Framing::Empty | Framing::Length(0) | Framing::Chunked(Chunk::Done)
+        );
+        let nothing_buffered = self.src.buffer().is_empty();
+        let (head_rest, stream) = self.src.get_mut().get_mut();
+        let nothing_left = head_rest.position() >= head_rest.get_ref().len() as u64;
+        if done && nothing_buffered && nothing_left {
+            if let Some(tcp) = stream.tcp.take() {
+                idle::put(addr, tcp);
+            }
+        }
+    }
 }
 
 impl Read for Body {
@@ -430,8 +540,11 @@ fn cut_short() -> io::Error {
 /// The socket, each read and write bounded by what is left until the
 /// deadline.
 struct DeadlineStream {
-    tcp: TcpStream,
+    /// Taken when the connection goes back to [`idle`].
+    tcp: Option<TcpStream>,
     deadline: Instant,
+    /// Whether a byte of the response has been read.
+    answered: bool,
     /// When the read and the write timeout were last set.
     read_set: Option<Instant>,
     write_set: Option<Instant>,
@@ -446,8 +559,9 @@ const SLACK: Duration = Duration::from_millis(5);
 impl DeadlineStream {
     fn new(tcp: TcpStream, deadline: Instant, write_set: Option<Instant>) -> Self {
         Self {
-            tcp,
+            tcp: Some(tcp),
             deadline,
+            answered: false,
             read_set: None,
             write_set,
         }
@@ -474,21 +588,27 @@ fn bound(
 
 impl Read for DeadlineStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let tcp = &self.tcp;
+        let Some(mut tcp) = self.tcp.as_ref() else {
+            return Ok(0);
+        };
         bound(&mut self.read_set, self.deadline, |d| {
             tcp.set_read_timeout(Some(d))
         })?;
-        self.tcp.read(buf).map_err(timed_out)
+        let n = tcp.read(buf).map_err(timed_out)?;
+        self.answered |= n > 0;
+        Ok(n)
     }
 }
 
 impl Write for DeadlineStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let tcp = &self.tcp;
+        let Some(mut tcp) = self.tcp.as_ref() else {
+            return Err(ErrorKind::NotConnected.into());
+        };
         bound(&mut self.write_set, self.deadline, |d| {
             tcp.set_write_timeout(Some(d))
         })?;
-        self.tcp.write(buf).map_err(timed_out)
+        tcp.write(buf).map_err(timed_out)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -743,6 +863,147 @@ mod tests {
         let e = bound(&mut last, Instant::now(), set).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::TimedOut);
         assert_eq!(set_to.borrow().len(), 2);
+    }
+
+    /// What a keep-alive test server does with each request on a
+    /// connection: answer with these bytes, or close without an answer.
+    #[derive(Clone)]
+    enum Turn {
+        Answer(&'static [u8]),
+        Close,
+    }
+
+    /// Serves `conns` connections in turn, each with its script; returns
+    /// the URL and, at the end, the requests each connection carried.
+    fn keep_server(conns: Vec<Vec<Turn>>) -> (String, std::thread::JoinHandle<Vec<usize>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/x", l.local_addr().unwrap());
+        let h = std::thread::spawn(move || {
+            let mut carried = Vec::new();
+            for script in conns {
+                let (mut s, _) = l.accept().unwrap();
+                let mut n = 0;
+                for turn in script {
+                    // Each request is one GET head, read whole.
+                    let mut req = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !req.ends_with(b"\r\n\r\n") {
+                        if s.read(&mut byte).unwrap_or(0) == 0 {
+                            break;
+                        }
+                        req.push(byte[0]);
+                    }
+                    n += 1;
+                    match turn {
+                        Turn::Answer(wire) => s.write_all(wire).unwrap(),
+                        Turn::Close => break,
+                    }
+                }
+                carried.push(n);
+            }
+            carried
+        });
+        (url, h)
+    }
+
+    fn get_keeping(url: &str) -> io::Result<(u16, Vec<u8>)> {
+        let t = target(url).unwrap();
+        let mut r = open(
+            "GET",
+            &t,
+            &[],
+            None,
+            Instant::now() + Duration::from_secs(5),
+            4096,
+        )?;
+        let mut body = Vec::new();
+        r.body.read_to_end(&mut body)?;
+        Ok((r.status, body))
+    }
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+    #[test]
+    fn a_connection_the_server_keeps_carries_the_next_request() {
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+        let (url, h) = keep_server(vec![vec![
+            Turn::Answer(OK),
+            Turn::Answer(chunked),
+            Turn::Answer(b"HTTP/1.1 204 No Content\r\n\r\n"),
+            Turn::Answer(OK),
+        ]]);
+        for want in [&b"ok"[..], b"ok", b"", b"ok"] {
+            assert_eq!(get_keeping(&url).unwrap().1, want);
+        }
+        assert_eq!(idle::count(), 1);
+        assert_eq!(h.join().unwrap(), [4]);
+    }
+
+    #[test]
+    fn a_connection_either_side_closes_is_not_kept() {
+        // The request says close; the response says close; HTTP/1.0; a
+        // body to the end of the connection; a body left unread; bytes
+        // past the body.
+        let (url, h) = keep_server(vec![vec![Turn::Answer(OK)]]);
+        let t = target(&url).unwrap();
+        let far = Instant::now() + Duration::from_secs(5);
+        let mut r = open("GET", &t, &[("Connection", "close")], None, far, 4096).unwrap();
+        r.body.read_to_end(&mut Vec::new()).unwrap();
+        drop(r);
+        assert_eq!(idle::count(), 0);
+        assert_eq!(h.join().unwrap(), [1]);
+        for wire in [
+            &b"HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 2\r\n\r\nok"[..],
+            b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n",
+        ] {
+            let (url, h) = keep_server(vec![vec![Turn::Answer(wire)]]);
+            let t = target(&url).unwrap();
+            let mut r = open("GET", &t, &[], None, far, 4096).unwrap();
+            let mut body = Vec::new();
+            if wire.ends_with(b"ok") {
+                r.body.read_to_end(&mut body).unwrap();
+            } else {
+                // Give the bytes past the body time to arrive.
+                std::thread::sleep(Duration::from_millis(20));
+                r.body.read_to_end(&mut body).unwrap();
+            }
+            assert_eq!(body, b"ok", "{}", String::from_utf8_lossy(wire));
+            drop(r);
+            assert_eq!(idle::count(), 0, "{}", String::from_utf8_lossy(wire));
+            drop(h);
+        }
+        let (url, h) = keep_server(vec![vec![Turn::Answer(OK)]]);
+        let t = target(&url).unwrap();
+        drop(open("GET", &t, &[], None, far, 4096).unwrap());
+        assert_eq!(idle::count(), 0);
+        drop(h);
+    }
+
+    #[test]
+    fn a_kept_connection_the_server_closed_is_replaced_without_a_lost_request() {
+        // Closed while idle (seen before the request), and closed with the
+        // request on the way (seen after it): either way the request goes
+        // again on a new connection and is answered.
+        let (url, h) = keep_server(vec![
+            vec![Turn::Answer(OK)],
+            vec![Turn::Answer(OK), Turn::Close],
+            vec![Turn::Answer(OK)],
+        ]);
+        assert_eq!(get_keeping(&url).unwrap(), (200, b"ok".to_vec()));
+        // The first connection is closed now; the second answers.
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(get_keeping(&url).unwrap(), (200, b"ok".to_vec()));
+        // The second closes unanswered; the third answers.
+        assert_eq!(get_keeping(&url).unwrap(), (200, b"ok".to_vec()));
+        assert_eq!(h.join().unwrap(), [1, 2, 1]);
+
+        // On a new connection the same close is an error: sent once only.
+        let (url, h) = keep_server(vec![vec![Turn::Close]]);
+        let e = get_keeping(&url).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::UnexpectedEof, "{e}");
+        assert_eq!(h.join().unwrap(), [1]);
     }
 
     /// A listener whose accept queue is full: the kernel drops the SYN of

@@ -2,6 +2,7 @@
 //! state polls, SIGTERM, RDMA and the firewall.
 
 use super::*;
+use crate::sim::Service;
 
 #[test]
 fn boot_prepares_the_environment_and_steady_state_runs_each_monitor_on_its_period() {
@@ -775,4 +776,41 @@ fn probes_are_answered_in_the_idle_wait_and_follow_the_goal_state() {
     // (Not by connecting: a test running beside this one may have been
     // given the freed port for a listener of its own.)
     assert!(d.monitors.lb_probe.ports().is_empty());
+}
+
+#[test]
+fn the_steady_state_polls_and_uploads_on_kept_connections() {
+    // Each 6 s turn: the goal state from the WireServer, the status to the
+    // HostGAPlugin. Both ride on the connection the last turn left open,
+    // not on a new TCP connection each (http/plain/idle.rs).
+    let mut v = vm(None, ProvisioningAgent::Disabled);
+    v.config.initial_goal_state_period = 6;
+    v.config.goal_state_period = 6;
+    let mut d = v.daemon();
+    let (_, mut state) = step_until(&mut d, State::Boot, "Steady", 10);
+    let before = v.sim.requests().len();
+    let polls = |v: &Vm| v.sim.requests_to("comp=goalstate").len();
+    let first = polls(&v);
+    while polls(&v) < first + 6 {
+        state = d.step(state);
+    }
+    let turns: Vec<_> = v.sim.requests()[before..].to_vec();
+    let connections = |service: Service| {
+        let mut c: Vec<u64> = turns
+            .iter()
+            .filter(|r| r.service == service)
+            .map(|r| r.request.connection)
+            .collect();
+        c.dedup();
+        c
+    };
+    let wire = connections(Service::Wire);
+    assert_eq!(wire.len(), 1, "goal-state polls on connections {wire:?}");
+    let uploads = turns
+        .iter()
+        .filter(|r| r.service == Service::HostPlugin)
+        .count();
+    assert!(uploads >= 2, "{uploads} status uploads");
+    let plugin = connections(Service::HostPlugin);
+    assert_eq!(plugin.len(), 1, "status uploads on connections {plugin:?}");
 }

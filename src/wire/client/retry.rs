@@ -190,10 +190,9 @@ impl WireClient {
                 .headers
                 .iter()
                 .map(|(k, v)| (*k, v.as_str()))
-                .chain([
-                    ("User-Agent", self.user_agent.as_str()),
-                    ("Connection", "close"),
-                ])
+                // No `Connection: close` (waagent sends it): the connection
+                // is kept for the next poll (http/plain/idle.rs).
+                .chain([("User-Agent", self.user_agent.as_str())])
                 .collect();
             let result = send(&Request {
                 method: call.method,
@@ -336,12 +335,27 @@ mod tests {
             container_id: SimConfig::default().container_id,
             instance_id: SimConfig::default().instance_id,
         };
-        for fault in [Fault::Reset, Fault::Oversized(5 << 20)] {
-            sim.inject("comp=health", [fault.clone()]);
+        // The health report goes on the connection the versions kept. A
+        // reset there, before any answer, is what a server's idle close
+        // looks like: sent again at once on a new connection. A reset of
+        // that one too is a fault, waited for.
+        let faults = [
+            (vec![Fault::Reset], 2, vec![]),
+            (vec![Fault::Reset, Fault::Reset], 3, vec![1.0]),
+            (vec![Fault::Oversized(5 << 20)], 2, vec![1.0]),
+        ];
+        for (fault, sent, waits) in faults {
+            let before = sim.requests_to("comp=health").len();
+            sim.inject("comp=health", fault.clone());
             client(&sim, &clock)
                 .report_health(&target, &Health::Ready)
                 .unwrap();
-            assert_eq!(secs(clock.take_waits()), [1.0], "{fault:?}");
+            assert_eq!(secs(clock.take_waits()), waits, "{fault:?}");
+            assert_eq!(
+                sim.requests_to("comp=health").len() - before,
+                sent,
+                "{fault:?}"
+            );
         }
         // Persistent failure: waagent's 30 attempts over half an hour.
         sim.inject("comp=health", vec![Fault::Status(500); 40]);
