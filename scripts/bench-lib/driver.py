@@ -514,6 +514,17 @@ def requests_between(record, a, b):
     return sum(1 for e in record.lines if e.get("kind") == "request" and a <= e["t"] < b)
 
 
+def connections_opened_between(record, a, b):
+    """TCP connections whose first request came in [a, b): the simulator
+    numbers each service's connections and records the number with each
+    request."""
+    first = {}
+    for e in record.lines:
+        if e.get("kind") == "request" and e.get("connection"):
+            first.setdefault((e["service"], e["connection"]), e["t"])
+    return sum(1 for t in first.values() if a <= t < b)
+
+
 def startup(args):
     """Best and median wall-clock time of `waagent -version`, 20 times, less
     that of /bin/true started the same way."""
@@ -574,11 +585,13 @@ def run(args):
                 "secs": args.idle,
                 "cpu_s": None if not cgroup else sampler.cpu_at(end) - sampler.cpu_at(start),
                 "requests": requests_between(record, start, end),
+                "connections": connections_opened_between(record, start, end),
                 "rss_end_kib": sampler.last_rss if cgroup else None,
                 "peak_rss_grew_kib": (sampler.peak_rss - rss_before) if cgroup else None,
             }
             idle = result["idle"]
             idle["requests_per_min"] = idle["requests"] / minutes
+            idle["connections_per_min"] = idle["connections"] / minutes
             idle["cpu_per_min_s"] = None if idle["cpu_s"] is None else idle["cpu_s"] / minutes
         if cgroup:
             result["peak_rss_kib"] = sampler.peak_rss

@@ -236,6 +236,7 @@ METRICS = [
     ("processes_to_ext", "processes spawned to ext. status", "strace", lambda r: r["processes_to_ext"], "{:.0f}"),
     ("processes_idle_per_min", "processes spawned per idle min", "strace", lambda r: r["idle"]["processes_per_min"], "{:.1f}"),
     ("requests_idle_per_min", "requests per idle minute", "timed", lambda r: r["idle"]["requests_per_min"], "{:.1f}"),
+    ("connections_idle_per_min", "TCP connections per idle minute", "timed", lambda r: r["idle"]["connections_per_min"], "{:.1f}"),
 ]
 
 
@@ -457,6 +458,8 @@ def line(path):
         bits.append(f"idle CPU {r['idle']['cpu_per_min_s']:.4f} s/min")
     if r.get("idle"):
         bits.append(f"idle requests {r['idle']['requests_per_min']:.1f}/min")
+        if r["idle"].get("connections_per_min") is not None:
+            bits.append(f"connections {r['idle']['connections_per_min']:.1f}/min")
     if r.get("best_ms") is not None:
         bits.append(f"best {r['best_ms']:.1f} ms, median {r['median_ms']:.1f} ms")
     return ", ".join(bits) + ("" if not p else "  FAILED: " + "; ".join(p))

@@ -166,6 +166,21 @@ def status(seq, state, name=driver.HANDLER):
 
 
 class Driver(unittest.TestCase):
+    def test_a_connection_counts_where_its_first_request_came(self):
+        class Record:
+            lines = [
+                {"kind": "request", "service": "Wire", "connection": 1, "t": 1.0},
+                {"kind": "request", "service": "Wire", "connection": 1, "t": 7.0},
+                {"kind": "request", "service": "HostPlugin", "connection": 1, "t": 7.5},
+                {"kind": "request", "service": "Wire", "connection": 2, "t": 13.0},
+                {"kind": "status", "t": 13.5},
+                {"kind": "request", "service": "Wire", "t": 14.0},
+            ]
+        # Wire 1 was opened before the window; HostPlugin 1 and Wire 2 in it.
+        self.assertEqual(driver.connections_opened_between(Record, 5.0, 20.0), 2)
+        self.assertEqual(driver.connections_opened_between(Record, 0.0, 5.0), 1)
+        self.assertEqual(driver.requests_between(Record, 5.0, 20.0), 4)
+
     def test_the_extension_succeeded_only_for_its_handler_and_sequence_number(self):
         self.assertTrue(driver.handler_success(status(0, "success"), 0))
         self.assertFalse(driver.handler_success(status(0, "transitioning"), 0))
