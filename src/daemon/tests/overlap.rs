@@ -76,10 +76,11 @@ fn keys_are_made_while_the_fabric_answers_and_collected_where_needed() {
     assert_eq!(lines_of(&v, "/usr/bin/openssl req").len(), 1);
     let state = d.step(state);
     assert_eq!(state.name(), "Connect");
-    // RSA and ECDSA by ssh-keygen; Ed25519 made in-process already.
+    // RSA (two racing) and ECDSA by ssh-keygen; Ed25519 made in-process
+    // already.
     let keygens = lines_of(&v, "ssh-keygen");
-    assert_eq!(keygens.len(), 2, "{keygens:#?}");
-    for (line, t) in keygens.iter().zip(["rsa", "ecdsa"]) {
+    assert_eq!(keygens.len(), 3, "{keygens:#?}");
+    for (line, t) in keygens.iter().zip(["rsa", "rsa", "ecdsa"]) {
         assert!(
             line.starts_with(&format!(
                 "ssh-keygen -N '' -q -t {t} -C root@web-01.contoso.internal -f "
@@ -140,7 +141,7 @@ fn keys_are_made_while_the_fabric_answers_and_collected_where_needed() {
     assert_eq!(v.sim.role_properties()[0].1, ssh_keygen_fingerprint(&rsa));
     assert!(host_key_work(&v).is_empty());
     assert_eq!(lines_of(&v, "/usr/bin/openssl req").len(), 1);
-    assert_eq!(lines_of(&v, "ssh-keygen").len(), 2);
+    assert_eq!(lines_of(&v, "ssh-keygen").len(), 3);
 
     // The timeline: the keys overlapped everything before them; sshd's
     // restart, from the end of HostKeys, the user's steps.
@@ -251,8 +252,12 @@ fn a_failed_or_hung_transport_child_is_reported_and_made_again() {
 fn a_failed_ssh_keygen_fails_provisioning_and_keeps_the_old_keys() {
     let mut v = vm(Some(&full_ovf()), ProvisioningAgent::Waagent);
     slow_vm(&mut v, SshHostKeyType::Auto, Duration::ZERO, 500 * MS);
-    v.runner
-        .push("ssh-keygen", Output::failed(1, "rsa: out of entropy"));
+    // Both RSA racers fail: one failing is not enough, the other's key
+    // would do.
+    for _ in 0..2 {
+        v.runner
+            .push("ssh-keygen", Output::failed(1, "rsa: out of entropy"));
+    }
     let mut d = v.daemon();
     let trace = v.run_until(&mut d, "Steady");
     assert_eq!(
@@ -301,8 +306,8 @@ fn killed_while_keys_are_made_the_next_start_makes_them_once_and_reports_ready_o
     );
     let work = host_key_work(&v);
     assert!(work.is_empty(), "{work:?}");
-    // Two ssh-keygen (RSA, ECDSA) by each start.
-    assert_eq!(lines_of(&v, "ssh-keygen").len(), 4);
+    // Three ssh-keygen (two RSA racing, ECDSA) by each start.
+    assert_eq!(lines_of(&v, "ssh-keygen").len(), 6);
     let rsa = v.path("etc/ssh/ssh_host_rsa_key.pub");
     let fingerprint = ssh_keygen_fingerprint(&rsa);
     assert_eq!(v.sim.role_properties()[0].1, fingerprint);
@@ -318,9 +323,9 @@ fn killed_while_keys_are_made_the_next_start_makes_them_once_and_reports_ready_o
     let installed_ed25519 = v.read("etc/ssh/ssh_host_ed25519_key");
     let mut d = v.daemon();
     v.run_until(&mut d, "Steady");
-    // The first start's two children (RSA, ECDSA); none by the second, and
-    // no new in-process Ed25519 key either.
-    assert_eq!(lines_of(&v, "ssh-keygen").len(), 2);
+    // The first start's three children (two RSA racing, ECDSA); none by
+    // the second, and no new in-process Ed25519 key either.
+    assert_eq!(lines_of(&v, "ssh-keygen").len(), 3);
     assert_eq!(v.read("etc/ssh/ssh_host_rsa_key.pub"), installed);
     assert_eq!(v.read("etc/ssh/ssh_host_ed25519_key"), installed_ed25519);
     let rsa = v.path("etc/ssh/ssh_host_rsa_key.pub");
@@ -434,7 +439,8 @@ fn the_goal_state_is_fetched_while_the_media_is_mounted() {
     let state = d.step(state);
     assert_eq!(state.name(), "ReportStarting");
     assert_eq!(lines_of(&v, "umount ").len(), 1);
-    assert_eq!(lines_of(&v, "ssh-keygen").len(), 1);
+    // The RSA key's two racing generators.
+    assert_eq!(lines_of(&v, "ssh-keygen").len(), 2);
     assert_eq!(mode(&v.path("var/lib/waagent/ovf-env.xml")), 0o600);
     let (_, _) = step_until(&mut d, state, "Steady", 50);
     assert_eq!(health(&v.sim), ["NotReady/Provisioning", "Ready"]);
@@ -494,7 +500,7 @@ fn with_certificates_the_host_keys_start_when_the_media_is_read_not_after_the_tr
     assert_eq!(v.waits(), [0.04]);
     assert_eq!(v.sim.requests_to("comp=goalstate").len(), 1);
     assert!(v.sim.requests_to("comp=certificates").is_empty());
-    assert_eq!(lines_of(&v, "ssh-keygen").len(), 2);
+    assert_eq!(lines_of(&v, "ssh-keygen").len(), 3);
     assert!(!v.path("var/lib/waagent/GoalState.1.xml").exists());
     // Now it waits for the transport key and finishes the fetch: only the
     // Certificates are asked for, the rest was in hand.
