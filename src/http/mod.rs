@@ -7,7 +7,7 @@
 //! goes through [`plain`], on the caller's thread; everything else (storage
 //! by name, HTTPS, a proxy) through minreq, with rustls + ring for HTTPS.
 
-mod plain;
+pub(crate) mod plain;
 
 use std::fmt;
 use std::fs::{File, OpenOptions};

@@ -175,10 +175,15 @@ fn exchange(
 
 /// Whether a `Connection` header among `headers` has the `close` option.
 fn says_close<'a>(mut headers: impl Iterator<Item = (&'a str, &'a str)>) -> bool {
-    headers.any(|(k, v)| {
-        k.eq_ignore_ascii_case("connection")
-            && v.split(',').any(|o| o.trim().eq_ignore_ascii_case("close"))
-    })
+    headers.any(|(k, v)| k.eq_ignore_ascii_case("connection") && has_close(v))
+}
+
+/// Whether a `Connection` header's value lists the `close` option (the
+/// simulator's server asks the same of a request).
+pub(crate) fn has_close(connection: &str) -> bool {
+    connection
+        .split(',')
+        .any(|o| o.trim().eq_ignore_ascii_case("close"))
 }
 
 /// A kept connection that failed before any of the response came: the

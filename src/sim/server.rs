@@ -159,7 +159,7 @@ fn serve(stream: TcpStream, connection: u64, handler: &Handler, stop: &AtomicBoo
         }
         let close = req
             .header("connection")
-            .is_some_and(|v| v.split(',').any(|o| o.trim().eq_ignore_ascii_case("close")));
+            .is_some_and(crate::http::plain::has_close);
         let reply = handler(&req);
         match write_reply(&stream, reply, close) {
             Ok(true) => {}
