@@ -361,6 +361,7 @@ class Sampler:
         self.last_rss = 0
         self.peak_pss = 0
         self.peak_own_rss = 0
+        self.peak_rss_procs = []
 
     def sample_cpu(self):
         if self.cg:
@@ -370,11 +371,14 @@ class Sampler:
         if not self.cg:
             return
         pids = self.cg.pids()
-        total = sum(rss_kib(p) for p in pids)
+        rss = [(p, rss_kib(p)) for p in pids]
+        total = sum(r for _, r in rss)
         self.last_rss = total
         self.peak_procs = max(self.peak_procs, len(pids))
         if total > self.peak_rss:
             self.peak_rss, self.peak_rss_t = total, time.time()
+            # What made the peak: a child's name is only known while it runs.
+            self.peak_rss_procs = [{"name": comm(p), "rss_kib": r} for p, r in rss]
         self.peak_pss = max(self.peak_pss, sum(pss_kib(p) for p in pids))
         own = sum(rss_kib(p) for p in pids if comm(p) in AGENT_COMMS)
         self.peak_own_rss = max(self.peak_own_rss, own)
@@ -599,6 +603,7 @@ def run(args):
             result["peak_pss_kib"] = sampler.peak_pss
             result["peak_own_rss_kib"] = sampler.peak_own_rss
             result["peak_processes"] = sampler.peak_procs
+            result["peak_rss_processes"] = sampler.peak_rss_procs
             result["processes_at_end"] = {
                 str(p): {"name": status_field(p, "Name"), "rss_kib": rss_kib(p), "hwm_kib": status_field(p, "VmHWM")}
                 for p in cgroup.pids()

@@ -439,6 +439,18 @@ def replace_section(text, body_lines):
 
 # --- commands ------------------------------------------------------------------
 
+def peak_makeup(r):
+    """What made the peak of RSS, by process name: " (waagent 4.3, openssl 6.1)"."""
+    by_name = {}
+    for p in r.get("peak_rss_processes") or []:
+        name = p.get("name") or "?"
+        by_name[name] = by_name.get(name, 0) + p.get("rss_kib", 0)
+    if not by_name:
+        return ""
+    parts = sorted(by_name.items(), key=lambda kv: -kv[1])
+    return " (" + ", ".join(f"{n} {kib / MIB:.1f}" for n, kib in parts) + ")"
+
+
 def line(path):
     with open(path) as f:
         r = json.load(f)
@@ -451,7 +463,7 @@ def line(path):
     if r.get("cpu_ready_s") is not None:
         bits.append(f"CPU to Ready {r['cpu_ready_s']:.3f} s")
     if r.get("peak_rss_kib"):
-        bits.append(f"peak RSS {r['peak_rss_kib'] / MIB:.1f} MiB")
+        bits.append(f"peak RSS {r['peak_rss_kib'] / MIB:.1f} MiB{peak_makeup(r)}")
     if r.get("peak_pss_kib"):
         bits.append(f"peak PSS {r['peak_pss_kib'] / MIB:.1f} MiB")
     if r.get("idle") and r["idle"].get("cpu_per_min_s") is not None:

@@ -144,6 +144,16 @@ class Statistics(unittest.TestCase):
         self.assertIn("0.200 (0.100-0.300)", text)
         self.assertIn("1.100 (1.000-1.200)", text)
 
+    def test_a_run_line_names_what_made_the_peak_of_rss(self):
+        run = {"name": "ours-c1-r1", "checks": {}, "peak_rss_kib": 11264, "peak_rss_processes": [
+            {"name": "waagent", "rss_kib": 4352}, {"name": "openssl", "rss_kib": 5120},
+            {"name": "sh", "rss_kib": 896}, {"name": "sh", "rss_kib": 896}]}
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+            json.dump(run, f)
+            f.flush()
+            self.assertEqual(report.line(f.name), "peak RSS 11.0 MiB (openssl 5.0, waagent 4.2, sh 1.8)")
+        self.assertEqual(report.peak_makeup({"peak_rss_kib": 1024}), "")
+
     def test_the_readme_section_is_replaced_between_its_markers(self):
         text = "intro\n<!-- bench:begin -->\nold table\n<!-- bench:end -->\nrest\n"
         self.assertEqual(
