@@ -36,8 +36,10 @@ extension succeeded, changing the goal state every minute.
 """
 
 import argparse
+import ctypes
 import json
 import os
+import platform
 import pwd
 import signal
 import subprocess
@@ -338,6 +340,68 @@ def pss_kib(pid):
     return 0
 
 
+def ppid(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # pid (comm) state ppid ...: comm may hold spaces and parentheses.
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+# kcmp(2) tells whether two processes share one address space. Between its
+# clone and its exec, a child made by posix_spawn or vfork (both agents
+# start their tools so) runs in its parent's memory, and /proc shows it with
+# the parent's RSS: counted twice, a sample caught in that window would
+# double the agent.
+SYS_KCMP = {"x86_64": 312, "aarch64": 272}.get(platform.machine())
+KCMP_VM = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def same_address_space(a, b):
+    """True when a and b share one mm; False when they do not, or when kcmp
+    cannot say (each is then counted)."""
+    if SYS_KCMP is None:
+        return False
+    return _libc.syscall(SYS_KCMP, a, b, KCMP_VM, 0, 0) == 0
+
+
+# scripts/sandbox-lib/mount-dvd, installed as these, stands in for the
+# kernel's UDF and ISO 9660 drivers, which the sandbox's kernel lacks: on a
+# VM, mount(8) asks the kernel. Neither it nor what it runs (xorriso, mount,
+# dd) is counted, for either agent; the agent's own `mount` is.
+SANDBOX_HELPERS = ("mount.udf", "mount.iso9660")
+
+
+def counted_processes(procs, same_mm=same_address_space):
+    """Of procs ({"pid", "ppid", "name", ...}), those a sum of memory counts,
+    and the rest with why: one process per address space (the lowest pid),
+    and nothing of the sandbox's DVD helper or below it."""
+    by_pid = {p["pid"]: p for p in procs}
+
+    def under_helper(p):
+        seen = set()
+        while p is not None and p["pid"] not in seen:
+            if p["name"] in SANDBOX_HELPERS:
+                return True
+            seen.add(p["pid"])
+            p = by_pid.get(p["ppid"])
+        return False
+
+    counted, left_out = [], []
+    for p in sorted(procs, key=lambda p: p["pid"]):
+        if under_helper(p):
+            left_out.append(dict(p, why="the sandbox's DVD helper"))
+            continue
+        twin = next((q for q in counted if same_mm(q["pid"], p["pid"])), None)
+        if twin is not None:
+            left_out.append(dict(p, why=f"in the address space of pid {twin['pid']}"))
+            continue
+        counted.append(p)
+    return counted, left_out
+
+
 def status_field(pid, field):
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -370,17 +434,18 @@ class Sampler:
     def sample_rss(self):
         if not self.cg:
             return
-        pids = self.cg.pids()
-        rss = [(p, rss_kib(p)) for p in pids]
-        total = sum(r for _, r in rss)
+        procs = [{"pid": p, "ppid": ppid(p), "name": comm(p), "rss_kib": rss_kib(p)} for p in self.cg.pids()]
+        counted, left_out = counted_processes(procs)
+        total = sum(p["rss_kib"] for p in counted)
         self.last_rss = total
-        self.peak_procs = max(self.peak_procs, len(pids))
+        self.peak_procs = max(self.peak_procs, len(procs))
         if total > self.peak_rss:
             self.peak_rss, self.peak_rss_t = total, time.time()
             # What made the peak: a child's name is only known while it runs.
-            self.peak_rss_procs = [{"name": comm(p), "rss_kib": r} for p, r in rss]
-        self.peak_pss = max(self.peak_pss, sum(pss_kib(p) for p in pids))
-        own = sum(rss_kib(p) for p in pids if comm(p) in AGENT_COMMS)
+            self.peak_rss_procs = [{"name": p["name"], "rss_kib": p["rss_kib"]} for p in counted] + [
+                {"name": p["name"], "rss_kib": p["rss_kib"], "left_out": p["why"]} for p in left_out]
+        self.peak_pss = max(self.peak_pss, sum(pss_kib(p["pid"]) for p in counted))
+        own = sum(p["rss_kib"] for p in counted if p["name"] in AGENT_COMMS)
         self.peak_own_rss = max(self.peak_own_rss, own)
 
     def cpu_at(self, t):

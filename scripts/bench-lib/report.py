@@ -398,7 +398,9 @@ def render(summ, tl, soak, meta, runs):
         "",
         "  Ready and extension status: wall clock from exec to the fabric receiving it. CPU: the run's cpuacct cgroup",
         "  (every process of the agent, children included). RSS: the sum over the cgroup's processes, sampled every",
-        "  10 ms from the exec; PSS likewise, with each shared page (libc, libcrypto) split among the processes mapping it;",
+        "  10 ms from the exec, each address space once (a child between its vfork and its exec shares its parent's), and",
+        "  without the sandbox's stand-in for the kernel's UDF driver (mount.udf, and what it runs); PSS likewise, with",
+        "  each shared page (libc, libcrypto) split among the processes mapping it;",
         "  the agent's own processes: ours, `waagent`; waagent 2.7.3's, its daemon and its python3 extension handler (the",
         "  tools both run, such as useradd, ssh-keygen and openssl, left out; ours runs them side by side, waagent in turn).",
         f"  Idle: {meta.get('idle_secs', '?')} s from {meta.get('settle_secs', '?')} s after the extension's status, "
@@ -440,15 +442,21 @@ def replace_section(text, body_lines):
 # --- commands ------------------------------------------------------------------
 
 def peak_makeup(r):
-    """What made the peak of RSS, by process name: " (waagent 4.3, openssl 6.1)"."""
-    by_name = {}
-    for p in r.get("peak_rss_processes") or []:
-        name = p.get("name") or "?"
-        by_name[name] = by_name.get(name, 0) + p.get("rss_kib", 0)
-    if not by_name:
+    """What made the peak of RSS, by process name, and what was left out of
+    it: " (openssl 6.5, waagent 4.3; not counted: mount.udf 1.7)"."""
+    def by_name(procs):
+        sums = {}
+        for p in procs:
+            name = p.get("name") or "?"
+            sums[name] = sums.get(name, 0) + p.get("rss_kib", 0)
+        return ", ".join(f"{n} {kib / MIB:.1f}" for n, kib in sorted(sums.items(), key=lambda kv: -kv[1]))
+
+    procs = r.get("peak_rss_processes") or []
+    counted = by_name([p for p in procs if not p.get("left_out")])
+    left_out = by_name([p for p in procs if p.get("left_out")])
+    if not counted:
         return ""
-    parts = sorted(by_name.items(), key=lambda kv: -kv[1])
-    return " (" + ", ".join(f"{n} {kib / MIB:.1f}" for n, kib in parts) + ")"
+    return f" ({counted}" + (f"; not counted: {left_out}" if left_out else "") + ")"
 
 
 def line(path):

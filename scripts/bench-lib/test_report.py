@@ -5,6 +5,7 @@ test`, or here: cd scripts/bench-lib && python3 -m unittest -v test_report"""
 import json
 import os
 import tempfile
+import time
 import unittest
 
 import driver
@@ -147,11 +148,13 @@ class Statistics(unittest.TestCase):
     def test_a_run_line_names_what_made_the_peak_of_rss(self):
         run = {"name": "ours-c1-r1", "checks": {}, "peak_rss_kib": 11264, "peak_rss_processes": [
             {"name": "waagent", "rss_kib": 4352}, {"name": "openssl", "rss_kib": 5120},
-            {"name": "sh", "rss_kib": 896}, {"name": "sh", "rss_kib": 896}]}
+            {"name": "sh", "rss_kib": 896}, {"name": "sh", "rss_kib": 896},
+            {"name": "mount.udf", "rss_kib": 1740, "left_out": "the sandbox's DVD helper"}]}
         with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
             json.dump(run, f)
             f.flush()
-            self.assertEqual(report.line(f.name), "peak RSS 11.0 MiB (openssl 5.0, waagent 4.2, sh 1.8)")
+            self.assertEqual(report.line(f.name),
+                             "peak RSS 11.0 MiB (openssl 5.0, waagent 4.2, sh 1.8; not counted: mount.udf 1.7)")
         self.assertEqual(report.peak_makeup({"peak_rss_kib": 1024}), "")
 
     def test_the_readme_section_is_replaced_between_its_markers(self):
@@ -190,6 +193,43 @@ class Driver(unittest.TestCase):
         self.assertEqual(driver.connections_opened_between(Record, 5.0, 20.0), 2)
         self.assertEqual(driver.connections_opened_between(Record, 0.0, 5.0), 1)
         self.assertEqual(driver.requests_between(Record, 5.0, 20.0), 4)
+
+    def test_memory_counts_each_address_space_once_and_not_the_sandboxs_dvd_helper(self):
+        procs = [
+            {"pid": 10, "ppid": 1, "name": "waagent"},
+            {"pid": 12, "ppid": 10, "name": "waagent"},  # between its vfork and its exec
+            {"pid": 13, "ppid": 10, "name": "openssl"},
+            {"pid": 14, "ppid": 10, "name": "mount"},
+            {"pid": 15, "ppid": 14, "name": "mount.udf"},
+            {"pid": 16, "ppid": 15, "name": "xorriso"},
+            {"pid": 17, "ppid": 15, "name": "mount"},
+        ]
+        shared = {frozenset((10, 12))}
+        counted, left_out = driver.counted_processes(procs, lambda a, b: frozenset((a, b)) in shared)
+        self.assertEqual([p["pid"] for p in counted], [10, 13, 14])
+        self.assertEqual({p["pid"]: p["why"] for p in left_out}, {
+            12: "in the address space of pid 10",
+            15: "the sandbox's DVD helper",
+            16: "the sandbox's DVD helper",
+            17: "the sandbox's DVD helper",
+        })
+
+    def test_kcmp_tells_a_thread_from_a_forked_child(self):
+        if driver.SYS_KCMP is None:
+            self.skipTest("no kcmp number for this machine")
+        me = os.getpid()
+        if not driver.same_address_space(me, me):
+            self.skipTest("kcmp(2) does not answer here (a kernel without CONFIG_KCMP?)")
+        child = os.fork()
+        if child == 0:
+            time.sleep(5)
+            os._exit(0)
+        try:
+            self.assertFalse(driver.same_address_space(me, child))
+            self.assertEqual(driver.ppid(child), me)
+        finally:
+            os.kill(child, 9)
+            os.waitpid(child, 0)
 
     def test_the_extension_succeeded_only_for_its_handler_and_sequence_number(self):
         self.assertTrue(driver.handler_success(status(0, "success"), 0))
