@@ -447,6 +447,8 @@ def peak_makeup(r):
     def by_name(procs):
         sums = {}
         for p in procs:
+            if not p.get("rss_kib"):
+                continue  # gone between the listing and the read
             name = p.get("name") or "?"
             sums[name] = sums.get(name, 0) + p.get("rss_kib", 0)
         return ", ".join(f"{n} {kib / MIB:.1f}" for n, kib in sorted(sums.items(), key=lambda kv: -kv[1]))

@@ -149,7 +149,8 @@ class Statistics(unittest.TestCase):
         run = {"name": "ours-c1-r1", "checks": {}, "peak_rss_kib": 11264, "peak_rss_processes": [
             {"name": "waagent", "rss_kib": 4352}, {"name": "openssl", "rss_kib": 5120},
             {"name": "sh", "rss_kib": 896}, {"name": "sh", "rss_kib": 896},
-            {"name": "mount.udf", "rss_kib": 1740, "left_out": "the sandbox's DVD helper"}]}
+            {"name": "mount.udf", "rss_kib": 1740, "left_out": "the sandbox's DVD helper"},
+            {"name": None, "rss_kib": 0}]}
         with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
             json.dump(run, f)
             f.flush()
