@@ -266,7 +266,7 @@ size: build
 # Size and start-up; as root, waagent-rs beside Debian's waagent 2.7.3 in
 # sandboxed VMs against fabric-sim (time to Ready and to an extension's
 # status, CPU, memory, processes, requests, installed size, a soak), the
-# BENCH_* knobs and the README table: see scripts/bench. About 35 minutes.
+# BENCH_* knobs and the README table: see scripts/bench. About 60 minutes.
 bench:
 	./scripts/bench
 

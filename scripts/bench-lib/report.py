@@ -404,7 +404,7 @@ def render(summ, tl, soak, meta, runs):
         "  the agent's own processes: ours, `waagent`; waagent 2.7.3's, its daemon and its python3 extension handler (the",
         "  tools both run, such as useradd, ssh-keygen and openssl, left out; ours runs them side by side, waagent in turn).",
         f"  Idle: {meta.get('idle_secs', '?')} s from {meta.get('settle_secs', '?')} s after the extension's status, "
-        "configuration 1 runs only.",
+        "in every timed run.",
         "  Processes: strace -f (fork/vfork/clone/clone3 without CLONE_THREAD) in one separate untimed run per agent and",
         "  configuration; the agent's own first process not counted.",
     ]
