@@ -319,14 +319,6 @@ def rss_kib(pid):
 AGENT_COMMS = ("waagent", "python3")
 
 
-def comm(pid):
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
 def pss_kib(pid):
     """Proportional set size: each shared page split among the processes
     mapping it, so a sum over processes counts libc once, not once per child."""
@@ -340,13 +332,21 @@ def pss_kib(pid):
     return 0
 
 
-def ppid(pid):
+def process(pid):
+    """{"pid", "ppid", "name", "rss_kib"} of a process: its name and parent
+    from one read of /proc/PID/stat (the sampler's, every 10 ms, beside the
+    agent it measures), its RSS from statm (stat's rss field is the kernel's
+    per-CPU estimate, off by up to a few hundred KiB); None when it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            # pid (comm) state ppid ...: comm may hold spaces and parentheses.
-            return int(f.read().rsplit(")", 1)[1].split()[1])
+            stat = f.read()
+        # pid (comm) state ppid ...: comm may hold spaces and parentheses,
+        # so it ends at the last ")".
+        name, rest = stat[stat.index("(") + 1:].rsplit(")", 1)
+        parent = int(rest.split()[1])
     except (OSError, IndexError, ValueError):
         return None
+    return {"pid": pid, "ppid": parent, "name": name, "rss_kib": rss_kib(pid)}
 
 
 # kcmp(2) tells whether two processes share one address space. Between its
@@ -434,11 +434,12 @@ class Sampler:
     def sample_rss(self):
         if not self.cg:
             return
-        procs = [{"pid": p, "ppid": ppid(p), "name": comm(p), "rss_kib": rss_kib(p)} for p in self.cg.pids()]
+        pids = self.cg.pids()
+        procs = [p for p in map(process, pids) if p is not None]
         counted, left_out = counted_processes(procs)
         total = sum(p["rss_kib"] for p in counted)
         self.last_rss = total
-        self.peak_procs = max(self.peak_procs, len(procs))
+        self.peak_procs = max(self.peak_procs, len(pids))
         if total > self.peak_rss:
             self.peak_rss, self.peak_rss_t = total, time.time()
             # What made the peak: a child's name is only known while it runs.

@@ -227,7 +227,10 @@ class Driver(unittest.TestCase):
             os._exit(0)
         try:
             self.assertFalse(driver.same_address_space(me, child))
-            self.assertEqual(driver.ppid(child), me)
+            forked = driver.process(child)
+            self.assertEqual((forked["pid"], forked["ppid"]), (child, me))
+            self.assertEqual(forked["name"], driver.process(me)["name"])
+            self.assertGreater(forked["rss_kib"], 0)
         finally:
             os.kill(child, 9)
             os.waitpid(child, 0)
