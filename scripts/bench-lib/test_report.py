@@ -234,6 +234,8 @@ class Driver(unittest.TestCase):
         finally:
             os.kill(child, 9)
             os.waitpid(child, 0)
+        # Gone between the cgroup's listing and the read: not sampled at all.
+        self.assertIsNone(driver.process(child))
 
     def test_the_extension_succeeded_only_for_its_handler_and_sequence_number(self):
         self.assertTrue(driver.handler_success(status(0, "success"), 0))
